@@ -1,0 +1,62 @@
+"""An opened archive: the catalog, the encoder and the vector index, loaded once and used together."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from embeddings import ImageEncoder, create_encoder
+from indexer.catalog import Catalog
+from indexer.pseudonym import load_or_create_key
+from indexer.settings import IndexerSettings
+from indexer.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Archive:
+    """Everything a search or an ingest needs; the catalog is the truth, the index its cache."""
+
+    settings: IndexerSettings
+    catalog: Catalog
+    encoder: ImageEncoder
+    index: VectorIndex
+    pseudonym_key: bytes
+
+    @classmethod
+    def open(cls, settings: IndexerSettings, encoder: ImageEncoder | None = None) -> Archive:
+        """Open (creating when new) the data folder's catalog and index, and load the encoder."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        catalog = Catalog(settings.resolved_database_url)
+        if encoder is None:
+            encoder = create_encoder(
+                settings.encoder,
+                device=settings.device,
+                checkpoint=settings.checkpoint,
+                batch_size=settings.batch_size,
+            )
+        index = VectorIndex.open(index_path(settings, encoder), catalog, encoder=encoder.name, dim=encoder.dim)
+        key = load_or_create_key(settings.key_path)
+        log.info("archive open: encoder %s, %d vectors", encoder.name, len(index))
+        return cls(settings=settings, catalog=catalog, encoder=encoder, index=index, pseudonym_key=key)
+
+    @property
+    def index_path(self) -> Path:
+        """Where this encoder's index is saved."""
+        return index_path(self.settings, self.encoder)
+
+    def save_index(self) -> None:
+        """Persist the index atomically."""
+        self.index.save(self.index_path)
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.catalog.dispose()
+
+
+def index_path(settings: IndexerSettings, encoder: ImageEncoder) -> Path:
+    """One index file per encoder identity, so switching encoders never mixes vectors."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder.name)
+    return settings.data_dir / "index" / f"{safe}.faiss"

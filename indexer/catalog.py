@@ -1,0 +1,335 @@
+"""The SQLAlchemy catalog: cases, diagnoses, images with their embeddings, and ingest failures."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
+
+log = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the catalog schema."""
+
+
+class Case(Base):
+    """A case: one patient encounter (a study, or a manifest row), with its report and diagnoses."""
+
+    __tablename__ = "cases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_key: Mapped[str] = mapped_column(String(256), unique=True)
+    patient_ref: Mapped[str | None] = mapped_column(String(64), index=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(128))
+    report: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+    diagnoses: Mapped[list[Diagnosis]] = relationship(
+        back_populates="case", cascade="all, delete-orphan", order_by="Diagnosis.id"
+    )
+    images: Mapped[list[Image]] = relationship(back_populates="case", order_by="Image.id")
+
+    @property
+    def labels(self) -> list[str]:
+        """The diagnosis labels in the order they were given."""
+        return [d.label for d in self.diagnoses]
+
+
+class Diagnosis(Base):
+    """One diagnosis label of a case (a case may carry several)."""
+
+    __tablename__ = "diagnoses"
+    __table_args__ = (UniqueConstraint("case_id", "label"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(256), index=True)
+
+    case: Mapped[Case] = relationship(back_populates="diagnoses")
+
+
+class Image(Base):
+    """A stored image: where it came from, what its header says, and its embedding."""
+
+    __tablename__ = "images"
+    __table_args__ = (Index("ix_images_encoder_modality", "encoder", "modality"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    source_uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    pixel_digest: Mapped[str | None] = mapped_column(String(64), index=True)
+    format: Mapped[str] = mapped_column(String(16))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(128), index=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(128), index=True)
+    series_instance_uid: Mapped[str | None] = mapped_column(String(128))
+    modality: Mapped[str | None] = mapped_column(String(32))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    study_description: Mapped[str | None] = mapped_column(Text)
+    series_description: Mapped[str | None] = mapped_column(Text)
+    rows: Mapped[int | None]
+    columns: Mapped[int | None]
+    frames: Mapped[int] = mapped_column(default=1)
+    frame_index: Mapped[int] = mapped_column(default=0)
+    window_center: Mapped[float | None]
+    window_width: Mapped[float | None]
+    thumbnail_path: Mapped[str | None] = mapped_column(Text)
+    encoder: Mapped[str] = mapped_column(String(128))
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+    case: Mapped[Case] = relationship(back_populates="images")
+
+    def vector(self) -> npt.NDArray[np.float32]:
+        """The stored embedding as a float32 vector."""
+        return np.frombuffer(self.embedding, dtype=np.float32)
+
+
+class IngestFailure(Base):
+    """A file that could not be ingested, with the reason; the run went on without it."""
+
+    __tablename__ = "ingest_failures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    error_type: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+@dataclass(frozen=True)
+class CatalogStats:
+    """Counts of what the catalog holds."""
+
+    cases: int
+    images: int
+    labeled_cases: int
+    failures: int
+    images_by_modality: dict[str, int]
+    images_by_encoder: dict[str, int]
+    labels: dict[str, int]
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: object, _record: object) -> None:
+        cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+class Catalog:
+    """The source of truth: a thin typed repository over a SQLAlchemy engine."""
+
+    def __init__(self, url: str) -> None:
+        connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
+        self.url = url
+        self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        if url.startswith("sqlite"):
+            _configure_sqlite(self.engine)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        """True when the database answers a trivial query."""
+        try:
+            with self._sessions() as session:
+                session.execute(select(1))
+            return True
+        except Exception:
+            log.exception("catalog ping failed")
+            return False
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def known_sha256(self, digests: Iterable[str]) -> set[str]:
+        """The subset of the given content hashes that are already stored."""
+        wanted = list(set(digests))
+        found: set[str] = set()
+        with self._sessions() as session:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                found.update(session.scalars(select(Image.sha256).where(Image.sha256.in_(chunk))))
+        return found
+
+    def images_by_ids(self, ids: Sequence[int]) -> dict[int, Image]:
+        """Images (with case and diagnoses loaded) keyed by id; missing ids are absent."""
+        if not ids:
+            return {}
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(Image)
+                .where(Image.id.in_(list(ids)))
+                .options(selectinload(Image.case).selectinload(Case.diagnoses))
+            ).all()
+        return {row.id: row for row in rows}
+
+    def image(self, image_id: int) -> Image | None:
+        """One image, or None."""
+        return self.images_by_ids([image_id]).get(image_id)
+
+    def case(self, case_id: int) -> Case | None:
+        """One case with its diagnoses and images, or None."""
+        with self._sessions() as session:
+            return session.scalars(
+                select(Case)
+                .where(Case.id == case_id)
+                .options(selectinload(Case.diagnoses), selectinload(Case.images))
+            ).first()
+
+    def image_ids_where(self, *, encoder: str, modality: str | None = None) -> npt.NDArray[np.int64]:
+        """Ids of the encoder's images, optionally only one modality (case-insensitive)."""
+        query = select(Image.id).where(Image.encoder == encoder)
+        if modality is not None:
+            query = query.where(func.upper(Image.modality) == modality.upper())
+        with self._sessions() as session:
+            return np.fromiter(session.scalars(query), dtype=np.int64)
+
+    def embeddings(self, encoder: str, batch: int = 10_000) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+        """Stream (ids, vectors) of every image embedded by the encoder, in id order."""
+        last = 0
+        while True:
+            with self._sessions() as session:
+                rows = session.execute(
+                    select(Image.id, Image.embedding)
+                    .where(Image.encoder == encoder, Image.id > last)
+                    .order_by(Image.id)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+            last = int(ids[-1])
+            yield ids, vectors
+
+    def encoders(self) -> dict[str, int]:
+        """Image counts per encoder name."""
+        with self._sessions() as session:
+            return {
+                str(name): int(count)
+                for name, count in session.execute(select(Image.encoder, func.count()).group_by(Image.encoder))
+            }
+
+    def modalities(self) -> list[str]:
+        """Distinct modalities stored, sorted."""
+        with self._sessions() as session:
+            values = session.scalars(select(Image.modality).where(Image.modality.is_not(None)).distinct())
+            return sorted({v.upper() for v in values if v})
+
+    def failures(self, limit: int = 100) -> list[IngestFailure]:
+        """The most recent ingest failures."""
+        with self._sessions() as session:
+            return list(session.scalars(select(IngestFailure).order_by(IngestFailure.id.desc()).limit(limit)))
+
+    def stats(self) -> CatalogStats:
+        """Counts for `medcbir stats` and /health."""
+        with self._sessions() as session:
+            cases = session.scalar(select(func.count()).select_from(Case)) or 0
+            images = session.scalar(select(func.count()).select_from(Image)) or 0
+            labeled = session.scalar(select(func.count(func.distinct(Diagnosis.case_id)))) or 0
+            failures = session.scalar(select(func.count()).select_from(IngestFailure)) or 0
+            by_modality = {
+                str(m or "unknown"): int(c)
+                for m, c in session.execute(select(Image.modality, func.count()).group_by(Image.modality))
+            }
+            labels = {
+                str(lbl): int(c)
+                for lbl, c in session.execute(
+                    select(Diagnosis.label, func.count()).group_by(Diagnosis.label).order_by(func.count().desc())
+                )
+            }
+        return CatalogStats(
+            cases=int(cases),
+            images=int(images),
+            labeled_cases=int(labeled),
+            failures=int(failures),
+            images_by_modality=by_modality,
+            images_by_encoder=self.encoders(),
+            labels=labels,
+        )
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def get_or_create_case(
+        self,
+        session: Session,
+        case_key: str,
+        *,
+        patient_ref: str | None,
+        study_instance_uid: str | None,
+        report: str | None,
+        labels: Sequence[str],
+    ) -> Case:
+        """The case with this key, created with the given fields when new; new labels are added."""
+        case = session.scalars(
+            select(Case).where(Case.case_key == case_key).options(selectinload(Case.diagnoses))
+        ).first()
+        if case is None:
+            case = Case(case_key=case_key, patient_ref=patient_ref, study_instance_uid=study_instance_uid, report=report)
+            session.add(case)
+        else:
+            case.patient_ref = case.patient_ref or patient_ref
+            case.study_instance_uid = case.study_instance_uid or study_instance_uid
+            case.report = case.report or report
+        have = {d.label for d in case.diagnoses}
+        for label in labels:
+            if label not in have:
+                case.diagnoses.append(Diagnosis(label=label))
+                have.add(label)
+        session.flush()
+        return case
+
+    def record_failure(self, source_uri: str, error: BaseException, sha256: str | None = None) -> None:
+        """Store why a file was skipped; the message is the exception's own (no patient text)."""
+        with self.session() as session:
+            session.add(
+                IngestFailure(
+                    source_uri=source_uri,
+                    sha256=sha256,
+                    error_type=type(error).__name__,
+                    reason=str(error)[:2000],
+                )
+            )

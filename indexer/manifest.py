@@ -1,0 +1,133 @@
+"""Manifest CSVs that map image files to cases, patients, reports and diagnosis labels."""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+from indexer.errors import ManifestError
+
+
+@dataclass(frozen=True)
+class ManifestColumns:
+    """Column names of a manifest; None means the manifest has no such column."""
+
+    path: str = "filename"
+    case: str | None = None
+    patient: str | None = None
+    report: str | None = None
+    diagnosis: str | None = None
+    label_separators: str = ";|,"
+    ignore_labels: tuple[str, ...] = ()
+
+
+@dataclass
+class CaseInfo:
+    """What the manifest says about one file."""
+
+    case_key: str | None = None
+    patient_id: str | None = None
+    report: str | None = None
+    labels: list[str] = field(default_factory=list)
+
+
+class Manifest:
+    """Rows of a manifest, looked up by the file's path relative to the indexed root, or by its name."""
+
+    def __init__(self, by_path: dict[str, CaseInfo], by_name: dict[str, CaseInfo | None]) -> None:
+        self._by_path = by_path
+        self._by_name = by_name
+
+    def __len__(self) -> int:
+        return len(self._by_path)
+
+    def lookup(self, relative: str) -> CaseInfo | None:
+        """The row of a file, matched by relative path first, then by unambiguous file name."""
+        normal = PurePosixPath(relative).as_posix()
+        if normal in self._by_path:
+            return self._by_path[normal]
+        return self._by_name.get(PurePosixPath(normal).name)
+
+
+def split_labels(value: str, separators: str, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Split a diagnosis cell into distinct, stripped labels, keeping their order."""
+    if not value or not value.strip():
+        return []
+    parts = re.split("[" + re.escape(separators) + "]", value) if separators else [value]
+    ignored = {i.casefold() for i in ignore}
+    out: list[str] = []
+    for part in parts:
+        label = part.strip()
+        if label and label.casefold() not in ignored and label not in out:
+            out.append(label)
+    return out
+
+
+def load_manifest(path: Path, columns: ManifestColumns) -> Manifest:
+    """Read a manifest CSV; rows naming the same file merge their labels (first report wins)."""
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise ManifestError(f"cannot open manifest {path}: {exc}") from exc
+    with handle:
+        reader = csv.DictReader(handle)
+        header = [h for h in (reader.fieldnames or []) if h]
+        columns = _with_conventional_columns(columns, header)
+        wanted = {
+            "--path-column": columns.path,
+            "--case-column": columns.case,
+            "--patient-column": columns.patient,
+            "--report-column": columns.report,
+            "--diagnosis-column": columns.diagnosis,
+        }
+        missing = [f"{flag} {name!r}" for flag, name in wanted.items() if name is not None and name not in header]
+        if missing:
+            raise ManifestError(
+                f"manifest {path.name} has no column {', '.join(missing)}; its columns are: {', '.join(header)}. "
+                "Pass the right names with those flags."
+            )
+        by_path: dict[str, CaseInfo] = {}
+        for row in reader:
+            raw = (row.get(columns.path) or "").strip()
+            if not raw:
+                continue
+            key = PurePosixPath(raw.replace("\\", "/")).as_posix()
+            info = CaseInfo(
+                case_key=_cell(row, columns.case),
+                patient_id=_cell(row, columns.patient),
+                report=_cell(row, columns.report),
+                labels=split_labels(_cell(row, columns.diagnosis) or "", columns.label_separators, columns.ignore_labels),
+            )
+            if key in by_path:
+                merged = by_path[key]
+                merged.labels.extend(lbl for lbl in info.labels if lbl not in merged.labels)
+                merged.report = merged.report or info.report
+            else:
+                by_path[key] = info
+    by_name: dict[str, CaseInfo | None] = {}
+    for key, info in by_path.items():
+        name = PurePosixPath(key).name
+        by_name[name] = None if name in by_name else info  # ambiguous names match nothing
+    return Manifest(by_path, by_name)
+
+
+_CONVENTIONAL = {"case": "case_id", "patient": "patient_id", "report": "report", "diagnosis": "diagnosis"}
+
+
+def _with_conventional_columns(columns: ManifestColumns, header: list[str]) -> ManifestColumns:
+    """Columns not named by the user default to the conventional names when the CSV has them."""
+    found = {
+        field_name: name
+        for field_name, name in _CONVENTIONAL.items()
+        if getattr(columns, field_name) is None and name in header
+    }
+    return replace(columns, **found) if found else columns
+
+
+def _cell(row: dict[str, str | None], column: str | None) -> str | None:
+    if column is None:
+        return None
+    value = (row.get(column) or "").strip()
+    return value or None

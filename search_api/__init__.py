@@ -1,0 +1,1 @@
+"""The search API: a Searcher over catalog + index + encoder, and its FastAPI routes."""

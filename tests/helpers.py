@@ -1,0 +1,73 @@
+"""Shared test helpers: a small fake encoder, real test files, and a live uvicorn server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import uvicorn
+from fastapi import FastAPI
+from PIL import Image as PILImage
+from pydicom.data import get_testdata_file
+
+
+class ThumbnailEncoder:
+    """A fast deterministic encoder for tests where the CNN is not under test: a 16x16 grey thumbnail."""
+
+    name = "test-thumbnail16"
+    dim = 256
+    device = "cpu"
+
+    def embed(self, images: Sequence[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        for i, image in enumerate(images):
+            grey = PILImage.fromarray((image.mean(axis=2) * 255).astype(np.uint8)).resize((16, 16), PILImage.BILINEAR)
+            vector = np.asarray(grey, dtype=np.float32).ravel() - 127.5
+            out[i] = vector / max(float(np.linalg.norm(vector)), 1e-6)
+        return out
+
+
+def dicom_testfile(name: str) -> Path:
+    """A real DICOM file from pydicom's bundled test files or pydicom-data."""
+    path = get_testdata_file(name)
+    if path is None:
+        raise FileNotFoundError(f"{name} is not in pydicom's test data; pip install pydicom-data")
+    return Path(str(path))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve_app(app: FastAPI) -> Iterator[str]:
+    """Run a real uvicorn server on a free loopback port for the duration; yields the base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        server.should_exit = True
+        raise RuntimeError("test server did not start")
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -1,0 +1,102 @@
+"""The ingest pipeline on real files: manifest round trip, idempotence, bad files recorded, crash recovery."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.archive import Archive
+from indexer.manifest import ManifestColumns, load_manifest
+from indexer.pipeline import ingest_path
+from indexer.settings import IndexerSettings
+from indexer.vector_index import VectorIndex
+from tests.conftest import ARCHIVE_ROWS
+from tests.helpers import ThumbnailEncoder, dicom_testfile
+
+
+def _open(data_dir: Path) -> Archive:
+    return Archive.open(IndexerSettings(data_dir=data_dir, batch_size=3), encoder=ThumbnailEncoder())
+
+
+def test_manifest_round_trip_and_rerun_is_a_noop(small_archive: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, manifest = small_archive
+    archive = _open(tmp_path / "data")
+    report = ingest_path(archive, folder, load_manifest(manifest, ManifestColumns()), progress=False)
+    assert report.indexed == len(ARCHIVE_ROWS)
+    assert report.failed == 0
+    assert report.not_images == 1  # the manifest CSV itself
+    stats = archive.catalog.stats()
+    assert stats.images == len(ARCHIVE_ROWS) and stats.cases == len(ARCHIVE_ROWS)
+    assert len(archive.index) == len(ARCHIVE_ROWS)
+
+    # every image carries exactly its manifest row's case, report and labels
+    rows = archive.catalog.images_by_ids([int(i) for i in archive.index.ids()])
+    by_file = {Path(r.source_uri).name: r for r in rows.values()}
+    for rel, case_id, _patient, report_text, labels in ARCHIVE_ROWS:
+        row = by_file[Path(rel).name]
+        assert row.case.case_key == case_id
+        assert row.case.report == report_text
+        assert row.case.labels == [x.strip() for x in labels.split(";")]
+        assert row.case.patient_ref is not None and row.case.patient_ref.startswith("P-")
+        assert "PAT" not in row.case.patient_ref  # pseudonymous, not the raw id
+    assert by_file["RG1_UNCI.dcm"].modality == "CR"
+    assert by_file["retina.png"].format == "png"
+
+    again = ingest_path(archive, folder, load_manifest(manifest, ManifestColumns()), progress=False)
+    assert again.indexed == 0 and again.already_indexed == len(ARCHIVE_ROWS)
+    assert archive.catalog.stats().images == len(ARCHIVE_ROWS)
+    assert len(archive.index) == len(ARCHIVE_ROWS)
+    archive.close()
+
+
+def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = dicom_testfile("CT_small.dcm")
+    shutil.copyfile(good, folder / "good.dcm")
+    shutil.copyfile(good, folder / "copy_same_bytes")  # same bytes, no extension: a no-op duplicate
+    (folder / "junk.dcm").write_bytes(b"this is not an image at all" * 10)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "truncated.dcm").write_bytes(good.read_bytes()[:2000])
+    (folder / "notes.txt").write_text("not an image, not expected to be one")
+    archive = _open(tmp_path / "data")
+    report = ingest_path(archive, folder, progress=False)
+    assert report.indexed == 1
+    assert report.already_indexed == 1
+    assert report.failed == 3
+    assert report.not_images == 1
+    reasons = {Path(f.source_uri).name: f for f in archive.catalog.failures()}
+    assert set(reasons) == {"junk.dcm", "empty.png", "truncated.dcm"}
+    assert reasons["junk.dcm"].error_type == "UnsupportedFormatError"
+    assert reasons["truncated.dcm"].error_type == "CorruptImageError"
+    # DICOM without manifest: the case is the study, no invented report or diagnosis
+    row = next(iter(archive.catalog.images_by_ids([int(i) for i in archive.index.ids()]).values()))
+    assert row.case.case_key.startswith("study:")
+    assert row.case.report is None and row.case.labels == []
+    archive.close()
+
+
+def test_catalog_ahead_of_index_after_a_crash_is_repaired_at_open(small_archive: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, manifest = small_archive
+    archive = _open(tmp_path / "data")
+    ingest_path(archive, folder, load_manifest(manifest, ManifestColumns()), progress=False)
+    full = np.sort(archive.index.ids())
+    # simulate a crash after the rows were committed but before the vectors were saved
+    partial = VectorIndex(archive.encoder.dim, archive.encoder.name)
+    vectors = {int(i): archive.catalog.image(int(i)).vector() for i in full[:2]}  # type: ignore[union-attr]
+    partial.add(full[:2], np.stack(list(vectors.values())))
+    partial.save(archive.index_path)
+    archive.close()
+    reopened = _open(tmp_path / "data")
+    assert np.array_equal(np.sort(reopened.index.ids()), full)
+    reopened.close()
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    archive = _open(tmp_path / "data")
+    with pytest.raises(FileNotFoundError, match="neither a file nor a folder"):
+        ingest_path(archive, tmp_path / "nope", progress=False)
+    archive.close()
