@@ -1,0 +1,34 @@
+"""Image decoding for medcbir: bytes (DICOM, PNG, JPEG) in, display-ready float32 RGB pixels out."""
+
+from imaging.fingerprint import pixel_digest, thumbnail_signature
+from imaging.load import load_image
+from imaging.render import render_png
+from imaging.settings import ImagingSettings
+from imaging.sniff import sniff_format
+from imaging.types import (
+    CorruptImageError,
+    DecodedImage,
+    ImageFormat,
+    ImageMetadata,
+    ImageTooLargeError,
+    ImagingError,
+    MissingCodecError,
+    UnsupportedFormatError,
+)
+
+__all__ = [
+    "CorruptImageError",
+    "DecodedImage",
+    "ImageFormat",
+    "ImageMetadata",
+    "ImageTooLargeError",
+    "ImagingError",
+    "ImagingSettings",
+    "MissingCodecError",
+    "UnsupportedFormatError",
+    "load_image",
+    "pixel_digest",
+    "render_png",
+    "sniff_format",
+    "thumbnail_signature",
+]

@@ -1,0 +1,401 @@
+"""DICOM decoding with pydicom: one frame, modality LUT, VOI LUT/window, MONOCHROME1, colour, metadata."""
+
+from __future__ import annotations
+
+import logging
+import math
+import unicodedata
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder
+from pydicom.pixels.utils import as_pixel_options
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from imaging.types import (
+    CorruptImageError,
+    DecodedImage,
+    ImageMetadata,
+    ImageTooLargeError,
+    MissingCodecError,
+    UnsupportedFormatError,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+CODECS_HINT = 'pip install "medcbir[codecs]"'
+_MAX_TEXT = 1024
+_PERCENTILES = (0.5, 99.5)
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def decode_dicom(data: bytes, *, max_pixels: int, frame: int | None = None) -> DecodedImage:
+    """Decode DICOM bytes into display-ready pixels and metadata.
+
+    `frame` picks a frame of a multi-frame object (0-based); by default the middle frame
+    (frames // 2) is used as the representative one. Only that frame is decoded.
+    """
+    ds = _read_dataset(data)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise CorruptImageError(
+            "The DICOM object has no pixel data: it is truncated, or not an image (a report, "
+            "presentation state, DICOMDIR, ...); only image objects can be indexed."
+        )
+    rows = _int(ds, "Rows")
+    columns = _int(ds, "Columns")
+    if not rows or not columns or rows < 0 or columns < 0:
+        raise CorruptImageError("The DICOM header has no valid Rows/Columns; the file is malformed.")
+    samples = _int(ds, "SamplesPerPixel") or 1
+    frames = max(_int(ds, "NumberOfFrames") or 1, 1)
+    if "NumberOfFrames" in ds and _int(ds, "NumberOfFrames") is None:
+        LOGGER.info("Unreadable DICOM NumberOfFrames; decoding the first frame only")
+        ds.NumberOfFrames = 1  # our own parsed copy: lets pydicom decode instead of failing on the value
+    # Only one frame is ever decoded, so the frame is what must fit; a declared frame count
+    # cannot make us allocate more than the file already holds.
+    declared = rows * columns * samples
+    if declared > max_pixels:
+        raise ImageTooLargeError(
+            f"The DICOM frame declares {rows}x{columns}x{samples} = {declared:,} samples, over the "
+            f"limit of {max_pixels:,}; raise MEDCBIR_IMAGING_MAX_PIXELS if the image is genuine."
+        )
+    index = frames // 2 if frame is None else frame
+    if not 0 <= index < frames:
+        raise CorruptImageError(
+            f"Frame {index} was requested but the DICOM object has {frames} frame(s) "
+            f"(valid: 0..{frames - 1})."
+        )
+
+    arr, photometric = _decode_frame(ds, index)
+    pixels, window = _to_display(arr, ds, photometric, index)
+    return DecodedImage(
+        pixels=pixels,
+        metadata=_metadata(ds, rows, columns, frames, index, photometric, window),
+    )
+
+
+def _read_dataset(data: bytes) -> Dataset:
+    try:
+        ds = dcmread(BytesIO(data), force=True)
+    except Exception as exc:  # pydicom raises many kinds on hostile input; none may escape as a crash
+        raise CorruptImageError(
+            f"The DICOM file could not be parsed ({_short(exc)}); it may be truncated or not DICOM."
+        ) from exc
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or not meta.get("TransferSyntaxUID"):
+        # A bare dataset: pydicom worked out its encoding while reading; record it as the syntax.
+        is_implicit, is_little = ds.original_encoding
+        if is_implicit is None or is_little is None:
+            raise CorruptImageError("The DICOM dataset's transfer syntax cannot be determined.")
+        syntax = (
+            ImplicitVRLittleEndian
+            if is_implicit
+            else ExplicitVRLittleEndian
+            if is_little
+            else ExplicitVRBigEndian
+        )
+        ds.ensure_file_meta()
+        ds.file_meta.TransferSyntaxUID = syntax
+    return ds
+
+
+def _decode_frame(ds: Dataset, index: int) -> tuple[np.ndarray[Any, Any], str]:
+    """Decode one frame; return it with the photometric interpretation it is now in."""
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as exc:
+        raise UnsupportedFormatError(
+            f"DICOM transfer syntax '{syntax.name}' ({syntax}) has no pixel decoder (video and "
+            "referenced-pixel syntaxes cannot be indexed); export the image in another transfer syntax."
+        ) from exc
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "a decoding plugin"
+        raise MissingCodecError(
+            f"Decoding DICOM transfer syntax '{syntax.name}' needs a codec that is not installed "
+            f"({missing}). Install the codecs with: {CODECS_HINT}"
+        )
+    try:
+        opts = as_pixel_options(ds, as_rgb=True)
+        arr, info = decoder.as_array(ds, index=index, validate=True, **opts)
+    except RuntimeError as exc:
+        if "missing dependencies" in str(exc) or "no pixel data decoders" in str(exc).lower():
+            raise MissingCodecError(
+                f"Decoding DICOM transfer syntax '{syntax.name}' needs a codec that is not installed. "
+                f"Install the codecs with: {CODECS_HINT}"
+            ) from exc
+        raise CorruptImageError(
+            f"The compressed DICOM pixel data could not be decoded ({_short(exc)}); the file is damaged."
+        ) from exc
+    except Exception as exc:
+        raise CorruptImageError(
+            f"The DICOM pixel data could not be decoded ({_short(exc)}); the file may be truncated "
+            "or its image header inconsistent."
+        ) from exc
+    photometric = str(info.get("photometric_interpretation") or _text(ds, "PhotometricInterpretation") or "")
+    return arr, photometric.strip().upper()
+
+
+def _to_display(
+    arr: np.ndarray[Any, Any], ds: Dataset, photometric: str, index: int
+) -> tuple[npt.NDArray[np.float32], tuple[float | None, float | None, str | None, str]]:
+    """Pixels in [0, 1], H x W x 3, and (center, width, source, voi kind) of the window used."""
+    if photometric == "PALETTE COLOR":
+        try:
+            rgb = apply_color_lut(arr, ds)
+            depth = _palette_depth(ds, arr.dtype)
+        except Exception as exc:
+            raise CorruptImageError(f"The DICOM palette colour LUT is unusable ({_short(exc)}).") from exc
+        return _scale_unsigned(rgb, depth), (None, None, None, "palette")
+    if arr.ndim == 3:
+        if photometric in ("YBR_FULL", "YBR_FULL_422"):
+            arr = convert_color_space(arr, photometric, "RGB")
+        elif photometric not in ("RGB", "YBR_ICT", "YBR_RCT", ""):
+            LOGGER.info("Treating DICOM colour photometric %s as RGB", photometric)
+        depth = _int(ds, "BitsStored") or 8
+        if arr.dtype == np.uint8:
+            depth = 8
+        return _scale_unsigned(arr[..., :3], depth), (None, None, None, "colour")
+
+    values = _apply_modality(arr, ds, index)
+    grey, window = _apply_voi(values, arr, ds, index)
+    if photometric == "MONOCHROME1":
+        grey = 1.0 - grey
+    grey32 = np.clip(grey, 0.0, 1.0).astype(np.float32)
+    return np.repeat(grey32[..., None], 3, axis=2), window
+
+
+def _scale_unsigned(arr: np.ndarray[Any, Any], depth: int) -> npt.NDArray[np.float32]:
+    top = float(2 ** min(max(depth, 1), 32) - 1)
+    out = np.asarray(arr, dtype=np.float64) / top
+    return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
+
+
+def _palette_depth(ds: Dataset, dtype: np.dtype[Any]) -> int:
+    """Bits per palette entry; 16-bit tables that only hold 0..255 are really 8-bit (seen in the wild)."""
+    descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+    try:
+        depth = int(descriptor[2]) if descriptor is not None else 8
+    except (TypeError, ValueError, IndexError):
+        depth = 8
+    if depth > 8:
+        every_index = np.arange(min(2 ** (8 * dtype.itemsize), 65536)).astype(dtype)
+        if int(np.max(apply_color_lut(every_index, ds))) <= 255:
+            depth = 8
+    return depth
+
+
+# --- grey pipeline -------------------------------------------------------------------------------
+
+
+def _frame_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:
+    """The item of a functional-group macro (enhanced multi-frame) that applies to frame `index`."""
+    try:
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        if per_frame is not None and index < len(per_frame):
+            seq = per_frame[index].get(sequence)
+            if seq:
+                return seq[0]  # type: ignore[no-any-return]
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        if shared:
+            seq = shared[0].get(sequence)
+            if seq:
+                return seq[0]  # type: ignore[no-any-return]
+    except Exception:  # a broken functional group is treated as absent
+        return None
+    return None
+
+
+def _apply_modality(arr: np.ndarray[Any, Any], ds: Dataset, index: int) -> FloatArray:
+    """Stored values -> modality values (Hounsfield units etc.)."""
+    values = arr.astype(np.float64)
+    lut_seq = _safe(lambda: ds.get("ModalityLUTSequence"))
+    if lut_seq:
+        lut = _lut_from_item(lut_seq[0], ds)
+        if lut is not None:
+            return _apply_lut(values, *lut)
+    source = _frame_item(ds, index, "PixelValueTransformationSequence") or ds
+    slope = _float(source, "RescaleSlope")
+    intercept = _float(source, "RescaleIntercept")
+    if slope is None or slope == 0.0:
+        slope = 1.0
+    return values * slope + (intercept or 0.0)
+
+
+def _apply_voi(
+    values: FloatArray, stored: np.ndarray[Any, Any], ds: Dataset, index: int
+) -> tuple[FloatArray, tuple[float | None, float | None, str | None, str]]:
+    """Modality values -> [0, 1] using the header's VOI (LUT, then window) or a percentile window."""
+    voi_item = _frame_item(ds, index, "FrameVOILUTSequence")
+    window_source = voi_item or ds
+    lut_seq = _safe(lambda: ds.get("VOILUTSequence"))
+    if lut_seq:
+        lut = _lut_from_item(lut_seq[0], ds)
+        if lut is not None:
+            out = _apply_lut(values, *lut)
+            lo, hi = float(lut[0].min()), float(lut[0].max())
+            scaled = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+            return scaled, (None, None, "header", "lut")
+    center = _float(window_source, "WindowCenter")
+    width = _float(window_source, "WindowWidth")
+    function = (_text(window_source, "VOILUTFunction") or "LINEAR").upper()
+    if center is not None and width is not None and width >= 1.0:
+        return _window(values, center, width, function), (center, width, "header", function.lower())
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.zeros_like(values), (None, None, "percentile", "linear_exact")
+    lo, hi = (float(v) for v in np.percentile(finite, _PERCENTILES))
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        return np.zeros_like(values), (lo, 0.0, "percentile", "linear_exact")
+    center, width = (lo + hi) / 2.0, hi - lo
+    return _window(values, center, width, "LINEAR_EXACT"), (center, width, "percentile", "linear_exact")
+
+
+def _window(values: FloatArray, center: float, width: float, function: str) -> FloatArray:
+    """PS3.3 C.11.2.1.2 windowing to [0, 1]."""
+    if function == "SIGMOID":
+        with np.errstate(over="ignore"):
+            out: FloatArray = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+        return out
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    if width <= 1.0:
+        return (values > center - 0.5).astype(np.float64)
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def _lut_from_item(item: Dataset, ds: Dataset) -> tuple[FloatArray, int] | None:
+    """(LUT entries, first mapped value) from a Modality/VOI LUT item, or None when unusable."""
+    try:
+        descriptor = [int(v) for v in item.LUTDescriptor]
+        entries = descriptor[0] or 65536
+        first_mapped = descriptor[1]
+        if first_mapped >= 32768 and _int(ds, "PixelRepresentation") == 1:
+            first_mapped -= 65536  # a signed first-mapped value read through the US VR
+        raw = item.LUTData
+        if isinstance(raw, bytes | bytearray):
+            little = ds.original_encoding[1] is not False
+            dtype: np.dtype[Any] = np.dtype("<u2" if little else ">u2")
+            if len(raw) == entries and descriptor[2] == 8:
+                dtype = np.dtype(np.uint8)
+            table = np.frombuffer(bytes(raw), dtype=dtype).astype(np.float64)
+        else:
+            seq = raw if isinstance(raw, list | tuple | MultiValue) else [raw]
+            table = np.asarray([float(v) for v in seq], dtype=np.float64)
+        if table.size == 0:
+            return None
+        return table[:entries], first_mapped
+    except Exception as exc:
+        LOGGER.info("Ignoring an unusable DICOM LUT (%s)", _short(exc))
+        return None
+
+
+def _apply_lut(values: FloatArray, table: FloatArray, first_mapped: int) -> FloatArray:
+    idx = np.clip(np.rint(values) - first_mapped, 0, table.size - 1).astype(np.intp)
+    out: FloatArray = table[idx]
+    return out
+
+
+# --- header values: hostile input, never allowed to crash a decode -------------------------------
+
+
+def _safe(read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except Exception:
+        return None
+
+
+def _first(value: Any) -> Any:
+    if isinstance(value, MultiValue | list | tuple):
+        return value[0] if len(value) else None
+    return value
+
+
+def _float(ds: Dataset, keyword: str) -> float | None:
+    value = _safe(lambda: _first(ds.get(keyword)))
+    try:
+        number = float(value) if value is not None and str(value).strip() != "" else None
+    except (TypeError, ValueError):
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = _safe(lambda: _first(ds.get(keyword)))
+    try:
+        return int(value) if value is not None and str(value).strip() != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    """A header value as clean text: str, control/format characters dropped, stripped, capped."""
+    value = _safe(lambda: ds.get(keyword))
+    if value is None:
+        return None
+    try:
+        if isinstance(value, MultiValue | list | tuple):
+            text = "\\".join(str(v) for v in value)
+        elif isinstance(value, bytes):
+            text = value.decode("latin-1")
+        else:
+            text = str(value)
+    except Exception:
+        return None
+    cleaned = "".join(ch for ch in text if not unicodedata.category(ch).startswith("C")).strip()
+    return cleaned[:_MAX_TEXT] or None
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _metadata(
+    ds: Dataset,
+    rows: int,
+    columns: int,
+    frames: int,
+    index: int,
+    photometric: str,
+    window: tuple[float | None, float | None, str | None, str],
+) -> ImageMetadata:
+    center, width, source, voi = window
+    extra = {"voi": voi}
+    header_photometric = _text(ds, "PhotometricInterpretation")
+    if header_photometric and header_photometric.upper() != photometric:
+        extra["decoded_photometric"] = photometric or "unknown"
+    sop_class = _text(ds, "SOPClassUID")
+    if sop_class:
+        extra["sop_class_uid"] = sop_class
+    return ImageMetadata(
+        format="dicom",
+        rows=rows,
+        columns=columns,
+        frames=frames,
+        frame_index=index,
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_description=_text(ds, "StudyDescription"),
+        series_description=_text(ds, "SeriesDescription"),
+        patient_id=_text(ds, "PatientID"),
+        photometric_interpretation=header_photometric,
+        transfer_syntax_uid=_text(ds.file_meta, "TransferSyntaxUID"),
+        window_center=center,
+        window_width=width,
+        window_source=source,
+        bits_stored=_int(ds, "BitsStored"),
+        extra=extra,
+    )
