@@ -1,0 +1,242 @@
+"""UI test fixtures: `contract_api`, a real HTTP server answering the search API contract with fixed data."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, ClassVar
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.responses import Response
+from PIL import Image
+
+from search_api.schemas import (
+    CaseOut,
+    HealthOut,
+    Hit,
+    LabelScore,
+    Prediction,
+    QueryInfo,
+    SearchResponse,
+)
+
+# Magic first bytes that make the contract server answer with an error, to test the UI's error paths.
+UNSUPPORTED_PREFIX = b"UNSUPPORTED"
+UNDECODABLE_PREFIX = b"UNDECODABLE"
+UNLABELED_PREFIX = b"UNLABELED"
+BROKEN_MEDIA_PREFIX = b"BROKENMEDIA"
+UNSUPPORTED_DETAIL = "Unsupported image format: send DICOM, PNG or JPEG bytes."
+UNDECODABLE_DETAIL = "The DICOM file has no pixel data: send an image instance."
+HOSTILE_TEXT = "<script>alert(1)</script> ![track](http://evil.example/x.png) :red[boom]"
+CONTRACT_HITS = 12
+
+
+def make_png(size: tuple[int, int] = (8, 8), value: int = 128) -> bytes:
+    """A tiny grey PNG."""
+    buffer = io.BytesIO()
+    Image.new("L", size, value).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def report_of(index: int) -> str:
+    """A long report whose tail only shows in the expander."""
+    return f"Report {index}: " + "findings consistent with the label. " * 10 + f"END-OF-REPORT-{index}"
+
+
+def contract_hit(index: int) -> Hit:
+    """Hit number `index` (0-based) of the fixed answer."""
+    return Hit(
+        rank=index + 1,
+        image_id=100 + index,
+        case_id=200 + index,
+        case_key=f"CASE-{index:03d}",
+        source_uri=f"archive/case{index}.dcm",
+        similarity=0.98765 - 0.01 * index,
+        modality="CT",
+        body_part="CHEST",
+        study_description=HOSTILE_TEXT if index == 0 else "CT CHEST",
+        diagnosis=["pneumonia"] if index % 3 else ["nodule", "emphysema"],
+        report=report_of(index),
+        thumbnail_url=f"/images/{100 + index}/thumbnail",
+        case_url=f"/cases/{200 + index}",
+    )
+
+
+@dataclass
+class SearchCall:
+    """What the UI sent to POST /search."""
+
+    filename: str | None
+    data: bytes
+    k: int
+    modality: str | None
+
+
+@dataclass
+class ContractApi:
+    """A running contract server: its URL, the calls it received, and the magic inputs it answers."""
+
+    unsupported_prefix: ClassVar[bytes] = UNSUPPORTED_PREFIX
+    undecodable_prefix: ClassVar[bytes] = UNDECODABLE_PREFIX
+    unlabeled_prefix: ClassVar[bytes] = UNLABELED_PREFIX
+    broken_media_prefix: ClassVar[bytes] = BROKEN_MEDIA_PREFIX
+    unsupported_detail: ClassVar[str] = UNSUPPORTED_DETAIL
+    undecodable_detail: ClassVar[str] = UNDECODABLE_DETAIL
+    hostile_text: ClassVar[str] = HOSTILE_TEXT
+    max_hits: ClassVar[int] = CONTRACT_HITS
+
+    url: str
+    searches: list[SearchCall] = field(default_factory=list)
+    thumbnail_requests: list[int] = field(default_factory=list)
+
+
+def create_contract_app(record: ContractApi) -> FastAPI:
+    """A FastAPI app implementing the search API contract with fixed, engine-free answers."""
+    app = FastAPI()
+    png = make_png()
+
+    @app.get("/health")
+    def health() -> HealthOut:
+        return HealthOut(
+            status="ok",
+            encoder="fake-encoder",
+            dim=16,
+            device="cpu",
+            index_size=1234,
+            catalog_ok=True,
+            catalog_images=1234,
+            modalities=["CT", "MR"],
+        )
+
+    @app.post("/search")
+    def search(
+        file: Annotated[UploadFile, File()],
+        k: Annotated[int, Form(ge=1, le=100)] = 10,
+        modality: Annotated[str | None, Form()] = None,
+    ) -> SearchResponse:
+        data = file.file.read()
+        record.searches.append(SearchCall(file.filename, data, k, modality))
+        if data.startswith(UNSUPPORTED_PREFIX):
+            raise HTTPException(status_code=415, detail=UNSUPPORTED_DETAIL)
+        if data.startswith(UNDECODABLE_PREFIX):
+            raise HTTPException(status_code=422, detail=UNDECODABLE_DETAIL)
+        hits = [contract_hit(i) for i in range(min(k, CONTRACT_HITS))]
+        preview = png
+        if data.startswith(BROKEN_MEDIA_PREFIX):  # a preview that is no PNG, thumbnails that 404
+            preview = b"not a png"
+            hits = [h.model_copy(update={"thumbnail_url": "/images/999/thumbnail"}) for h in hits]
+        if data.startswith(UNLABELED_PREFIX):
+            hits = [h.model_copy(update={"diagnosis": []}) for h in hits]
+            prediction = Prediction()
+        else:
+            prediction = Prediction(
+                label="pneumonia",
+                confidence=0.75,
+                scores=[
+                    LabelScore(label="pneumonia", score=0.75, votes=3),
+                    LabelScore(label="nodule", score=0.25, votes=1),
+                ],
+                labeled_neighbours=len(hits),
+            )
+        return SearchResponse(
+            query=QueryInfo(
+                format="png",
+                rows=8,
+                columns=8,
+                modality=modality or "OT",
+                body_part="HAND",
+                study_description=HOSTILE_TEXT,
+                preview_png_base64=base64.b64encode(preview).decode("ascii"),
+            ),
+            hits=hits,
+            prediction=prediction,
+            encoder="fake-encoder",
+            index_size=1234,
+            took_ms=12.5,
+        )
+
+    @app.get("/cases/{case_id}")
+    def case(case_id: int) -> CaseOut:
+        if case_id < 200 or case_id >= 200 + CONTRACT_HITS:
+            raise HTTPException(status_code=404, detail=f"No case with id {case_id}.")
+        hit = contract_hit(case_id - 200)
+        return CaseOut(case_id=case_id, case_key=hit.case_key, report=hit.report, diagnosis=hit.diagnosis)
+
+    @app.get("/images/{image_id}/thumbnail")
+    def thumbnail(image_id: int) -> Response:
+        if image_id < 100 or image_id >= 100 + CONTRACT_HITS:
+            raise HTTPException(status_code=404, detail=f"No image with id {image_id}.")
+        record.thumbnail_requests.append(image_id)
+        return Response(content=png, media_type="image/png")
+
+    @app.get("/not-json")
+    def not_json() -> Response:
+        return Response(content=b"<html>proxy error</html>", status_code=502, media_type="text/html")
+
+    return app
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def contract_api() -> Iterator[ContractApi]:
+    """A real uvicorn server, in a thread, answering the API contract with fixed responses."""
+    port = free_port()
+    record = ContractApi(url=f"http://127.0.0.1:{port}")
+    config = uvicorn.Config(create_contract_app(record), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the contract API server did not start")
+        time.sleep(0.02)
+    yield record
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def contract(contract_api: ContractApi) -> ContractApi:
+    """The contract server with its call records cleared for this test."""
+    contract_api.searches.clear()
+    contract_api.thumbnail_requests.clear()
+    return contract_api
+
+
+@pytest.fixture
+def png_bytes() -> bytes:
+    """A small real PNG to upload."""
+    return make_png((32, 32), 90)
+
+
+@pytest.fixture
+def dead_api_url() -> str:
+    """A URL where no API listens."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def live_api(request: pytest.FixtureRequest) -> str:
+    """The real engine API: `live_api_url` from tests/conftest.py; skipped until search_api.app exists."""
+    if importlib.util.find_spec("search_api.app") is None:
+        pytest.skip("search_api/app.py does not exist yet: no live engine API to test the UI against")
+    try:
+        url = request.getfixturevalue("live_api_url")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/conftest.py provides no `live_api_url` fixture (a live search API)")
+    return str(url)

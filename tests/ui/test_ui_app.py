@@ -1,0 +1,246 @@
+"""The Streamlit page under AppTest, against real HTTP servers: the contract API and the live engine."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from ui.client import ApiClient
+
+if TYPE_CHECKING:
+    from tests.ui.conftest import ContractApi
+
+APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
+TIMEOUT_S = 30.0
+
+
+def start_app(monkeypatch: pytest.MonkeyPatch, api_url: str) -> AppTest:
+    """Run the page once, pointed at `api_url` through MEDCBIR_UI_API_URL."""
+    monkeypatch.setenv("MEDCBIR_UI_API_URL", api_url)
+    monkeypatch.setattr(sys, "argv", ["ui/app.py"])
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def upload(at: AppTest, data: bytes, name: str = "query.png") -> AppTest:
+    """Upload a query through the page's file uploader and rerun."""
+    at.file_uploader(key="query_file").upload(name, data)
+    at.run()
+    return at
+
+
+def plain_texts(at: AppTest) -> list[str]:
+    """Every st.text body on the page, sidebar included."""
+    return [t.value for t in at.text]
+
+
+def markdown_texts(at: AppTest) -> list[str]:
+    """Every Markdown-rendered body: markdown, captions, titles, headers, alerts and metric labels."""
+    bodies = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    bodies += [t.value for t in at.title] + [h.value for h in at.subheader]
+    bodies += [a.value for a in (*at.error, *at.warning, *at.info, *at.success)]
+    return bodies
+
+
+def hit_similarities(at: AppTest) -> list[str]:
+    """The similarity Markdown of each neighbour card, in page order."""
+    return [m.value for m in at.markdown if "similarity" in m.value]
+
+
+def test_page_shows_api_health_in_sidebar(monkeypatch: pytest.MonkeyPatch, contract: ContractApi) -> None:
+    at = start_app(monkeypatch, contract.url)
+    sidebar = [t.value for t in at.sidebar.text]
+    assert contract.url in sidebar
+    assert "Encoder: fake-encoder (16-d on cpu)" in sidebar
+    assert "Index size: 1,234 vectors" in sidebar
+    assert at.slider(key="k").value == 10
+    assert (at.slider(key="k").min, at.slider(key="k").max) == (1, 50)
+    assert at.selectbox(key="modality").options == ["any", "CT", "MR"]
+    assert at.selectbox(key="modality").value == "any"
+    assert any("Upload a query image" in i.value for i in at.info)
+    assert not contract.searches
+
+
+def test_upload_shows_query_prediction_and_neighbours(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
+) -> None:
+    at = upload(start_app(monkeypatch, contract.url), png_bytes, "scan")  # no extension: the API decides
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error
+
+    call = contract.searches[-1]
+    assert (call.filename, call.data, call.k, call.modality) == ("scan", png_bytes, 10, None)
+
+    # The query preview and its header fields.
+    texts = plain_texts(at)
+    assert "Body part: HAND" in texts
+    assert f"Study description: {contract.hostile_text}" in texts
+    # The prediction panel.
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics == {"Predicted label": "pneumonia", "Confidence": "75.0%"}
+    assert at.get("vega_lite_chart"), "the per-label bar chart is missing"
+    # The neighbour grid: 10 cards, best first, similarity to 3 decimals.
+    similarities = hit_similarities(at)
+    assert len(similarities) == 10
+    assert similarities[0] == "**#1** · similarity **0.988**"
+    assert similarities[1] == "**#2** · similarity **0.978**"
+    assert "Diagnosis: nodule, emphysema" in texts
+    assert "Diagnosis: pneumonia" in texts
+    assert "Case: CASE-000" in texts
+    assert "Modality: CT · CHEST" in texts
+    excerpts = [t for t in texts if t.startswith("Report 0:")]
+    assert len(excerpts) == 2  # the excerpt on the card, the full text in the expander
+    short, full = sorted(excerpts, key=len)
+    assert len(short) <= 201 and short.endswith("…") and "END-OF-REPORT-0" not in short
+    assert full.endswith("END-OF-REPORT-0")
+    assert [e.label for e in at.expander] == ["Full report"] * 10
+    # 1 query preview + 10 thumbnails, all fetched server-side.
+    assert len(at.image) == 11
+
+
+def test_thumbnails_are_cached(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
+) -> None:
+    at = upload(start_app(monkeypatch, contract.url), png_bytes)
+    fetched = len(contract.thumbnail_requests)
+    assert fetched <= 10
+    at.run()
+    assert len(contract.searches) == 2
+    assert len(contract.thumbnail_requests) == fetched
+
+
+def test_broken_media_warns_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
+) -> None:
+    at = upload(start_app(monkeypatch, contract.url), contract.broken_media_prefix + png_bytes)
+    assert not at.exception, [e.value for e in at.exception]
+    warnings = [w.value for w in at.warning]
+    assert "The query preview sent by the API could not be displayed." in warnings
+    assert warnings.count("No thumbnail: No image with id 999.") == 10
+    assert len(hit_similarities(at)) == 10
+
+
+def test_hostile_header_text_is_never_markdown(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
+) -> None:
+    at = upload(start_app(monkeypatch, contract.url), png_bytes)
+    assert any(contract.hostile_text in t for t in plain_texts(at))
+    for body in markdown_texts(at):
+        assert "<script>" not in body and "evil.example" not in body
+
+
+def test_changing_k_requeries(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
+) -> None:
+    at = upload(start_app(monkeypatch, contract.url), png_bytes)
+    assert contract.searches[-1].k == 10
+    at.slider(key="k").set_value(3).run()
+    assert not at.exception
+    assert contract.searches[-1].k == 3
+    assert len(hit_similarities(at)) == 3
+
+
+def test_modality_filter_is_sent(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
+) -> None:
+    at = upload(start_app(monkeypatch, contract.url), png_bytes)
+    at.selectbox(key="modality").set_value("MR").run()
+    assert contract.searches[-1].modality == "MR"
+    at.selectbox(key="modality").set_value("any").run()
+    assert contract.searches[-1].modality is None
+
+
+def test_no_labeled_neighbours(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
+) -> None:
+    at = upload(start_app(monkeypatch, contract.url), contract.unlabeled_prefix + png_bytes)
+    assert not at.exception
+    assert any("No labeled neighbours" in i.value for i in at.info)
+    assert not at.metric
+    assert "Diagnosis: —" in plain_texts(at)
+
+
+@pytest.mark.parametrize(("kind", "status"), [("unsupported", 415), ("undecodable", 422)])
+def test_api_error_is_shown_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, kind: str, status: int
+) -> None:
+    prefix: bytes = getattr(contract, f"{kind}_prefix")
+    detail: str = getattr(contract, f"{kind}_detail")
+    at = upload(start_app(monkeypatch, contract.url), prefix + b" not an image", "notes.txt")
+    assert not at.exception
+    assert [e.value for e in at.error] == [f"Search failed (HTTP {status}): {detail}"]
+    assert not hit_similarities(at)
+
+
+def test_unreachable_api(monkeypatch: pytest.MonkeyPatch, dead_api_url: str, png_bytes: bytes) -> None:
+    at = start_app(monkeypatch, dead_api_url)
+    sidebar_errors = [e.value for e in at.sidebar.error]
+    assert len(sidebar_errors) == 1
+    assert sidebar_errors[0].startswith(f"Cannot reach the search API at {dead_api_url}")
+    assert "medcbir serve" in sidebar_errors[0]
+    assert at.selectbox(key="modality").options == ["any"]
+    upload(at, png_bytes)
+    assert not at.exception
+    assert any(e.value.startswith("Search failed: Cannot reach the search API") for e in at.main.error)
+
+
+def test_api_url_argument_wins_over_env(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, dead_api_url: str
+) -> None:
+    monkeypatch.setenv("MEDCBIR_UI_API_URL", dead_api_url)
+    monkeypatch.setattr(sys, "argv", ["ui/app.py", "--api-url", contract.url])
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.run()
+    assert not at.exception
+    assert not at.sidebar.error
+    assert contract.url in [t.value for t in at.sidebar.text]
+
+
+def test_live_engine_search(monkeypatch: pytest.MonkeyPatch, live_api: str, png_bytes: bytes) -> None:
+    """The page against the real engine API: whatever the archive holds, the page must agree with the API."""
+    at = start_app(monkeypatch, live_api)
+    assert not at.sidebar.error
+    with ApiClient(live_api) as client:
+        health = client.health()
+        expected = client.search(png_bytes, "query.png", k=5)
+    assert f"Index size: {health.index_size:,} vectors" in [t.value for t in at.sidebar.text]
+    at.slider(key="k").set_value(5).run()
+    upload(at, png_bytes)
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    similarities = hit_similarities(at)
+    assert len(similarities) == len(expected.hits)
+    texts = plain_texts(at)
+    for hit, shown in zip(expected.hits, similarities, strict=True):
+        assert shown == f"**#{hit.rank}** · similarity **{hit.similarity:.3f}**"
+        assert f"Case: {hit.case_key}" in texts
+    if expected.prediction.label is None:
+        assert any("No labeled neighbours" in i.value for i in at.info)
+    else:
+        assert {m.label: m.value for m in at.metric}["Predicted label"] == expected.prediction.label
+
+
+def test_live_engine_search_dicom(monkeypatch: pytest.MonkeyPatch, live_api: str) -> None:
+    """A real DICOM query (pydicom's bundled CT) through the page, uploaded without an extension."""
+    data_module = pytest.importorskip("pydicom.data")
+    data = Path(data_module.get_testdata_file("CT_small.dcm")).read_bytes()
+    at = upload(start_app(monkeypatch, live_api), data, "CT_small")
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    texts = plain_texts(at)
+    assert "Modality: CT" in texts
+    with ApiClient(live_api) as client:
+        expected = client.search(data, "CT_small", k=10)
+    shown = hit_similarities(at)
+    assert len(shown) == len(expected.hits) > 0
+    assert shown[0] == f"**#1** · similarity **{expected.hits[0].similarity:.3f}**"
+    assert f"Case: {expected.hits[0].case_key}" in texts
+    if expected.hits[0].report:
+        assert any(t.startswith(expected.hits[0].report[:20]) for t in texts)
+    assert len(at.image) == 1 + len(expected.hits)

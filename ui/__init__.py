@@ -1,0 +1,1 @@
+"""The Streamlit UI of medcbir and its typed HTTP client for the search API."""

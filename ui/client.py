@@ -1,0 +1,142 @@
+"""Typed HTTP client of the search API: every failure becomes an ApiError a person can act on."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from search_api.schemas import CaseOut, HealthOut, SearchResponse
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+START_HINT = "start it with `medcbir serve`, or point the UI elsewhere with --api-url / MEDCBIR_UI_API_URL"
+
+
+class ApiError(Exception):
+    """The search API could not answer: `message` is for the user; `status_code` is None without HTTP."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _detail_of(response: httpx.Response) -> str:
+    """The human text of an error response: ErrorOut.detail, FastAPI's validation list, or the raw body."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text[:500] if text else response.reason_phrase or f"HTTP {response.status_code}"
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str) and detail:
+        return detail
+    if isinstance(detail, list):  # FastAPI's default 422: [{"loc": [...], "msg": "..."}, ...]
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                msg = str(item.get("msg", item))
+                parts.append(f"{loc}: {msg}" if loc else msg)
+            else:
+                parts.append(str(item))
+        if parts:
+            return "; ".join(parts)
+    return response.reason_phrase or f"HTTP {response.status_code}"
+
+
+class ApiClient:
+    """Speaks to the medcbir search API over HTTP; use as a context manager or call close()."""
+
+    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+        self.base_url = base_url.strip().rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.Client(timeout=timeout, follow_redirects=True)
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._http.close()
+
+    def absolute_url(self, path: str) -> str:
+        """Resolve a path relative to the API root (as in Hit.thumbnail_url) to a full URL; full URLs pass."""
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def health(self) -> HealthOut:
+        """GET /health: what the server loaded (encoder, index size, modalities)."""
+        return self._parse(self._request("GET", "/health"), HealthOut)
+
+    def search(self, data: bytes, filename: str, k: int = 10, modality: str | None = None) -> SearchResponse:
+        """POST /search with the image bytes; the API sniffs the format from the bytes, not the name."""
+        form: dict[str, str] = {"k": str(k)}
+        if modality:
+            form["modality"] = modality
+        files = {"file": (filename or "query", data, "application/octet-stream")}
+        return self._parse(self._request("POST", "/search", data=form, files=files), SearchResponse)
+
+    def case(self, case_id: int) -> CaseOut:
+        """GET /cases/{case_id}: the case with its report, labels and images."""
+        return self._parse(self._request("GET", f"/cases/{case_id}"), CaseOut)
+
+    def thumbnail(self, path_or_url: str) -> bytes:
+        """The PNG bytes behind a thumbnail URL, fetched here because the browser may not reach the API."""
+        response = self._request("GET", path_or_url)
+        content_type = response.headers.get("content-type", "")
+        if not content_type.startswith("image/"):
+            raise ApiError(
+                f"The search API sent {content_type or 'no content type'} instead of an image "
+                f"for {self.absolute_url(path_or_url)}.",
+                response.status_code,
+            )
+        return response.content
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        url = self.absolute_url(path)
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise ApiError(f"Cannot reach the search API at {self.base_url}: {START_HINT}.") from exc
+            raise ApiError(
+                f"The search API at {self.base_url} did not answer within {self.timeout:g} s; "
+                "it may still be loading its model or index: try again in a moment."
+            ) from exc
+        except httpx.InvalidURL as exc:
+            raise ApiError(f"The search API URL {self.base_url!r} is not a valid URL: {exc}.") from exc
+        except httpx.UnsupportedProtocol as exc:
+            raise ApiError(
+                f"The search API URL {self.base_url!r} must start with http:// or https://."
+            ) from exc
+        except httpx.HTTPError as exc:  # connection refused, DNS failure, reset, ...
+            raise ApiError(f"Cannot reach the search API at {self.base_url}: {START_HINT}.") from exc
+        if response.status_code >= 400:
+            raise ApiError(_detail_of(response), response.status_code)
+        return response
+
+    def _parse(self, response: httpx.Response, model: type[ModelT]) -> ModelT:
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ApiError(
+                f"The search API at {self.base_url} sent an answer the UI does not understand "
+                f"({model.__name__}: {exc.error_count()} problem(s)); are the UI and API the same version?",
+                response.status_code,
+            ) from exc
