@@ -34,6 +34,8 @@ def _pydicom_candidates() -> list[DemoFile]:
     out = []
     for name in get_testdata_files():
         path = Path(name)
+        if not path.is_file():
+            continue
         parts = path.parts
         if "test_files" in parts:
             root = Path(*parts[: parts.index("test_files") + 1])
