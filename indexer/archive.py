@@ -37,7 +37,9 @@ class Archive:
                 checkpoint=settings.checkpoint,
                 batch_size=settings.batch_size,
             )
-        index = VectorIndex.open(index_path(settings, encoder), catalog, encoder=encoder.name, dim=encoder.dim)
+        index = VectorIndex.open(
+            index_path(settings, encoder), catalog, encoder=encoder.name, dim=encoder.dim
+        )
         key = load_or_create_key(settings.key_path)
         log.info("archive open: encoder %s, %d vectors", encoder.name, len(index))
         return cls(settings=settings, catalog=catalog, encoder=encoder, index=index, pseudonym_key=key)

@@ -23,7 +23,15 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    selectinload,
+    sessionmaker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +235,9 @@ class Catalog:
         with self._sessions() as session:
             return np.fromiter(session.scalars(query), dtype=np.int64)
 
-    def embeddings(self, encoder: str, batch: int = 10_000) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+    def embeddings(
+        self, encoder: str, batch: int = 10_000
+    ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
         """Stream (ids, vectors) of every image embedded by the encoder, in id order."""
         last = 0
         while True:
@@ -250,7 +260,9 @@ class Catalog:
         with self._sessions() as session:
             return {
                 str(name): int(count)
-                for name, count in session.execute(select(Image.encoder, func.count()).group_by(Image.encoder))
+                for name, count in session.execute(
+                    select(Image.encoder, func.count()).group_by(Image.encoder)
+                )
             }
 
     def modalities(self) -> list[str]:
@@ -278,7 +290,9 @@ class Catalog:
             labels = {
                 str(lbl): int(c)
                 for lbl, c in session.execute(
-                    select(Diagnosis.label, func.count()).group_by(Diagnosis.label).order_by(func.count().desc())
+                    select(Diagnosis.label, func.count())
+                    .group_by(Diagnosis.label)
+                    .order_by(func.count().desc())
                 )
             }
         return CatalogStats(
@@ -308,7 +322,12 @@ class Catalog:
             select(Case).where(Case.case_key == case_key).options(selectinload(Case.diagnoses))
         ).first()
         if case is None:
-            case = Case(case_key=case_key, patient_ref=patient_ref, study_instance_uid=study_instance_uid, report=report)
+            case = Case(
+                case_key=case_key,
+                patient_ref=patient_ref,
+                study_instance_uid=study_instance_uid,
+                report=report,
+            )
             session.add(case)
         else:
             case.patient_ref = case.patient_ref or patient_ref

@@ -36,14 +36,18 @@ DataDir = Annotated[
 ]
 Encoder = Annotated[
     str | None,
-    typer.Option("--encoder", envvar="MEDCBIR_ENCODER", help="Encoder name (see list-encoders)", show_default=False),
+    typer.Option(
+        "--encoder", envvar="MEDCBIR_ENCODER", help="Encoder name (see list-encoders)", show_default=False
+    ),
 ]
 Checkpoint = Annotated[
     Path | None, typer.Option("--checkpoint", help="Local weights file for the encoder (offline use)")
 ]
 
 
-def _settings(data_dir: Path | None, encoder: str | None = None, checkpoint: Path | None = None) -> IndexerSettings:
+def _settings(
+    data_dir: Path | None, encoder: str | None = None, checkpoint: Path | None = None
+) -> IndexerSettings:
     overrides: dict[str, object] = {}
     if data_dir is not None:
         overrides["data_dir"] = data_dir.expanduser().resolve()
@@ -70,14 +74,28 @@ def _fail(message: str) -> typer.Exit:
 @app.command()
 def index(
     path: Annotated[Path, typer.Argument(help="Folder (or file) of DICOM, PNG and JPEG images")],
-    manifest: Annotated[Path | None, typer.Option(help="CSV mapping files to cases, reports and diagnoses")] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="CSV mapping files to cases, reports and diagnoses")
+    ] = None,
     path_column: Annotated[str, typer.Option(help="Manifest column with the file path or name")] = "filename",
-    case_column: Annotated[str | None, typer.Option(help="Manifest column with the case id [default: case_id if present]")] = None,
-    patient_column: Annotated[str | None, typer.Option(help="Manifest column with the patient id [default: patient_id if present]")] = None,
-    report_column: Annotated[str | None, typer.Option(help="Manifest column with the report text [default: report if present]")] = None,
-    diagnosis_column: Annotated[str | None, typer.Option(help="Manifest column with diagnosis labels [default: diagnosis if present]")] = None,
-    label_separators: Annotated[str, typer.Option(help="Characters that separate several labels in one cell")] = ";|,",
-    ignore_label: Annotated[list[str] | None, typer.Option(help="Label values meaning 'unlabeled' (repeatable)")] = None,
+    case_column: Annotated[
+        str | None, typer.Option(help="Manifest column with the case id [default: case_id if present]")
+    ] = None,
+    patient_column: Annotated[
+        str | None, typer.Option(help="Manifest column with the patient id [default: patient_id if present]")
+    ] = None,
+    report_column: Annotated[
+        str | None, typer.Option(help="Manifest column with the report text [default: report if present]")
+    ] = None,
+    diagnosis_column: Annotated[
+        str | None, typer.Option(help="Manifest column with diagnosis labels [default: diagnosis if present]")
+    ] = None,
+    label_separators: Annotated[
+        str, typer.Option(help="Characters that separate several labels in one cell")
+    ] = ";|,",
+    ignore_label: Annotated[
+        list[str] | None, typer.Option(help="Label values meaning 'unlabeled' (repeatable)")
+    ] = None,
     data_dir: DataDir = None,
     encoder: Encoder = None,
     checkpoint: Checkpoint = None,
@@ -148,7 +166,9 @@ def failures(
 
     catalog = Catalog(_settings(data_dir).resolved_database_url)
     for failure in catalog.failures(limit):
-        typer.echo(f"{failure.created_at:%Y-%m-%d %H:%M:%S}  {failure.error_type}  {failure.source_uri}\n    {failure.reason}")
+        typer.echo(
+            f"{failure.created_at:%Y-%m-%d %H:%M:%S}  {failure.error_type}  {failure.source_uri}\n    {failure.reason}"
+        )
     catalog.dispose()
 
 
@@ -176,7 +196,9 @@ def verify(data_dir: DataDir = None, encoder: Encoder = None, checkpoint: Checkp
         return
     missing = np.setdiff1d(stored, ids)
     extra = np.setdiff1d(ids, stored)
-    typer.echo(f"MISMATCH: {len(missing)} catalog ids missing from the index, {len(extra)} index ids not in the catalog")
+    typer.echo(
+        f"MISMATCH: {len(missing)} catalog ids missing from the index, {len(extra)} index ids not in the catalog"
+    )
     raise typer.Exit(code=1)
 
 
@@ -250,7 +272,9 @@ def _ui_command(api_url: str, host: str, port: int) -> list[str]:
 
 @app.command()
 def ui(
-    api_url: Annotated[str, typer.Option(envvar="MEDCBIR_UI_API_URL", help="Base URL of the search API")] = "http://127.0.0.1:8000",
+    api_url: Annotated[
+        str, typer.Option(envvar="MEDCBIR_UI_API_URL", help="Base URL of the search API")
+    ] = "http://127.0.0.1:8000",
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind")] = 8501,
 ) -> None:
@@ -276,13 +300,19 @@ def _wait_for_api(url: str, process: subprocess.Popen[bytes], timeout_s: float =
 
 @app.command()
 def demo(
-    data: Annotated[Path | None, typer.Option(help="Your own archive folder instead of the embedded demo")] = None,
-    manifest: Annotated[Path | None, typer.Option(help="Manifest CSV for --data (same columns as `index`)")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Your own archive folder instead of the embedded demo")
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="Manifest CSV for --data (same columns as `index`)")
+    ] = None,
     data_dir: DataDir = None,
     host: Annotated[str, typer.Option(help="Address for the API and UI")] = "127.0.0.1",
     api_port: Annotated[int, typer.Option(help="API port")] = 8000,
     ui_port: Annotated[int, typer.Option(help="UI port")] = 8501,
-    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the API and UI after indexing")] = True,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve the API and UI after indexing")
+    ] = True,
 ) -> None:
     """Build and index the embedded demo archive (or --data), then serve the API and the UI."""
     _setup_logging()
@@ -308,7 +338,17 @@ def demo(
         return
     api_url = f"http://{host}:{api_port}"
     api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "search_api.app:create_app", "--factory", "--host", host, "--port", str(api_port)],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "search_api.app:create_app",
+            "--factory",
+            "--host",
+            host,
+            "--port",
+            str(api_port),
+        ],
         env=_api_env(settings),
     )
     ui_process: subprocess.Popen[bytes] | None = None

@@ -52,12 +52,17 @@ def _skimage_candidates(workdir: Path) -> list[DemoFile]:
         from PIL import Image as PILImage
         from skimage import data as skdata
     except ImportError:
-        log.warning("scikit-image is not installed: the demo has no fundus or histology images "
-                    '(pip install "medcbir[demo]")')
+        log.warning(
+            "scikit-image is not installed: the demo has no fundus or histology images "
+            '(pip install "medcbir[demo]")'
+        )
         return []
     workdir.mkdir(parents=True, exist_ok=True)
     out = []
-    for name, loader in (("retina_fundus.png", skdata.retina), ("immunohistochemistry.png", skdata.immunohistochemistry)):
+    for name, loader in (
+        ("retina_fundus.png", skdata.retina),
+        ("immunohistochemistry.png", skdata.immunohistochemistry),
+    ):
         target = workdir / name
         if not target.exists():
             PILImage.fromarray(np.asarray(loader())).save(target)

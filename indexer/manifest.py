@@ -82,7 +82,9 @@ def load_manifest(path: Path, columns: ManifestColumns) -> Manifest:
             "--report-column": columns.report,
             "--diagnosis-column": columns.diagnosis,
         }
-        missing = [f"{flag} {name!r}" for flag, name in wanted.items() if name is not None and name not in header]
+        missing = [
+            f"{flag} {name!r}" for flag, name in wanted.items() if name is not None and name not in header
+        ]
         if missing:
             raise ManifestError(
                 f"manifest {path.name} has no column {', '.join(missing)}; its columns are: {', '.join(header)}. "
@@ -98,7 +100,9 @@ def load_manifest(path: Path, columns: ManifestColumns) -> Manifest:
                 case_key=_cell(row, columns.case),
                 patient_id=_cell(row, columns.patient),
                 report=_cell(row, columns.report),
-                labels=split_labels(_cell(row, columns.diagnosis) or "", columns.label_separators, columns.ignore_labels),
+                labels=split_labels(
+                    _cell(row, columns.diagnosis) or "", columns.label_separators, columns.ignore_labels
+                ),
             )
             if key in by_path:
                 merged = by_path[key]
@@ -118,12 +122,12 @@ _CONVENTIONAL = {"case": "case_id", "patient": "patient_id", "report": "report",
 
 def _with_conventional_columns(columns: ManifestColumns, header: list[str]) -> ManifestColumns:
     """Columns not named by the user default to the conventional names when the CSV has them."""
-    found = {
+    found: dict[str, str] = {
         field_name: name
         for field_name, name in _CONVENTIONAL.items()
         if getattr(columns, field_name) is None and name in header
     }
-    return replace(columns, **found) if found else columns
+    return replace(columns, **found) if found else columns  # type: ignore[arg-type]
 
 
 def _cell(row: dict[str, str | None], column: str | None) -> str | None:

@@ -100,7 +100,9 @@ def case_key_for(decoded: _Decoded, info: CaseInfo | None) -> str:
 class Ingestor:
     """Ingests items into an open archive; one bad file is recorded and the run goes on."""
 
-    def __init__(self, archive: Archive, manifest: Manifest | None = None, workers: int | None = None) -> None:
+    def __init__(
+        self, archive: Archive, manifest: Manifest | None = None, workers: int | None = None
+    ) -> None:
         self.archive = archive
         self.manifest = manifest
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
@@ -126,7 +128,9 @@ class Ingestor:
                 if pending is not None:
                     batches_since_save += self._finish(pending, known, report)
                     bar.update(len(pending))
-                    bar.set_postfix(indexed=report.indexed, skipped=report.already_indexed, failed=report.failed)
+                    bar.set_postfix(
+                        indexed=report.indexed, skipped=report.already_indexed, failed=report.failed
+                    )
                 pending = submitted
                 if batches_since_save >= _SAVE_EVERY_BATCHES:
                     self.archive.save_index()
@@ -241,7 +245,9 @@ class Ingestor:
             return [row.id for row in rows]
 
 
-def ingest_path(archive: Archive, root: Path, manifest: Manifest | None = None, *, progress: bool = True) -> IngestReport:
+def ingest_path(
+    archive: Archive, root: Path, manifest: Manifest | None = None, *, progress: bool = True
+) -> IngestReport:
     """Index every file under root (or root itself when it is a file)."""
     from indexer.sources import iter_folder
 

@@ -43,7 +43,7 @@ class VectorIndex:
 
     def ids(self) -> npt.NDArray[np.int64]:
         """Every stored id."""
-        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
 
     def add(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
         """Add vectors under their catalog ids."""
@@ -69,7 +69,8 @@ class VectorIndex:
             return [empty for _ in range(len(queries))]
         params = None
         if allowed_ids is not None:
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, np.int64)))
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, np.int64))
+            params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         sims, ids = self._index.search(queries, k, params=params)
         results = []
         for row_sims, row_ids in zip(sims, ids, strict=True):

@@ -5,13 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from imaging import CorruptImageError, ImageTooLargeError, ImagingError, MissingCodecError, UnsupportedFormatError
+from imaging import (
+    CorruptImageError,
+    ImageTooLargeError,
+    ImagingError,
+    MissingCodecError,
+    UnsupportedFormatError,
+)
 from indexer.archive import Archive
 from indexer.settings import IndexerSettings
 from search_api.schemas import CaseOut, ErrorOut, HealthOut, SearchResponse
@@ -20,7 +26,12 @@ from search_api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
-_ERRORS = {404: {"model": ErrorOut}, 413: {"model": ErrorOut}, 415: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut},
+    413: {"model": ErrorOut},
+    415: {"model": ErrorOut},
+    422: {"model": ErrorOut},
+}
 
 
 def _status_for(exc: ImagingError) -> int:
@@ -105,12 +116,18 @@ def create_app(
     async def search(
         searcher: SearcherDep,
         limits: ApiSettingsDep,
-        file: Annotated[UploadFile, File(description="The query image: DICOM, PNG or JPEG (decided by its bytes)")],
+        file: Annotated[
+            UploadFile, File(description="The query image: DICOM, PNG or JPEG (decided by its bytes)")
+        ],
         k: Annotated[int, Form(ge=1, description="How many neighbours to return")] = 10,
-        modality: Annotated[str | None, Form(max_length=16, description="Only images of this modality")] = None,
+        modality: Annotated[
+            str | None, Form(max_length=16, description="Only images of this modality")
+        ] = None,
     ) -> SearchResponse:
         if k > limits.max_k:
-            raise HTTPException(422, f"k={k} is above the maximum of {limits.max_k}; ask for fewer neighbours")
+            raise HTTPException(
+                422, f"k={k} is above the maximum of {limits.max_k}; ask for fewer neighbours"
+            )
         data = await _read_upload(file, limits.max_upload_bytes)
         return await run_in_threadpool(searcher.search, data, k, modality or None)
 

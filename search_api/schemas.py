@@ -37,7 +37,9 @@ class LabelScore(BaseModel):
 class Prediction(BaseModel):
     """A similarity-weighted vote over the neighbours' diagnoses."""
 
-    label: str | None = Field(default=None, description="The winning label, or null when no neighbour is labeled")
+    label: str | None = Field(
+        default=None, description="The winning label, or null when no neighbour is labeled"
+    )
     confidence: float = 0.0
     scores: list[LabelScore] = Field(default_factory=list)
     labeled_neighbours: int = 0

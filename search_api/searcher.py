@@ -15,7 +15,16 @@ import numpy as np
 from imaging import load_image, render_png
 from indexer.archive import Archive
 from indexer.catalog import Case, Image
-from search_api.schemas import CaseImage, CaseOut, HealthOut, Hit, LabelScore, Prediction, QueryInfo, SearchResponse
+from search_api.schemas import (
+    CaseImage,
+    CaseOut,
+    HealthOut,
+    Hit,
+    LabelScore,
+    Prediction,
+    QueryInfo,
+    SearchResponse,
+)
 
 QUERY_PREVIEW_SIDE = 512
 
@@ -47,7 +56,9 @@ def vote(neighbours: Sequence[tuple[float, Sequence[str]]]) -> Prediction:
         (LabelScore(label=label, score=w / total, votes=votes[label]) for label, w in weights.items()),
         key=lambda s: (-s.score, s.label),
     )
-    return Prediction(label=scores[0].label, confidence=scores[0].score, scores=scores, labeled_neighbours=labeled)
+    return Prediction(
+        label=scores[0].label, confidence=scores[0].score, scores=scores, labeled_neighbours=labeled
+    )
 
 
 class Searcher:
@@ -64,7 +75,9 @@ class Searcher:
         vector = self.archive.encoder.embed([decoded.pixels])
         allowed = None
         if modality:
-            allowed = self.archive.catalog.image_ids_where(encoder=self.archive.encoder.name, modality=modality)
+            allowed = self.archive.catalog.image_ids_where(
+                encoder=self.archive.encoder.name, modality=modality
+            )
         result = self.archive.index.search(vector, k, allowed_ids=allowed)[0]
         rows = self.archive.catalog.images_by_ids([int(i) for i in result.ids])
         hits: list[Hit] = []
@@ -86,7 +99,9 @@ class Searcher:
             series_description=meta.series_description,
             window_center=meta.window_center,
             window_width=meta.window_width,
-            preview_png_base64=base64.b64encode(render_png(decoded.pixels, QUERY_PREVIEW_SIDE)).decode("ascii"),
+            preview_png_base64=base64.b64encode(render_png(decoded.pixels, QUERY_PREVIEW_SIDE)).decode(
+                "ascii"
+            ),
         )
         return SearchResponse(
             query=query,

@@ -11,13 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from tests.helpers import ThumbnailEncoder, serve_app, dicom_testfile
+from tests.helpers import ThumbnailEncoder, dicom_testfile, serve_app
 
 # Files of the small archive used by the API, end-to-end and UI tests, with the manifest rows
 # written for them: (file, case id, patient id, report, diagnosis cell).
 ARCHIVE_ROWS = [
     ("dicom/RG1_UNCI.dcm", "C-CHEST-1", "PAT-A", "Chest radiograph. Lungs clear.", "normal chest"),
-    ("dicom/MR2_UNCI.dcm", "C-MR-1", "PAT-B", "MR head. Small lesion, follow-up advised.", "lesion;follow-up"),
+    (
+        "dicom/MR2_UNCI.dcm",
+        "C-MR-1",
+        "PAT-B",
+        "MR head. Small lesion, follow-up advised.",
+        "lesion;follow-up",
+    ),
     ("dicom/US1_UNCI.dcm", "C-US-1", "PAT-C", "Ultrasound survey.", "ultrasound finding"),
     ("dicom/CT_small.dcm", "C-CT-1", "PAT-D", "CT slice.", "ct finding"),
     ("dicom/MR_small.dcm", "C-MR-2", "PAT-E", "MR small.", "lesion"),
@@ -35,7 +41,9 @@ def build_small_archive(root: Path) -> Path:
     for name in ("RG1_UNCI.dcm", "MR2_UNCI.dcm", "US1_UNCI.dcm", "CT_small.dcm", "MR_small.dcm"):
         shutil.copyfile(dicom_testfile(name), root / "dicom" / name)
     PILImage.fromarray(np.asarray(skdata.retina())).resize((512, 512)).save(root / "raster" / "retina.png")
-    PILImage.fromarray(np.asarray(skdata.immunohistochemistry())).save(root / "raster" / "ihc.jpg", quality=92)
+    PILImage.fromarray(np.asarray(skdata.immunohistochemistry())).save(
+        root / "raster" / "ihc.jpg", quality=92
+    )
     manifest = root / "manifest.csv"
     with manifest.open("w", newline="") as handle:
         writer = csv.writer(handle)

@@ -28,7 +28,9 @@ class ThumbnailEncoder:
     def embed(self, images: Sequence[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         for i, image in enumerate(images):
-            grey = PILImage.fromarray((image.mean(axis=2) * 255).astype(np.uint8)).resize((16, 16), PILImage.BILINEAR)
+            grey = PILImage.fromarray((image.mean(axis=2) * 255).astype(np.uint8)).resize(
+                (16, 16), PILImage.BILINEAR
+            )
             vector = np.asarray(grey, dtype=np.float32).ravel() - 127.5
             out[i] = vector / max(float(np.linalg.norm(vector)), 1e-6)
         return out
@@ -52,7 +54,9 @@ def free_port() -> int:
 def serve_app(app: FastAPI) -> Iterator[str]:
     """Run a real uvicorn server on a free loopback port for the duration; yields the base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

@@ -74,7 +74,10 @@ def test_index_serve_query(small_archive: tuple[Path, Path], tmp_path: Path) -> 
     process, url = _serve(env)
     try:
         response = httpx.post(
-            f"{url}/search", files={"file": ("q", dicom_testfile("US1_J2KI.dcm").read_bytes())}, data={"k": "3"}, timeout=120
+            f"{url}/search",
+            files={"file": ("q", dicom_testfile("US1_J2KI.dcm").read_bytes())},
+            data={"k": "3"},
+            timeout=120,
         )
         assert response.status_code == 200, response.text
         top = response.json()["hits"][0]
@@ -87,9 +90,13 @@ def test_index_serve_query(small_archive: tuple[Path, Path], tmp_path: Path) -> 
         assert patient not in log and report not in log
 
 
-def test_index_reports_a_missing_manifest_column_clearly(small_archive: tuple[Path, Path], tmp_path: Path) -> None:
+def test_index_reports_a_missing_manifest_column_clearly(
+    small_archive: tuple[Path, Path], tmp_path: Path
+) -> None:
     folder, manifest = small_archive
-    result = _medcbir("index", str(folder), "--manifest", str(manifest), "--report-column", "notes", env=_env(tmp_path))
+    result = _medcbir(
+        "index", str(folder), "--manifest", str(manifest), "--report-column", "notes", env=_env(tmp_path)
+    )
     assert result.returncode == 2
     assert "--report-column 'notes'" in result.stderr and "Traceback" not in result.stderr
 
@@ -118,7 +125,10 @@ def test_covid_chestxray_with_its_own_columns(tmp_path: Path) -> None:
     process, url = _serve(env)
     try:
         body = httpx.post(
-            f"{url}/search", files={"file": (query, (SHARED / "images" / query).read_bytes())}, data={"k": "10"}, timeout=120
+            f"{url}/search",
+            files={"file": (query, (SHARED / "images" / query).read_bytes())},
+            data={"k": "10"},
+            timeout=120,
         ).json()
     finally:
         log = _stop(process)

@@ -21,11 +21,14 @@ def test_custom_columns_and_lookup(tmp_path: Path) -> None:
     csv = tmp_path / "m.csv"
     csv.write_text(
         "patientid,finding,clinical_notes,filename\n"
-        "7,\"COVID-19, ARDS\",Bilateral opacities.,a/x.png\n"
+        '7,"COVID-19, ARDS",Bilateral opacities.,a/x.png\n'
         "8,No Finding,,y.jpg\n"
         "7,Pneumonia,Later note.,a/x.png\n"
     )
-    m = load_manifest(csv, ManifestColumns(path="filename", patient="patientid", report="clinical_notes", diagnosis="finding"))
+    m = load_manifest(
+        csv,
+        ManifestColumns(path="filename", patient="patientid", report="clinical_notes", diagnosis="finding"),
+    )
     info = m.lookup("a/x.png")
     assert info is not None
     assert info.labels == ["COVID-19", "ARDS", "Pneumonia"]

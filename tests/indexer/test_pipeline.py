@@ -79,7 +79,9 @@ def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     archive.close()
 
 
-def test_catalog_ahead_of_index_after_a_crash_is_repaired_at_open(small_archive: tuple[Path, Path], tmp_path: Path) -> None:
+def test_catalog_ahead_of_index_after_a_crash_is_repaired_at_open(
+    small_archive: tuple[Path, Path], tmp_path: Path
+) -> None:
     folder, manifest = small_archive
     archive = _open(tmp_path / "data")
     ingest_path(archive, folder, load_manifest(manifest, ManifestColumns()), progress=False)

@@ -69,12 +69,22 @@ def _catalog_with_vectors(tmp_path: Path, n: int) -> tuple[Catalog, np.ndarray]:
         case = Case(case_key="k")
         session.add(case)
         for i, v in enumerate(vectors):
-            session.add(Image(case=case, source_uri=f"file:///x/{i}", sha256=f"{i:064d}", format="png",
-                              encoder="enc", embedding=v.tobytes()))
+            session.add(
+                Image(
+                    case=case,
+                    source_uri=f"file:///x/{i}",
+                    sha256=f"{i:064d}",
+                    format="png",
+                    encoder="enc",
+                    embedding=v.tobytes(),
+                )
+            )
     return catalog, vectors
 
 
-def test_open_rebuilds_a_corrupt_or_stale_index_from_the_catalog(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_open_rebuilds_a_corrupt_or_stale_index_from_the_catalog(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     catalog, vectors = _catalog_with_vectors(tmp_path, 12)
     path = tmp_path / "enc.faiss"
     index = VectorIndex.open(path, catalog, encoder="enc", dim=8)  # missing -> rebuilt, never empty

@@ -14,7 +14,9 @@ from tests.helpers import dicom_testfile
 
 
 def _search(url: str, data: bytes, name: str = "q.dcm", **form: object) -> httpx.Response:
-    return httpx.post(f"{url}/search", files={"file": (name, data)}, data={k: str(v) for k, v in form.items()}, timeout=120)
+    return httpx.post(
+        f"{url}/search", files={"file": (name, data)}, data={k: str(v) for k, v in form.items()}, timeout=120
+    )
 
 
 def test_health_reports_encoder_index_and_catalog(live_api_url: str) -> None:
@@ -83,7 +85,9 @@ def test_png_query_works(live_api_url: str) -> None:
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 422, ""),
     ],
 )
-def test_bad_uploads_get_a_4xx_with_a_message(live_api_url: str, data: bytes, status: int, phrase: str) -> None:
+def test_bad_uploads_get_a_4xx_with_a_message(
+    live_api_url: str, data: bytes, status: int, phrase: str
+) -> None:
     response = _search(live_api_url, data)
     assert response.status_code == status, response.text
     assert phrase in response.json()["detail"]
