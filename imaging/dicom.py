@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import unicodedata
+import warnings
 from collections.abc import Callable
 from io import BytesIO
 from typing import Any
@@ -36,12 +38,27 @@ _PERCENTILES = (0.5, 99.5)
 FloatArray = npt.NDArray[np.float64]
 
 
+class _DropPydicomChatter(logging.Filter):
+    """pydicom's warnings quote header values (names, ids) verbatim: they must never reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR and not record.name.startswith("pydicom.valuerep")
+
+
+@functools.cache
+def _silence_pydicom() -> None:
+    """Installed once, on the first DICOM decode (never at import): hostile header text stays out of logs."""
+    logging.getLogger("pydicom").addFilter(_DropPydicomChatter())
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+
+
 def decode_dicom(data: bytes, *, max_pixels: int, frame: int | None = None) -> DecodedImage:
     """Decode DICOM bytes into display-ready pixels and metadata.
 
     `frame` picks a frame of a multi-frame object (0-based); by default the middle frame
     (frames // 2) is used as the representative one. Only that frame is decoded.
     """
+    _silence_pydicom()
     ds = _read_dataset(data)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise CorruptImageError(

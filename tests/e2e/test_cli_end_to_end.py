@@ -144,3 +144,28 @@ def test_covid_chestxray_with_its_own_columns(tmp_path: Path) -> None:
     assert sum(1 for h in hits if rows[Path(h["source_uri"]).name]["modality"] == "X-ray") >= 7
     assert body["prediction"]["label"] is not None
     assert rows[query]["clinical_notes"][:40] not in log
+
+
+def test_dicom_patient_text_never_reaches_the_logs(tmp_path: Path) -> None:
+    import pydicom
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds = pydicom.dcmread(dicom_testfile("CT_small.dcm"))
+    canary_name = "CANARYSURNAME" * 6 + "^GIVEN"  # over 64 chars: pydicom warns about it, quoting it
+    ds.PatientName = canary_name
+    ds.PatientID = "CANARY-ID-4242"
+    ds.StudyDescription = "<script>alert(1)</script> CANARYSTUDY"
+    mode = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    try:  # invalid values that pydicom's reader warns about, quoting them
+        ds.PatientSex = "canary-sex-secret"
+        ds.PatientBirthDate = "CANARYDATE"
+        ds.SOPInstanceUID = "1.2.CANARYUID"  # read as UI and checked: pydicom quotes it in a warning
+        ds.save_as(folder / "canary.dcm")
+    finally:
+        pydicom.config.settings.writing_validation_mode = mode
+    result = _medcbir("index", str(folder), env=_env(tmp_path / "data"))
+    assert result.returncode == 0 and "indexed 1," in result.stdout, result.stderr
+    for text in ("CANARYSURNAME", "CANARY-ID-4242", "CANARYSTUDY", "canary-sex-secret", "CANARYDATE", "CANARYUID"):
+        assert text not in result.stderr and text not in result.stdout
