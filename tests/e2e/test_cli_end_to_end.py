@@ -167,5 +167,12 @@ def test_dicom_patient_text_never_reaches_the_logs(tmp_path: Path) -> None:
         pydicom.config.settings.writing_validation_mode = mode
     result = _medcbir("index", str(folder), env=_env(tmp_path / "data"))
     assert result.returncode == 0 and "indexed 1," in result.stdout, result.stderr
-    for text in ("CANARYSURNAME", "CANARY-ID-4242", "CANARYSTUDY", "canary-sex-secret", "CANARYDATE", "CANARYUID"):
+    for text in (
+        "CANARYSURNAME",
+        "CANARY-ID-4242",
+        "CANARYSTUDY",
+        "canary-sex-secret",
+        "CANARYDATE",
+        "CANARYUID",
+    ):
         assert text not in result.stderr and text not in result.stdout
