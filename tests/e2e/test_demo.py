@@ -15,7 +15,11 @@ from indexer.settings import IndexerSettings
 def test_demo_builds_and_indexes_a_deduplicated_archive(tmp_path: Path) -> None:
     env = dict(os.environ, MEDCBIR_DATA_DIR=str(tmp_path))
     result = subprocess.run(
-        [sys.executable, "-m", "indexer.cli", "demo", "--no-serve"], env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "indexer.cli", "demo", "--no-serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     archive = tmp_path / "demo-archive"
