@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from embeddings import EmbeddingsError
 from imaging import DecodedImage, ImagingError, load_image, pixel_digest, render_png
 from indexer.archive import Archive
 from indexer.catalog import Image
@@ -182,7 +183,9 @@ class Ingestor:
                 fresh.append(d)
         if not fresh:
             return 0
-        vectors = self.archive.encoder.embed([d.image.pixels for d in fresh])
+        fresh, vectors = self._embed(fresh, report)
+        if not fresh:
+            return 0
         ids = self._write_rows(fresh, vectors)
         known.update(d.sha256 for d in fresh)
         # Row first, vector second: a crash between the two leaves the catalog ahead, and the
@@ -190,6 +193,24 @@ class Ingestor:
         self.archive.index.add(np.asarray(ids, dtype=np.int64), vectors)
         report.indexed += len(fresh)
         return 1
+
+    def _embed(self, fresh: list[_Decoded], report: IngestReport) -> tuple[list[_Decoded], np.ndarray]:
+        """Embed a batch; when the batch fails, embed one by one so only the bad image is recorded."""
+        encoder = self.archive.encoder
+        try:
+            return fresh, encoder.embed([d.image.pixels for d in fresh])
+        except EmbeddingsError:
+            log.warning("a batch of %d images failed to embed; retrying one by one", len(fresh))
+        kept: list[_Decoded] = []
+        vectors: list[np.ndarray] = []
+        for d in fresh:
+            try:
+                vectors.append(encoder.embed([d.image.pixels])[0])
+                kept.append(d)
+            except EmbeddingsError as exc:
+                report.failed += 1
+                self.archive.catalog.record_failure(d.item.uri, exc, d.sha256)
+        return kept, (np.stack(vectors) if vectors else np.empty((0, encoder.dim), np.float32))
 
     def _write_rows(self, fresh: list[_Decoded], vectors: np.ndarray) -> list[int]:
         archive = self.archive

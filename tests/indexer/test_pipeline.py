@@ -102,3 +102,33 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="neither a file nor a folder"):
         ingest_path(archive, tmp_path / "nope", progress=False)
     archive.close()
+
+
+class _PickyEncoder(ThumbnailEncoder):
+    """Refuses images whose top-left pixel is pure white, as a real encoder refuses bad input."""
+
+    def embed(self, images):  # type: ignore[no-untyped-def]
+        from embeddings import EmbeddingsError
+
+        if any(float(img[0, 0].min()) >= 1.0 for img in images):
+            raise EmbeddingsError("image rejected by the encoder")
+        return super().embed(images)
+
+
+def test_an_image_the_encoder_refuses_is_recorded_and_its_batch_mates_are_indexed(tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        pixels = np.full((32, 32), 40 * (i + 1), dtype=np.uint8)
+        pixels[5:9, 5:9] = 7 * i
+        if i == 1:
+            pixels[0, 0] = 255
+        PILImage.fromarray(pixels).save(folder / f"img{i}.png")
+    archive = Archive.open(IndexerSettings(data_dir=tmp_path / "data", batch_size=8), encoder=_PickyEncoder())
+    report = ingest_path(archive, folder, progress=False)
+    assert report.indexed == 2 and report.failed == 1
+    assert [Path(f.source_uri).name for f in archive.catalog.failures()] == ["img1.png"]
+    assert len(archive.index) == 2
+    archive.close()
