@@ -414,5 +414,29 @@ def _metadata(
         window_width=width,
         window_source=source,
         bits_stored=_int(ds, "BitsStored"),
+        view_position=_text(ds, "ViewPosition"),
+        laterality=_text(ds, "ImageLaterality") or _text(ds, "Laterality"),
+        pixel_spacing=_spacing(ds),
+        study_date=_study_date(ds),
+        sop_class_uid=sop_class,
         extra=extra,
     )
+
+
+def _spacing(ds: Dataset) -> tuple[float, float] | None:
+    """PixelSpacing (or ImagerPixelSpacing for projection radiographs), when two finite positive numbers."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = _safe(lambda kw=keyword: ds.get(kw))  # type: ignore[misc]
+        try:
+            pair = (float(value[0]), float(value[1])) if value is not None and len(value) >= 2 else None
+        except (TypeError, ValueError, IndexError):
+            pair = None
+        if pair and all(math.isfinite(v) and v > 0 for v in pair):
+            return pair
+    return None
+
+
+def _study_date(ds: Dataset) -> str | None:
+    """StudyDate kept only when it is a well-formed YYYYMMDD date."""
+    text = _text(ds, "StudyDate")
+    return text if text and len(text) == 8 and text.isdigit() else None

@@ -54,6 +54,11 @@ class ImageMetadata:
     window_width: float | None = None
     window_source: str | None = None  # "header", "percentile", or None for non-DICOM
     bits_stored: int | None = None
+    view_position: str | None = None
+    laterality: str | None = None
+    pixel_spacing: tuple[float, float] | None = None  # (row, column) spacing in mm
+    study_date: str | None = None  # DICOM DA text, YYYYMMDD
+    sop_class_uid: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -99,6 +99,12 @@ class Image(Base):
     body_part: Mapped[str | None] = mapped_column(String(64))
     study_description: Mapped[str | None] = mapped_column(Text)
     series_description: Mapped[str | None] = mapped_column(Text)
+    view_position: Mapped[str | None] = mapped_column(String(32))
+    laterality: Mapped[str | None] = mapped_column(String(8))
+    pixel_spacing_row: Mapped[float | None]
+    pixel_spacing_column: Mapped[float | None]
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    sop_class_uid: Mapped[str | None] = mapped_column(String(128))
     rows: Mapped[int | None]
     columns: Mapped[int | None]
     frames: Mapped[int] = mapped_column(default=1)

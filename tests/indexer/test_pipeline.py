@@ -132,3 +132,25 @@ def test_an_image_the_encoder_refuses_is_recorded_and_its_batch_mates_are_indexe
     assert [Path(f.source_uri).name for f in archive.catalog.failures()] == ["img1.png"]
     assert len(archive.index) == 2
     archive.close()
+
+
+def test_dicom_header_metadata_reaches_the_catalog(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copyfile(dicom_testfile("CT_small.dcm"), folder / "ct")
+    shutil.copyfile(dicom_testfile("RG1_UNCI.dcm"), folder / "cr")
+    archive = _open(tmp_path / "data")
+    ingest_path(archive, folder, progress=False)
+    rows = {
+        Path(r.source_uri).name: r
+        for r in archive.catalog.images_by_ids([int(i) for i in archive.index.ids()]).values()
+    }
+    ct, cr = rows["ct"], rows["cr"]
+    assert ct.modality == "CT" and ct.study_date == "20040119"
+    assert ct.pixel_spacing_row == pytest.approx(0.661468) and ct.pixel_spacing_column == pytest.approx(
+        0.661468
+    )
+    assert ct.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2" and ct.rows == 128 and ct.columns == 128
+    assert ct.study_instance_uid and ct.series_instance_uid and ct.sop_instance_uid
+    assert cr.view_position == "PA" and cr.modality == "CR"
+    archive.close()
