@@ -84,15 +84,21 @@ class Image(Base):
     """A stored image: where it came from, what its header says, and its embedding."""
 
     __tablename__ = "images"
-    __table_args__ = (Index("ix_images_encoder_modality", "encoder", "modality"),)
+    # One row per embedded frame: a file is unique by its content hash and frame number, so the
+    # every-frame policy can store several frames of one multi-frame object.
+    __table_args__ = (
+        Index("ix_images_encoder_modality", "encoder", "modality"),
+        UniqueConstraint("sha256", "frame_index", name="uq_images_sha256_frame"),
+        Index("ix_images_sop_frame", "sop_instance_uid", "frame_index"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
     source_uri: Mapped[str] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
     pixel_digest: Mapped[str | None] = mapped_column(String(64), index=True)
     format: Mapped[str] = mapped_column(String(16))
-    sop_instance_uid: Mapped[str | None] = mapped_column(String(128), index=True)
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(128))
     study_instance_uid: Mapped[str | None] = mapped_column(String(128), index=True)
     series_instance_uid: Mapped[str | None] = mapped_column(String(128))
     modality: Mapped[str | None] = mapped_column(String(32))
