@@ -283,6 +283,61 @@ class Catalog:
             values = session.scalars(select(Image.modality).where(Image.modality.is_not(None)).distinct())
             return sorted({v.upper() for v in values if v})
 
+    def body_parts(self) -> list[str]:
+        """Distinct body parts stored (BodyPartExamined), upper-cased and sorted."""
+        with self._sessions() as session:
+            values = session.scalars(select(Image.body_part).where(Image.body_part.is_not(None)).distinct())
+            return sorted({v.upper() for v in values if v})
+
+    def filtered_image_ids(
+        self,
+        *,
+        encoder: str,
+        modality: str | None = None,
+        body_part: str | None = None,
+        label: str | None = None,
+        exclude_patient_ref: str | None = None,
+    ) -> npt.NDArray[np.int64]:
+        """Ids of the encoder's images matching every given filter (text compared case-insensitively).
+
+        `label` keeps images whose case carries that diagnosis; `exclude_patient_ref` drops the
+        images of that (pseudonymous) patient, keeping those without a patient reference.
+        """
+        query = select(Image.id).where(Image.encoder == encoder)
+        if modality:
+            query = query.where(func.upper(Image.modality) == modality.upper())
+        if body_part:
+            query = query.where(func.upper(Image.body_part) == body_part.upper())
+        if label:
+            query = query.where(
+                Image.case_id.in_(
+                    select(Diagnosis.case_id).where(func.lower(Diagnosis.label) == label.lower())
+                )
+            )
+        if exclude_patient_ref:
+            query = query.where(
+                Image.case_id.in_(
+                    select(Case.id).where(
+                        (Case.patient_ref.is_(None)) | (Case.patient_ref != exclude_patient_ref)
+                    )
+                )
+            )
+        with self._sessions() as session:
+            return np.fromiter(session.scalars(query.order_by(Image.id)), dtype=np.int64)
+
+    def list_cases(self, *, limit: int = 50, offset: int = 0) -> tuple[int, list[Case]]:
+        """(total number of cases, one page of cases in id order with diagnoses and images loaded)."""
+        with self._sessions() as session:
+            total = session.scalar(select(func.count()).select_from(Case)) or 0
+            cases = session.scalars(
+                select(Case)
+                .order_by(Case.id)
+                .limit(limit)
+                .offset(offset)
+                .options(selectinload(Case.diagnoses), selectinload(Case.images))
+            ).all()
+        return int(total), list(cases)
+
     def failures(self, limit: int = 100) -> list[IngestFailure]:
         """The most recent ingest failures."""
         with self._sessions() as session:
