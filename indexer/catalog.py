@@ -214,6 +214,21 @@ class Catalog:
                 found.update(session.scalars(select(Image.sha256).where(Image.sha256.in_(chunk))))
         return found
 
+    def pixel_digests_by_sop(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
+        """Stored pixel digests keyed by (SOP Instance UID, frame index), for the given keys only."""
+        wanted = list(set(keys))
+        found: dict[tuple[str, int], str | None] = {}
+        with self._sessions() as session:
+            for start in range(0, len(wanted), 500):
+                uids = list({uid for uid, _ in wanted[start : start + 500]})
+                for uid, frame, digest in session.execute(
+                    select(Image.sop_instance_uid, Image.frame_index, Image.pixel_digest).where(
+                        Image.sop_instance_uid.in_(uids)
+                    )
+                ):
+                    found[(str(uid), int(frame))] = digest
+        return {key: found[key] for key in wanted if key in found}
+
     def images_by_ids(self, ids: Sequence[int]) -> dict[int, Image]:
         """Images (with case and diagnoses loaded) keyed by id; missing ids are absent."""
         if not ids:

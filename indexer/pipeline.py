@@ -1,13 +1,14 @@
-"""The bulk ingest pipeline: read, decode (in worker threads), embed in batches, write rows, then vectors."""
+"""The bulk ingest pipeline: read, decode (in worker processes), embed in batches, write rows, then vectors."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -16,12 +17,13 @@ import numpy as np
 from tqdm import tqdm
 
 from embeddings import EmbeddingsError
-from imaging import DecodedImage, ImagingError, load_image, pixel_digest, render_png
+from imaging import DecodedImage, ImagingError, UnsupportedFormatError, load_image, pixel_digest, render_png
 from indexer.archive import Archive
 from indexer.catalog import Image
+from indexer.errors import IndexerError
 from indexer.manifest import CaseInfo, Manifest
 from indexer.pseudonym import patient_reference
-from indexer.sources import SourceItem, looks_like_image
+from indexer.sources import SourceItem, UnsafeSourceError, count_items, iter_source, looks_like_image
 
 log = logging.getLogger(__name__)
 
@@ -56,31 +58,22 @@ class _Decoded:
 
 
 @dataclass
-class _Skipped:
+class _Pending:
     item: SourceItem
-    sha256: str | None
-    error: BaseException | None  # None: not an image, nothing to record
+    sha256: str
+    looks_like_image: bool
+    future: Future[tuple[DecodedImage, bytes, str] | BaseException]
 
 
-def _prepare(item: SourceItem, is_known: Callable[[str], bool]) -> _Decoded | _Skipped | str:
-    """Read and decode one file; returns its sha256 alone when it is already in the catalog."""
+def decode_for_ingest(data: bytes, max_pixels: int | None) -> tuple[DecodedImage, bytes, str] | BaseException:
+    """Worker-process job: decode, render the thumbnail and the pixel digest; errors are returned, not raised."""
     try:
-        data = item.read_bytes()
-    except OSError as exc:
-        return _Skipped(item, None, exc)
-    sha = hashlib.sha256(data).hexdigest()
-    if is_known(sha):
-        return sha
-    try:
-        image = load_image(data)
+        image = load_image(data, max_pixels=max_pixels)
+        return image, render_png(image.pixels, THUMBNAIL_SIDE), pixel_digest(image.pixels)
     except ImagingError as exc:
-        if item.expected_image or looks_like_image(item.path):
-            return _Skipped(item, sha, exc)
-        return _Skipped(item, sha, None)
-    except Exception as exc:  # a decoder bug must not abort a bulk run: record it and go on
-        log.exception("unexpected decoder error on %s", item.uri)
-        return _Skipped(item, sha, exc)
-    return _Decoded(item, sha, image, render_png(image.pixels, THUMBNAIL_SIDE), pixel_digest(image.pixels))
+        return exc
+    except Exception as exc:  # a decoder bug must not abort a bulk run: it is recorded and the run goes on
+        return RuntimeError(f"unexpected decoder error ({type(exc).__name__}: {exc})")
 
 
 def _chunks(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]]:
@@ -98,48 +91,69 @@ def case_key_for(decoded: _Decoded, info: CaseInfo | None) -> str:
     return f"file:{decoded.sha256[:24]}"
 
 
+class SopInstanceConflictError(IndexerError):
+    """A file reuses a stored SOP Instance UID with different pixels; the stored image is kept."""
+
+
+def _executor(workers: int) -> Executor:
+    if workers <= 0:
+        return ThreadPoolExecutor(1, thread_name_prefix="decode")
+    # spawn, not fork: the parent holds torch/OpenMP threads that a forked child must not inherit
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def default_decode_workers() -> int:
+    """One decode process per core, leaving one core to the encoder (at least one worker)."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 class Ingestor:
-    """Ingests items into an open archive; one bad file is recorded and the run goes on."""
+    """Ingests items into an open archive; one bad file is recorded and the run goes on.
+
+    The main thread reads and hashes each file and skips those already stored (so an interrupted run
+    resumes where it stopped without decoding again); worker processes decode the rest while the
+    encoder embeds the previous batch; rows are committed before their vectors enter the index.
+    SOP Instance UID policy: a file whose SOP Instance UID (and frame) is already stored is a
+    duplicate when its pixels are identical (a re-encoded copy: skipped), and a recorded conflict
+    when they differ (the stored image is kept; `medcbir failures` lists it).
+    """
 
     def __init__(
-        self, archive: Archive, manifest: Manifest | None = None, workers: int | None = None
+        self,
+        archive: Archive,
+        manifest: Manifest | None = None,
+        workers: int | None = None,
+        max_pixels: int | None = None,
     ) -> None:
         self.archive = archive
         self.manifest = manifest
-        self.workers = workers or max(1, min(4, os.cpu_count() or 1))
+        self.workers = default_decode_workers() if workers is None else workers
         self.batch_size = max(1, archive.settings.batch_size)
+        self.max_pixels = max_pixels
 
-    def run(self, items: Sequence[SourceItem], *, progress: bool = True) -> IngestReport:
+    def run(
+        self, items: Iterable[SourceItem], *, total: int | None = None, progress: bool = True
+    ) -> IngestReport:
         """Ingest every item; re-running on the same files is a no-op."""
         report = IngestReport()
         start = time.perf_counter()
-        known: set[str] = set()
-
-        def is_known(sha: str) -> bool:
-            return sha in known or bool(self.archive.catalog.known_sha256([sha]))
-
         batches_since_save = 0
         with (
-            ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool,
-            tqdm(total=len(items), unit="file", desc="indexing", disable=not progress, smoothing=0.1) as bar,
+            _executor(self.workers) as pool,
+            tqdm(total=total, unit="file", desc="indexing", disable=not progress, smoothing=0.05) as bar,
         ):
-            pending: list[Future[_Decoded | _Skipped | str]] | None = None
+            pending: list[_Pending] = []
             for chunk in _chunks(items, self.batch_size):
-                submitted = [pool.submit(_prepare, item, is_known) for item in chunk]
-                if pending is not None:
-                    batches_since_save += self._finish(pending, known, report)
-                    bar.update(len(pending))
-                    bar.set_postfix(
-                        indexed=report.indexed, skipped=report.already_indexed, failed=report.failed
-                    )
+                submitted = self._submit(pool, chunk, report)
+                batches_since_save += self._finish(pending, report)
+                bar.update(len(chunk))
+                bar.set_postfix(indexed=report.indexed, skipped=report.already_indexed, failed=report.failed)
                 pending = submitted
                 if batches_since_save >= _SAVE_EVERY_BATCHES:
                     self.archive.save_index()
                     batches_since_save = 0
-            if pending is not None:
-                self._finish(pending, known, report)
-                bar.update(len(pending))
-                bar.set_postfix(indexed=report.indexed, skipped=report.already_indexed, failed=report.failed)
+            self._finish(pending, report)
+            bar.set_postfix(indexed=report.indexed, skipped=report.already_indexed, failed=report.failed)
         if report.indexed:
             self.archive.save_index()
         report.elapsed_s = time.perf_counter() - start
@@ -154,45 +168,76 @@ class Ingestor:
         )
         return report
 
-    def _finish(
-        self, futures: list[Future[_Decoded | _Skipped | str]], known: set[str], report: IngestReport
-    ) -> int:
-        decoded: list[_Decoded] = []
-        for future in futures:
-            result = future.result()
+    def _submit(self, pool: Executor, chunk: list[SourceItem], report: IngestReport) -> list[_Pending]:
+        """Read and hash a chunk; skip what is stored; send the rest to the decoders."""
+        read: list[tuple[SourceItem, bytes, str]] = []
+        for item in chunk:
             report.seen += 1
-            if isinstance(result, str):
+            try:
+                data = item.read_bytes()
+            except (OSError, UnsafeSourceError) as exc:
+                report.failed += 1
+                self.archive.catalog.record_failure(item.uri, exc)
+                continue
+            read.append((item, data, hashlib.sha256(data).hexdigest()))
+        stored = self.archive.catalog.known_sha256(sha for _, _, sha in read)
+        submitted: list[_Pending] = []
+        for item, data, sha in read:
+            if sha in stored:
                 report.already_indexed += 1
-            elif isinstance(result, _Skipped):
-                if result.error is None:
+                continue
+            stored.add(sha)  # a second copy in this run is a duplicate of the first
+            future = pool.submit(decode_for_ingest, data, self.max_pixels)
+            submitted.append(_Pending(item, sha, looks_like_image(data[:132]), future))
+        return submitted
+
+    def _finish(self, pending: list[_Pending], report: IngestReport) -> int:
+        decoded: list[_Decoded] = []
+        for job in pending:
+            result = job.future.result()
+            if isinstance(result, BaseException):
+                if isinstance(result, UnsupportedFormatError) and not (
+                    job.item.expected_image or job.looks_like_image
+                ):
                     report.not_images += 1
                 else:
                     report.failed += 1
-                    self.archive.catalog.record_failure(result.item.uri, result.error, result.sha256)
-            else:
-                decoded.append(result)
-        if not decoded:
-            return 0
-        stored = self.archive.catalog.known_sha256(d.sha256 for d in decoded) | known
-        fresh: list[_Decoded] = []
-        for d in decoded:
-            if d.sha256 in stored:
-                report.already_indexed += 1
-            else:
-                stored.add(d.sha256)
-                fresh.append(d)
+                    self.archive.catalog.record_failure(job.item.uri, result, job.sha256)
+                continue
+            image, thumbnail, digest = result
+            decoded.append(_Decoded(job.item, job.sha256, image, thumbnail, digest))
+        fresh = self._drop_sop_duplicates(decoded, report)
         if not fresh:
             return 0
         fresh, vectors = self._embed(fresh, report)
         if not fresh:
             return 0
         ids = self._write_rows(fresh, vectors)
-        known.update(d.sha256 for d in fresh)
         # Row first, vector second: a crash between the two leaves the catalog ahead, and the
         # index is rebuilt from it at the next start.
         self.archive.index.add(np.asarray(ids, dtype=np.int64), vectors)
         report.indexed += len(fresh)
         return 1
+
+    def _drop_sop_duplicates(self, decoded: list[_Decoded], report: IngestReport) -> list[_Decoded]:
+        keys = [(d.image.metadata.sop_instance_uid or "", d.image.metadata.frame_index) for d in decoded]
+        stored = self.archive.catalog.pixel_digests_by_sop({k for k in keys if k[0]})
+        fresh: list[_Decoded] = []
+        for d, key in zip(decoded, keys, strict=True):
+            if not key[0] or key not in stored:
+                if key[0]:
+                    stored[key] = d.digest
+                fresh.append(d)
+            elif stored[key] == d.digest:
+                report.already_indexed += 1
+            else:
+                report.failed += 1
+                conflict = SopInstanceConflictError(
+                    f"SOP Instance UID (frame {key[1]}) is already stored with different pixels; "
+                    "the stored image is kept. Remove it first to replace it."
+                )
+                self.archive.catalog.record_failure(d.item.uri, conflict, d.sha256)
+        return fresh
 
     def _embed(self, fresh: list[_Decoded], report: IngestReport) -> tuple[list[_Decoded], np.ndarray]:
         """Embed a batch; when the batch fails, embed one by one so only the bad image is recorded."""
@@ -273,10 +318,13 @@ class Ingestor:
 
 
 def ingest_path(
-    archive: Archive, root: Path, manifest: Manifest | None = None, *, progress: bool = True
+    archive: Archive,
+    root: Path,
+    manifest: Manifest | None = None,
+    *,
+    progress: bool = True,
+    workers: int | None = None,
 ) -> IngestReport:
-    """Index every file under root (or root itself when it is a file)."""
-    from indexer.sources import iter_folder
-
-    items = list(iter_folder(root))
-    return Ingestor(archive, manifest).run(items, progress=progress)
+    """Index every file under root: a folder, a zip or tar archive, or one file."""
+    total = count_items(root)
+    return Ingestor(archive, manifest, workers=workers).run(iter_source(root), total=total, progress=progress)

@@ -99,7 +99,7 @@ def test_catalog_ahead_of_index_after_a_crash_is_repaired_at_open(
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     archive = _open(tmp_path / "data")
-    with pytest.raises(FileNotFoundError, match="neither a file nor a folder"):
+    with pytest.raises(FileNotFoundError, match="neither a file, a folder nor an archive"):
         ingest_path(archive, tmp_path / "nope", progress=False)
     archive.close()
 
@@ -153,4 +153,30 @@ def test_dicom_header_metadata_reaches_the_catalog(tmp_path: Path) -> None:
     assert ct.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2" and ct.rows == 128 and ct.columns == 128
     assert ct.study_instance_uid and ct.series_instance_uid and ct.sop_instance_uid
     assert cr.view_position == "PA" and cr.modality == "CR"
+    archive.close()
+
+
+def test_same_sop_uid_same_pixels_is_a_duplicate_and_different_pixels_a_recorded_conflict(
+    tmp_path: Path,
+) -> None:
+    import pydicom
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    original = pydicom.dcmread(dicom_testfile("CT_small.dcm"))
+    original.save_as(folder / "a.dcm")
+    header_edit = pydicom.dcmread(dicom_testfile("CT_small.dcm"))
+    header_edit.StudyDescription = "edited header, same pixels"
+    header_edit.save_as(folder / "b.dcm")
+    changed = pydicom.dcmread(dicom_testfile("CT_small.dcm"))
+    pixels = changed.pixel_array.copy()
+    pixels[:20, :20] = pixels.max()
+    changed.PixelData = pixels.tobytes()
+    changed.save_as(folder / "c.dcm")
+    archive = _open(tmp_path / "data")
+    report = ingest_path(archive, folder, progress=False, workers=1)
+    assert report.indexed == 1 and report.already_indexed == 1 and report.failed == 1
+    (failure,) = archive.catalog.failures()
+    assert Path(failure.source_uri).name == "c.dcm"
+    assert failure.error_type == "SopInstanceConflictError" and "different pixels" in failure.reason
     archive.close()
