@@ -20,6 +20,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    or_,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -32,6 +33,7 @@ from sqlalchemy.orm import (
     selectinload,
     sessionmaker,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,29 @@ class Image(Base):
     def vector(self) -> npt.NDArray[np.float32]:
         """The stored embedding as a float32 vector."""
         return np.frombuffer(self.embedding, dtype=np.float32)
+
+
+class ImageEmbedding(Base):
+    """An image's vector from an encoder other than the one that ingested it (`medcbir reindex`).
+
+    The ingesting encoder's vector stays on the image row; each further encoder keeps its own here,
+    so two encoders' indexes can be served and rebuilt side by side.
+    """
+
+    __tablename__ = "image_embeddings"
+    __table_args__ = (UniqueConstraint("image_id", "encoder", name="uq_image_embeddings_image_encoder"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    encoder: Mapped[str] = mapped_column(String(128), index=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+def has_vector_from(encoder: str) -> ColumnElement[bool]:
+    """SQL condition: the image has a vector from `encoder` (on its row or in image_embeddings)."""
+    extra = select(ImageEmbedding.image_id).where(ImageEmbedding.encoder == encoder)
+    return or_(Image.encoder == encoder, Image.id.in_(extra))
 
 
 class IngestFailure(Base):
@@ -256,7 +281,7 @@ class Catalog:
 
     def image_ids_where(self, *, encoder: str, modality: str | None = None) -> npt.NDArray[np.int64]:
         """Ids of the encoder's images, optionally only one modality (case-insensitive)."""
-        query = select(Image.id).where(Image.encoder == encoder)
+        query = select(Image.id).where(has_vector_from(encoder))
         if modality is not None:
             query = query.where(func.upper(Image.modality) == modality.upper())
         with self._sessions() as session:
@@ -281,16 +306,45 @@ class Catalog:
             vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
             last = int(ids[-1])
             yield ids, vectors
+        yield from self._reindexed_embeddings(encoder, batch)
+
+    def _reindexed_embeddings(
+        self, encoder: str, batch: int
+    ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+        last = 0
+        while True:
+            with self._sessions() as session:
+                rows = session.execute(
+                    select(ImageEmbedding.image_id, ImageEmbedding.vector)
+                    .join(Image, Image.id == ImageEmbedding.image_id)
+                    .where(ImageEmbedding.encoder == encoder, Image.encoder != encoder)
+                    .where(ImageEmbedding.image_id > last)
+                    .order_by(ImageEmbedding.image_id)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            last = int(ids[-1])
+            yield ids, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
 
     def encoders(self) -> dict[str, int]:
         """Image counts per encoder name."""
         with self._sessions() as session:
-            return {
+            counts = {
                 str(name): int(count)
                 for name, count in session.execute(
                     select(Image.encoder, func.count()).group_by(Image.encoder)
                 )
             }
+            for name, count in session.execute(
+                select(ImageEmbedding.encoder, func.count())
+                .join(Image, Image.id == ImageEmbedding.image_id)
+                .where(Image.encoder != ImageEmbedding.encoder)
+                .group_by(ImageEmbedding.encoder)
+            ):
+                counts[str(name)] = counts.get(str(name), 0) + int(count)
+            return counts
 
     def modalities(self) -> list[str]:
         """Distinct modalities stored, sorted."""
@@ -318,7 +372,7 @@ class Catalog:
         `label` keeps images whose case carries that diagnosis; `exclude_patient_ref` drops the
         images of that (pseudonymous) patient, keeping those without a patient reference.
         """
-        query = select(Image.id).where(Image.encoder == encoder)
+        query = select(Image.id).where(has_vector_from(encoder))
         if modality:
             query = query.where(func.upper(Image.modality) == modality.upper())
         if body_part:
@@ -422,6 +476,46 @@ class Catalog:
                 have.add(label)
         session.flush()
         return case
+
+    def image_sources(self, batch: int = 1000) -> Iterator[list[tuple[int, str, int, str]]]:
+        """Every image as (id, source uri, frame index, encoder of its row vector), in id order, in batches."""
+        last = 0
+        while True:
+            with self._sessions() as session:
+                rows = session.execute(
+                    select(Image.id, Image.source_uri, Image.frame_index, Image.encoder)
+                    .where(Image.id > last)
+                    .order_by(Image.id)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            yield [(int(r[0]), str(r[1]), int(r[2] or 0), str(r[3])) for r in rows]
+
+    def vector_ids(self, encoder: str) -> set[int]:
+        """Ids of images that already have a vector from `encoder` (row or image_embeddings)."""
+        with self._sessions() as session:
+            return {int(i) for i in session.scalars(select(Image.id).where(has_vector_from(encoder)))}
+
+    def store_embeddings(self, encoder: str, ids: Sequence[int], vectors: npt.NDArray[np.float32]) -> None:
+        """Keep `encoder`'s vectors of existing images in image_embeddings (replacing older ones)."""
+        with self.session() as session:
+            wanted = [int(i) for i in ids]
+            existing = {
+                row.image_id: row
+                for row in session.scalars(
+                    select(ImageEmbedding).where(
+                        ImageEmbedding.encoder == encoder, ImageEmbedding.image_id.in_(wanted)
+                    )
+                )
+            }
+            for image_id, vector in zip(wanted, vectors, strict=True):
+                blob = np.asarray(vector, dtype=np.float32).tobytes()
+                if image_id in existing:
+                    existing[image_id].vector = blob
+                else:
+                    session.add(ImageEmbedding(image_id=image_id, encoder=encoder, vector=blob))
 
     def record_failure(self, source_uri: str, error: BaseException, sha256: str | None = None) -> None:
         """Store why a file was skipped; the message is the exception's own (no patient text)."""
