@@ -372,5 +372,231 @@ def demo(
                     process.kill()
 
 
+# -- evaluation and training (indexer.evaluation, embeddings.training) ------------------------------
+
+
+def _include_filters(values: list[str] | None) -> tuple[tuple[str, str], ...]:
+    filters = []
+    for value in values or []:
+        column, sep, wanted = value.partition("=")
+        if not sep:
+            raise _fail(f"--include takes COLUMN=VALUE, got {value!r}")
+        filters.append((column.strip(), wanted.strip()))
+    return tuple(filters)
+
+
+@app.command("eval")
+def eval_command(
+    data: Annotated[
+        Path, typer.Option(help="Labeled data: a folder per class, a folder + --manifest, or a .npz")
+    ],
+    manifest: Annotated[
+        Path | None, typer.Option(help="CSV naming each file's label (and patient, split)")
+    ] = None,
+    path_column: Annotated[str, typer.Option(help="Manifest column with the file path or name")] = "path",
+    label_column: Annotated[str, typer.Option(help="Manifest column with the class label")] = "label",
+    patient_column: Annotated[str | None, typer.Option(help="Manifest column with the patient id")] = None,
+    split_column: Annotated[
+        str | None,
+        typer.Option(help="Manifest column with train/val/test (train = database, test = queries)"),
+    ] = None,
+    hash_column: Annotated[
+        str | None,
+        typer.Option(help="Manifest column with a content hash (e.g. md5) [default: sha256 of the file]"),
+    ] = None,
+    include: Annotated[
+        list[str] | None, typer.Option(help="Keep only rows where COLUMN=VALUE (repeatable)")
+    ] = None,
+    ignore_label: Annotated[list[str] | None, typer.Option(help="Label values meaning 'unlabeled'")] = None,
+    dedupe: Annotated[bool, typer.Option(help="Drop byte-identical images (keeping the train copy)")] = False,
+    min_class_count: Annotated[int, typer.Option(help="Leave out classes with fewer images")] = 1,
+    k: Annotated[int, typer.Option(help="Neighbours for the kNN vote and the per-class table")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the patient-grouped split (without a split column)")] = 0,
+    encoder: Encoder = None,
+    checkpoint: Checkpoint = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Model input size in px [default: the encoder's]")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write a markdown report here")] = None,
+    plots: Annotated[
+        Path | None, typer.Option(help="Folder for the confusion and precision-recall plots")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Reuse embeddings saved here (keyed by data, encoder, size)")
+    ] = None,
+) -> None:
+    """Measure retrieval quality on a labeled dataset (precision@k, mAP@k, mMV@k, kNN vote, F1, AUC)."""
+    _setup_logging()
+    from indexer.evaluation.datasets import ManifestSpec
+    from indexer.evaluation.report import to_markdown, write_json, write_markdown, write_plots
+    from indexer.evaluation.runner import EvaluationConfig, run_evaluation
+
+    config = EvaluationConfig(
+        data=data,
+        manifest=manifest,
+        spec=ManifestSpec(
+            path_column=path_column,
+            label_column=label_column,
+            patient_column=patient_column,
+            split_column=split_column,
+            hash_column=hash_column,
+            include=_include_filters(include),
+            ignore_labels=tuple(ignore_label or ()),
+        ),
+        k=k,
+        encoder=encoder or IndexerSettings().encoder,
+        checkpoint=checkpoint,
+        image_size=image_size,
+        seed=seed,
+        dedupe=dedupe,
+        min_class_count=min_class_count,
+        cache_dir=cache_dir,
+    )
+    try:
+        result = run_evaluation(config)
+    except (IndexerError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    if json_path is not None:
+        write_json(result, json_path)
+    if markdown is not None:
+        write_markdown(result, markdown)
+    if plots is not None:
+        write_plots(result, plots)
+    typer.echo(to_markdown(result))
+
+
+@app.command()
+def finetune(
+    data: Annotated[
+        Path, typer.Option(help="Labeled data: a folder per class, a folder + --manifest, or a .npz")
+    ],
+    manifest: Annotated[
+        Path | None, typer.Option(help="CSV naming each file's label (and patient, split)")
+    ] = None,
+    path_column: Annotated[str, typer.Option(help="Manifest column with the file path or name")] = "path",
+    label_column: Annotated[str, typer.Option(help="Manifest column with the class label")] = "label",
+    patient_column: Annotated[str | None, typer.Option(help="Manifest column with the patient id")] = None,
+    split_column: Annotated[str | None, typer.Option(help="Manifest column with train/val/test")] = None,
+    hash_column: Annotated[
+        str | None, typer.Option(help="Manifest column with a content hash (e.g. md5)")
+    ] = None,
+    include: Annotated[list[str] | None, typer.Option(help="Keep only rows where COLUMN=VALUE")] = None,
+    ignore_label: Annotated[list[str] | None, typer.Option(help="Label values meaning 'unlabeled'")] = None,
+    dedupe: Annotated[bool, typer.Option(help="Drop byte-identical images (keeping the train copy)")] = False,
+    min_class_count: Annotated[int, typer.Option(help="Leave out classes with fewer images")] = 1,
+    loss: Annotated[str, typer.Option(help="proxy_nca or supcon")] = "proxy_nca",
+    epochs: Annotated[int, typer.Option(help="Training epochs (the best on validation is kept)")] = 10,
+    image_size: Annotated[int, typer.Option(help="Training input size in px (small is fast on CPU)")] = 128,
+    trainable_stages: Annotated[int, typer.Option(help="How many of the last stages to train")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Images per step")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the trained stages")] = 3e-4,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the batches")] = 0,
+    data_dir: DataDir = None,
+    encoder: Encoder = None,
+    checkpoint: Checkpoint = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Where the checkpoint and its card go [default: DATA_DIR/encoders]")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Keep frozen-trunk features here for re-runs")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the card (with test scores) here")
+    ] = None,
+) -> None:
+    """Fine-tune the encoder on labeled data (metric learning), validate on held-out patients, save it."""
+    _setup_logging()
+    import json
+
+    from embeddings import EmbeddingsError
+    from embeddings.training.finetune import FinetuneConfig
+    from indexer.evaluation.datasets import ManifestSpec
+    from indexer.evaluation.finetuning import run_finetune
+    from indexer.evaluation.runner import EvaluationConfig
+
+    settings = _settings(data_dir, encoder, checkpoint)
+    eval_config = EvaluationConfig(
+        data=data,
+        manifest=manifest,
+        spec=ManifestSpec(
+            path_column=path_column,
+            label_column=label_column,
+            patient_column=patient_column,
+            split_column=split_column,
+            hash_column=hash_column,
+            include=_include_filters(include),
+            ignore_labels=tuple(ignore_label or ()),
+        ),
+        encoder=settings.encoder,
+        checkpoint=settings.checkpoint,
+        seed=seed,
+        dedupe=dedupe,
+        min_class_count=min_class_count,
+        device=settings.device,
+    )
+    try:
+        config = FinetuneConfig(
+            input_size=image_size,
+            trainable_stages=trainable_stages,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            loss=loss,
+            seed=seed,
+        )
+        report = run_finetune(
+            eval_config,
+            config,
+            output_dir=output_dir or settings.data_dir / "encoders",
+            trunk_cache_dir=cache_dir,
+        )
+    except (IndexerError, EmbeddingsError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(
+            json.dumps({**report.card, "checkpoint_path": str(report.checkpoint)}, indent=2) + "\n"
+        )
+    card = report.card
+    typer.echo(
+        f"held-out test mAP@10: {card['test_map@10_before']:.4f} before -> {card['test_map@10_after']:.4f} after "
+        f"(val mAP@10 {card['val_map@10_before']:.4f} -> {card['val_map@10']:.4f}, best epoch {card['best_epoch']})"
+    )
+    typer.echo(f"checkpoint: {report.checkpoint}")
+    typer.echo(f"use it: medcbir reindex --encoder {eval_config.encoder} --checkpoint {report.checkpoint}")
+
+
+@app.command()
+def reindex(
+    data_dir: DataDir = None,
+    encoder: Encoder = None,
+    checkpoint: Checkpoint = None,
+    batch_size: Annotated[int, typer.Option(help="Images per embedding batch")] = 32,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+) -> None:
+    """Re-embed every catalog image with ENCODER into its own index; the serving index is untouched until done."""
+    _setup_logging()
+    from embeddings import create_encoder
+    from indexer.reindex import reindex_catalog
+
+    settings = _settings(data_dir, encoder, checkpoint)
+    enc = create_encoder(
+        settings.encoder, checkpoint=settings.checkpoint, device=settings.device, batch_size=batch_size
+    )
+    try:
+        result = reindex_catalog(settings, enc, progress=progress)
+    except IndexerError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(
+        f"reindexed with {enc.name}: {result.embedded} embedded, {result.already} already had vectors, "
+        f"{result.failed} failed; index {result.index_path} holds {result.index_size} vectors"
+    )
+    typer.echo(
+        f"serve it: medcbir serve --encoder {settings.encoder}"
+        + (f" --checkpoint {settings.checkpoint}" if settings.checkpoint else "")
+    )
+
+
 if __name__ == "__main__":
     app()
