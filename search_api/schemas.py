@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
+
+GroupBy = Literal["study", "series"]
+WindowUnits = Literal["modality", "display"]
+
+# Named CT windows (center, width) in Hounsfield units, as radiology viewers offer them (Radiopaedia,
+# "Windowing (CT)"); the names match imaging's presets.
+CT_WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "subdural": (75.0, 215.0),
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "soft_tissue": (40.0, 400.0),
+    "liver": (30.0, 150.0),
+    "bone": (300.0, 2000.0),
+}
 
 
 class Hit(BaseModel):
@@ -18,6 +35,8 @@ class Hit(BaseModel):
     body_part: str | None = None
     study_description: str | None = None
     series_description: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
     frame_index: int = 0
     diagnosis: list[str] = Field(default_factory=list)
     report: str | None = None
@@ -58,13 +77,47 @@ class QueryInfo(BaseModel):
     body_part: str | None = None
     study_description: str | None = None
     series_description: str | None = None
-    window_center: float | None = None
+    window_center: float | None = Field(default=None, description="The window the image was decoded with")
     window_width: float | None = None
     preview_png_base64: str = Field(description="The query rendered as the engine saw it, PNG, base64")
+    display_window: DisplayWindow | None = Field(
+        default=None, description="The window applied to the preview only, when one was asked for"
+    )
+    window_units: WindowUnits = Field(
+        default="display",
+        description='"modality": window values are modality units (HU for CT); "display": 0-255 grey levels',
+    )
+    window_min: float = Field(default=0.0, description="Lowest value the preview can show distinctly")
+    window_max: float = Field(default=255.0, description="Highest value the preview can show distinctly")
+    patient_ref: str | None = Field(
+        default=None, description="Pseudonymous reference of the query's patient (keyed hash), if any"
+    )
+    image_id: int | None = Field(default=None, description="Set when the query is an archived image")
+    case_id: int | None = None
+
+
+class DisplayWindow(BaseModel):
+    """A window (level) applied to a displayed image: values center +- width/2 span black to white."""
+
+    center: float
+    width: float = Field(gt=0)
+    preset: str | None = None
+
+
+class SearchFilters(BaseModel):
+    """What a search was restricted to; echoed in every answer."""
+
+    k: int = 10
+    modality: str | None = None
+    body_part: str | None = None
+    label: str | None = Field(default=None, description="Only images whose case carries this diagnosis")
+    min_similarity: float | None = Field(default=None, description="Drop neighbours below this similarity")
+    group_by: GroupBy | None = Field(default=None, description="Keep only the best hit per study or series")
+    exclude_patient: bool = Field(default=False, description="Drop the query patient's own images")
 
 
 class SearchResponse(BaseModel):
-    """The answer to POST /search."""
+    """The answer to POST /search and POST /search/by-image/{image_id}."""
 
     query: QueryInfo
     hits: list[Hit]
@@ -72,6 +125,10 @@ class SearchResponse(BaseModel):
     encoder: str
     index_size: int
     took_ms: float
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+    candidates: int | None = Field(
+        default=None, description="How many indexed images passed the filters (null: no filter)"
+    )
 
 
 class CaseImage(BaseModel):
@@ -100,6 +157,45 @@ class CaseOut(BaseModel):
     report: str | None = None
     diagnosis: list[str] = Field(default_factory=list)
     images: list[CaseImage] = Field(default_factory=list)
+
+
+class CaseSummary(BaseModel):
+    """A case as listed for picking: its labels, modalities and a representative image."""
+
+    case_id: int
+    case_key: str
+    diagnosis: list[str] = Field(default_factory=list)
+    modalities: list[str] = Field(default_factory=list)
+    body_parts: list[str] = Field(default_factory=list)
+    study_description: str | None = None
+    image_ids: list[int] = Field(default_factory=list)
+    thumbnail_url: str | None = None
+    report_excerpt: str | None = None
+
+
+class CaseList(BaseModel):
+    """One page of the archive's cases, in id order."""
+
+    total: int
+    offset: int
+    limit: int
+    cases: list[CaseSummary] = Field(default_factory=list)
+
+
+class LabelCount(BaseModel):
+    """A diagnosis label and how many cases carry it."""
+
+    label: str
+    cases: int
+
+
+class FilterOptions(BaseModel):
+    """The values the archive holds for each search filter."""
+
+    modalities: list[str] = Field(default_factory=list)
+    body_parts: list[str] = Field(default_factory=list)
+    labels: list[LabelCount] = Field(default_factory=list)
+    window_presets: dict[str, tuple[float, float]] = Field(default_factory=lambda: dict(CT_WINDOW_PRESETS))
 
 
 class HealthOut(BaseModel):

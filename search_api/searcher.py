@@ -3,34 +3,53 @@
 from __future__ import annotations
 
 import base64
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import numpy as np
+import numpy.typing as npt
 
-from imaging import load_image, render_png
+from imaging import DecodedImage, ImageMetadata, WindowSpec, list_window_presets, load_image, render_png
 from indexer.archive import Archive
 from indexer.catalog import Case, Image
+from indexer.pseudonym import patient_reference
 from search_api.schemas import (
     CaseImage,
+    CaseList,
     CaseOut,
+    CaseSummary,
+    DisplayWindow,
+    FilterOptions,
     HealthOut,
     Hit,
+    LabelCount,
     LabelScore,
     Prediction,
     QueryInfo,
+    SearchFilters,
     SearchResponse,
 )
 
 QUERY_PREVIEW_SIDE = 512
+EXCERPT_CHARS = 160
+# With group_by, the index is asked for this many times more neighbours per round until k groups fill.
+GROUP_FETCH_FACTOR = 4
+# Window sliders for CT span air to dense bone, so that every preset fits.
+CT_SLIDER_RANGE = (-1024.0, 3071.0)
 
 
 class NotFoundError(LookupError):
     """The requested case or image does not exist."""
+
+
+class InvalidWindowError(ValueError):
+    """A window/level request that cannot be honoured (unknown preset, preset for another modality)."""
 
 
 def vote(neighbours: Sequence[tuple[float, Sequence[str]]]) -> Prediction:
@@ -61,6 +80,104 @@ def vote(neighbours: Sequence[tuple[float, Sequence[str]]]) -> Prediction:
     )
 
 
+@dataclass(frozen=True)
+class WindowScale:
+    """The units a window is given in, and a sensible range for window sliders in those units."""
+
+    units: str
+    low: float
+    high: float
+
+
+def window_scale(meta: ImageMetadata, pixels: npt.NDArray[np.float32]) -> WindowScale:
+    """Grey DICOM with a VOI window: modality units (HU for CT), re-windowed by imaging from the true
+    values; anything else (PNG, JPEG, colour, LUT-only VOI): 0-255 grey levels of the decoded image.
+    """
+    c, w = meta.window_center, meta.window_width
+    grey = pixels.ndim == 3 and bool(np.array_equal(pixels[..., 0], pixels[..., -1]))
+    voi = meta.extra.get("voi", "")
+    if meta.format == "dicom" and grey and c is not None and w is not None and w > 0 and voi != "lut":
+        low, high = c - w, c + w
+        if (meta.modality or "").upper() == "CT":
+            low, high = min(low, CT_SLIDER_RANGE[0]), max(high, CT_SLIDER_RANGE[1])
+        return WindowScale("modality", low, high)
+    return WindowScale("display", 0.0, 255.0)
+
+
+def window_presets() -> dict[str, tuple[float, float]]:
+    """The named CT windows (center, width in HU) that imaging knows."""
+    return {name: (spec.center, spec.width) for name, spec in list_window_presets().items()}
+
+
+def resolve_window(
+    meta: ImageMetadata,
+    center: float | None = None,
+    width: float | None = None,
+    preset: str | None = None,
+) -> DisplayWindow | None:
+    """The window asked for: a named CT preset, or center/width (both needed); None when nothing is asked."""
+    if preset:
+        name = preset.strip().lower().replace("-", "_").replace(" ", "_")
+        presets = window_presets()
+        if name not in presets:
+            known = ", ".join(presets)
+            raise InvalidWindowError(f"unknown window preset {preset!r}; choose one of: {known}")
+        if (meta.modality or "").upper() != "CT":
+            raise InvalidWindowError(
+                f"window preset {name!r} is in Hounsfield units and needs a CT image; this one is "
+                f"{meta.modality or meta.format}: set window_center and window_width instead"
+            )
+        c, w = presets[name]
+        return DisplayWindow(center=c, width=w, preset=name)
+    if center is None and width is None:
+        return None
+    if center is None or width is None:
+        raise InvalidWindowError("send both window_center and window_width, or a preset")
+    if not (math.isfinite(center) and math.isfinite(width)) or width <= 0:
+        raise InvalidWindowError("window_width must be a positive number and window_center finite")
+    return DisplayWindow(center=center, width=width)
+
+
+def apply_display_window(pixels: npt.NDArray[np.float32], window: DisplayWindow) -> npt.NDArray[np.float32]:
+    """Re-window decoded pixels in 0-255 grey levels, for images without a VOI stage (PNG, JPEG, colour)."""
+    values = np.clip(pixels.astype(np.float64), 0.0, 1.0) * 255.0
+    return np.clip((values - window.center) / window.width + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def windowed(
+    source: bytes | Path, decoded: DecodedImage, window: DisplayWindow | None, max_pixels: int | None
+) -> DecodedImage:
+    """The image as it looks through `window`, for display only (the embedding never sees this).
+
+    Grey DICOM is decoded again by imaging with the window as its VOI, from the true modality values
+    (so a wider window shows what the default window clipped); MONOCHROME1 stays inverted, as a viewer
+    shows it. Other images are re-windowed in 0-255 grey levels.
+    """
+    if window is None:
+        return decoded
+    meta = decoded.metadata
+    if window_scale(meta, decoded.pixels).units == "modality":
+        spec = WindowSpec(center=window.center, width=window.width, function="LINEAR_EXACT")
+        return load_image(source, max_pixels=max_pixels, frame=meta.frame_index, window=spec)
+    return DecodedImage(pixels=apply_display_window(decoded.pixels, window), metadata=meta)
+
+
+def _group_key(row: Image, group_by: str | None) -> str:
+    if group_by == "study":
+        uid = row.study_instance_uid or row.case.study_instance_uid
+        return f"study:{uid}" if uid else f"case:{row.case_id}"
+    if group_by == "series":
+        return f"series:{row.series_instance_uid}" if row.series_instance_uid else f"image:{row.id}"
+    return f"image:{row.id}"
+
+
+def _excerpt(text: str | None, limit: int = EXCERPT_CHARS) -> str | None:
+    if not text:
+        return None
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
 class Searcher:
     """Answers searches and lookups over an open archive; knows nothing of HTTP."""
 
@@ -68,26 +185,194 @@ class Searcher:
         self.archive = archive
         self.max_pixels = max_pixels
 
-    def search(self, data: bytes, k: int = 10, modality: str | None = None) -> SearchResponse:
-        """The k stored images most similar to the query, and a vote over their diagnoses."""
+    def search(
+        self,
+        data: bytes,
+        k: int = 10,
+        modality: str | None = None,
+        *,
+        filters: SearchFilters | None = None,
+        window: DisplayWindow | None = None,
+        window_preset: str | None = None,
+    ) -> SearchResponse:
+        """The k stored images most similar to the query, and a vote over their diagnoses.
+
+        `filters` (when given) wins over `k` and `modality`; `window`/`window_preset` change the
+        query preview only.
+        """
         start = time.perf_counter()
+        filters = filters or SearchFilters(k=k, modality=modality or None)
         decoded = load_image(data, max_pixels=self.max_pixels)
-        vector = self.archive.encoder.embed([decoded.pixels])
-        allowed = None
-        if modality:
-            allowed = self.archive.catalog.image_ids_where(
-                encoder=self.archive.encoder.name, modality=modality
+        preview_window = window or resolve_window(decoded.metadata, preset=window_preset)
+        vector = self.archive.encoder.embed([decoded.pixels])[0]
+        patient_ref = patient_reference(self.archive.pseudonym_key, decoded.metadata.patient_id)
+        hits, candidates = self._neighbours(vector, filters, patient_ref)
+        query = self._query_info(data, decoded, preview_window, patient_ref)
+        return self._response(query, hits, filters, candidates, start)
+
+    def search_by_image(
+        self, image_id: int, filters: SearchFilters | None = None, window: DisplayWindow | None = None
+    ) -> SearchResponse:
+        """Search with an archived image's stored embedding; the image itself is never a hit."""
+        start = time.perf_counter()
+        filters = filters or SearchFilters()
+        row = self.archive.catalog.image(image_id)
+        if row is None or row.encoder != self.archive.encoder.name:
+            raise NotFoundError(
+                f"image {image_id} does not exist or was embedded by another encoder; pick one from GET /cases"
             )
-        result = self.archive.index.search(vector, k, allowed_ids=allowed)[0]
-        rows = self.archive.catalog.images_by_ids([int(i) for i in result.ids])
-        hits: list[Hit] = []
-        for image_id, similarity in zip(result.ids, result.similarities, strict=True):
-            row = rows.get(int(image_id))
-            if row is None:  # the index is ahead of the catalog (deleted row): never show a ghost
-                continue
-            hits.append(self._hit(len(hits) + 1, row, float(similarity)))
+        hits, candidates = self._neighbours(row.vector(), filters, row.case.patient_ref, exclude_id=row.id)
+        source = self._source_path(row)
+        if source is not None:
+            decoded = load_image(source, max_pixels=self.max_pixels, frame=row.frame_index)
+            query = self._query_info(source, decoded, window, row.case.patient_ref)
+        else:  # the source file is gone: the stored thumbnail stands in, with the catalog's header fields
+            query = QueryInfo(
+                format="thumbnail",
+                rows=row.rows or 0,
+                columns=row.columns or 0,
+                frames=row.frames,
+                frame_index=row.frame_index,
+                modality=row.modality,
+                body_part=row.body_part,
+                study_description=row.study_description,
+                series_description=row.series_description,
+                window_center=row.window_center,
+                window_width=row.window_width,
+                preview_png_base64=base64.b64encode(self.thumbnail(row.id)).decode("ascii"),
+                patient_ref=row.case.patient_ref,
+            )
+        query = query.model_copy(update={"image_id": row.id, "case_id": row.case_id})
+        return self._response(query, hits, filters, candidates, start)
+
+    def render(
+        self,
+        data: bytes,
+        center: float | None = None,
+        width: float | None = None,
+        preset: str | None = None,
+        max_side: int = QUERY_PREVIEW_SIDE,
+    ) -> bytes:
+        """The image as a PNG, re-windowed for display when a window or preset is given."""
+        decoded = load_image(data, max_pixels=self.max_pixels)
+        window = resolve_window(decoded.metadata, center, width, preset)
+        return self._render_decoded(data, decoded, window, max_side)
+
+    def render_image(
+        self,
+        image_id: int,
+        center: float | None = None,
+        width: float | None = None,
+        preset: str | None = None,
+        max_side: int = QUERY_PREVIEW_SIDE,
+    ) -> bytes:
+        """An archived image as a PNG, re-windowed; needs its source file to still be reachable."""
+        row = self.archive.catalog.image(image_id)
+        if row is None:
+            raise NotFoundError(f"image {image_id} does not exist")
+        source = self._source_path(row)
+        if source is None:
+            raise NotFoundError(
+                f"image {image_id}: the source file is no longer reachable; only its thumbnail is available"
+            )
+        decoded = load_image(source, max_pixels=self.max_pixels, frame=row.frame_index)
+        window = resolve_window(decoded.metadata, center, width, preset)
+        return self._render_decoded(source, decoded, window, max_side)
+
+    def cases(self, limit: int = 50, offset: int = 0) -> CaseList:
+        """One page of the archive's cases, to pick a query from."""
+        total, rows = self.archive.catalog.list_cases(limit=limit, offset=offset)
+        cases = []
+        for case in rows:
+            images = [img for img in case.images if img.encoder == self.archive.encoder.name]
+            cases.append(
+                CaseSummary(
+                    case_id=case.id,
+                    case_key=case.case_key,
+                    diagnosis=case.labels,
+                    modalities=sorted({i.modality.upper() for i in images if i.modality}),
+                    body_parts=sorted({i.body_part.upper() for i in images if i.body_part}),
+                    study_description=next(
+                        (i.study_description for i in images if i.study_description), None
+                    ),
+                    image_ids=[i.id for i in images],
+                    thumbnail_url=f"/images/{images[0].id}/thumbnail" if images else None,
+                    report_excerpt=_excerpt(case.report),
+                )
+            )
+        return CaseList(total=total, offset=offset, limit=limit, cases=cases)
+
+    def filter_options(self) -> FilterOptions:
+        """What each filter can be set to in this archive."""
+        catalog = self.archive.catalog
+        return FilterOptions(
+            modalities=catalog.modalities(),
+            body_parts=catalog.body_parts(),
+            labels=[LabelCount(label=label, cases=n) for label, n in catalog.stats().labels.items()],
+            window_presets=window_presets(),
+        )
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _neighbours(
+        self,
+        vector: npt.NDArray[np.float32],
+        filters: SearchFilters,
+        patient_ref: str | None,
+        exclude_id: int | None = None,
+    ) -> tuple[list[Hit], int | None]:
+        """Hits for one query vector; filters restrict the ids FAISS may return, never a top-k after."""
+        catalog = self.archive.catalog
+        exclude_ref = patient_ref if filters.exclude_patient else None
+        allowed: npt.NDArray[np.int64] | None = None
+        if filters.modality or filters.body_part or filters.label or exclude_ref:
+            allowed = catalog.filtered_image_ids(
+                encoder=self.archive.encoder.name,
+                modality=filters.modality,
+                body_part=filters.body_part,
+                label=filters.label,
+                exclude_patient_ref=exclude_ref,
+            )
+        if allowed is not None and exclude_id is not None:
+            allowed = allowed[allowed != exclude_id]
+        pool = len(self.archive.index) if allowed is None else len(allowed)
+        extra = 1 if exclude_id is not None and allowed is None else 0
+        fetch = min(filters.k + extra, max(pool, 1))
+        while True:
+            result = self.archive.index.search(vector[None, :], fetch, allowed_ids=allowed)[0]
+            rows = catalog.images_by_ids([int(i) for i in result.ids])
+            hits: list[Hit] = []
+            seen: set[str] = set()
+            below_threshold = False
+            for image_id, similarity in zip(result.ids, result.similarities, strict=True):
+                if filters.min_similarity is not None and similarity < filters.min_similarity:
+                    below_threshold = True  # sorted best first: everything after is lower still
+                    break
+                row = rows.get(int(image_id))
+                if row is None or row.id == exclude_id:  # a deleted row is never shown as a ghost
+                    continue
+                key = _group_key(row, filters.group_by)
+                if key in seen:
+                    continue
+                seen.add(key)
+                hits.append(self._hit(len(hits) + 1, row, float(similarity)))
+                if len(hits) == filters.k:
+                    break
+            exhausted = len(result.ids) < fetch or fetch >= pool
+            if len(hits) >= filters.k or below_threshold or exhausted or filters.group_by is None:
+                return hits, (None if allowed is None else len(allowed))
+            fetch = min(fetch * GROUP_FETCH_FACTOR, pool)
+
+    def _query_info(
+        self,
+        source: bytes | Path,
+        decoded: DecodedImage,
+        window: DisplayWindow | None,
+        patient_ref: str | None,
+    ) -> QueryInfo:
         meta = decoded.metadata
-        query = QueryInfo(
+        scale = window_scale(meta, decoded.pixels)
+        return QueryInfo(
             format=meta.format,
             rows=meta.rows,
             columns=meta.columns,
@@ -99,10 +384,24 @@ class Searcher:
             series_description=meta.series_description,
             window_center=meta.window_center,
             window_width=meta.window_width,
-            preview_png_base64=base64.b64encode(render_png(decoded.pixels, QUERY_PREVIEW_SIDE)).decode(
-                "ascii"
-            ),
+            preview_png_base64=base64.b64encode(
+                self._render_decoded(source, decoded, window, QUERY_PREVIEW_SIDE)
+            ).decode("ascii"),
+            display_window=window,
+            window_units=scale.units,  # type: ignore[arg-type]
+            window_min=scale.low,
+            window_max=scale.high,
+            patient_ref=patient_ref,
         )
+
+    def _response(
+        self,
+        query: QueryInfo,
+        hits: list[Hit],
+        filters: SearchFilters,
+        candidates: int | None,
+        start: float,
+    ) -> SearchResponse:
         return SearchResponse(
             query=query,
             hits=hits,
@@ -110,7 +409,21 @@ class Searcher:
             encoder=self.archive.encoder.name,
             index_size=len(self.archive.index),
             took_ms=(time.perf_counter() - start) * 1000.0,
+            filters=filters,
+            candidates=candidates,
         )
+
+    def _render_decoded(
+        self, source: bytes | Path, decoded: DecodedImage, window: DisplayWindow | None, max_side: int
+    ) -> bytes:
+        return render_png(windowed(source, decoded, window, self.max_pixels).pixels, max_side)
+
+    @staticmethod
+    def _source_path(row: Image) -> Path | None:
+        """The archived image's source file, or None when it is not a reachable local file."""
+        parsed = urlparse(row.source_uri)
+        source = Path(url2pathname(parsed.path))
+        return source if parsed.scheme == "file" and source.is_file() else None
 
     def case(self, case_id: int) -> CaseOut:
         """A stored case with its images."""
@@ -168,6 +481,8 @@ class Searcher:
             body_part=row.body_part,
             study_description=row.study_description,
             series_description=row.series_description,
+            study_instance_uid=row.study_instance_uid or case.study_instance_uid,
+            series_instance_uid=row.series_instance_uid,
             frame_index=row.frame_index,
             diagnosis=case.labels,
             report=case.report,

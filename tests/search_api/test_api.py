@@ -109,3 +109,102 @@ def test_k_out_of_range_is_a_422(live_api_url: str) -> None:
 def test_unknown_case_and_image_are_404(live_api_url: str) -> None:
     assert httpx.get(f"{live_api_url}/cases/99999").status_code == 404
     assert httpx.get(f"{live_api_url}/images/99999/thumbnail").status_code == 404
+
+
+def _ids_by_file(url: str) -> dict[str, int]:
+    cases = httpx.get(f"{url}/cases", params={"limit": 100}).json()["cases"]
+    out = {}
+    for case in cases:
+        for image_id in case["image_ids"]:
+            thumb = httpx.get(f"{url}/cases/{case['case_id']}").json()["images"]
+            out.update({img["source_uri"].rsplit("/", 1)[1]: img["image_id"] for img in thumb})
+            assert image_id in out.values()
+    return out
+
+
+def test_rare_filters_over_http_match_one_image_among_many(live_api_url: str) -> None:
+    data = dicom_testfile("MR2_J2KI.dcm").read_bytes()
+    body = _search(live_api_url, data, k=1, body_part="chest").json()  # only RG1 says CHEST
+    assert [h["source_uri"].rsplit("/", 1)[1] for h in body["hits"]] == ["RG1_UNCI.dcm"]
+    assert body["candidates"] == 1 and body["filters"]["body_part"] == "chest"
+    body = _search(live_api_url, data, k=5, label="ultrasound finding").json()
+    assert [h["case_key"] for h in body["hits"]] == ["C-US-1"] and body["candidates"] == 1
+    body = _search(live_api_url, data, k=5, label="lesion", group_by="study", min_similarity=0.99).json()
+    assert [h["case_key"] for h in body["hits"]] == ["C-MR-1"]
+    body = _search(live_api_url, data, k=5, exclude_patient="true", group_by="none").json()
+    assert body["filters"]["exclude_patient"] is True and body["query"]["patient_ref"].startswith("P-")
+    assert len(body["hits"]) == 5  # the manifest gave other patient ids: nobody is the query's patient
+
+
+@pytest.mark.parametrize(
+    ("form", "phrase"),
+    [
+        ({"group_by": "patient"}, "group_by"),
+        ({"min_similarity": "2"}, "min_similarity"),
+        ({"preset": "lung"}, "needs a CT image"),
+        ({"preset": "nope"}, "unknown window preset"),
+        ({"window_center": "10"}, "both window_center and window_width"),
+    ],
+)
+def test_bad_search_options_are_a_422(live_api_url: str, form: dict[str, str], phrase: str) -> None:
+    response = _search(live_api_url, dicom_testfile("MR_small.dcm").read_bytes(), **form)
+    assert response.status_code == 422, response.text
+    assert phrase in str(response.json()["detail"])
+
+
+def test_window_presets_and_render_rewindow_the_display_only(live_api_url: str) -> None:
+    data = dicom_testfile("CT_small.dcm").read_bytes()
+    plain = _search(live_api_url, data, k=2).json()
+    lung = _search(live_api_url, data, k=2, preset="lung").json()
+    assert [h["similarity"] for h in plain["hits"]] == [h["similarity"] for h in lung["hits"]]
+    assert lung["query"]["display_window"] == {"center": -600.0, "width": 1500.0, "preset": "lung"}
+    assert plain["query"]["window_units"] == "modality" and plain["query"]["window_min"] <= -1024
+    assert lung["query"]["preview_png_base64"] != plain["query"]["preview_png_base64"]
+
+    def render(**form: str) -> PILImage.Image:
+        response = httpx.post(f"{live_api_url}/render", files={"file": ("ct", data)}, data=form, timeout=60)
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png", response.text
+        return PILImage.open(io.BytesIO(response.content))
+
+    narrow = render(window_center="40", window_width="80", max_side="64")
+    wide = render(window_center="40", window_width="4000", max_side="64")
+    assert narrow.size == (64, 64)
+    # a brain window saturates a body slice; a 4000 HU window flattens it to mid-greys
+    assert _spread(narrow) > 2 * _spread(wide)
+    png_query = io.BytesIO()
+    PILImage.new("L", (32, 32), 100).save(png_query, format="PNG")
+    response = httpx.post(
+        f"{live_api_url}/render", files={"file": ("g.png", png_query.getvalue())},
+        data={"window_center": "100", "window_width": "2"}, timeout=60,
+    )  # fmt: skip
+    assert response.status_code == 200  # PNG: windowed in 0-255 grey levels
+
+
+def _spread(image: PILImage.Image) -> float:
+    import numpy as np
+
+    return float(np.asarray(image.convert("L"), dtype=np.float32).std())
+
+
+def test_cases_filters_and_search_by_archived_image(live_api_url: str) -> None:
+    listing = httpx.get(f"{live_api_url}/cases", params={"limit": 3, "offset": 1}).json()
+    assert listing["total"] == len(ARCHIVE_ROWS) and len(listing["cases"]) == 3 and listing["offset"] == 1
+    assert all(c["thumbnail_url"] and c["image_ids"] for c in listing["cases"])
+    assert httpx.get(f"{live_api_url}/cases", params={"limit": 0}).status_code == 422
+    options = httpx.get(f"{live_api_url}/filters").json()
+    assert {"CR", "MR", "US", "CT"} <= set(options["modalities"]) and options["body_parts"] == ["CHEST"]
+    assert {lc["label"] for lc in options["labels"]} >= {"lesion", "normal chest"}
+    assert options["window_presets"]["lung"] == [-600.0, 1500.0]
+
+    image_id = _ids_by_file(live_api_url)["MR2_UNCI.dcm"]
+    body = httpx.post(f"{live_api_url}/search/by-image/{image_id}", data={"k": "3"}, timeout=60).json()
+    assert body["query"]["image_id"] == image_id and body["query"]["modality"] == "MR"
+    assert image_id not in [h["image_id"] for h in body["hits"]] and len(body["hits"]) == 3
+    upload = _search(live_api_url, dicom_testfile("MR2_UNCI.dcm").read_bytes(), k=4).json()
+    assert [h["image_id"] for h in body["hits"]] == [h["image_id"] for h in upload["hits"][1:]]
+    rendered = httpx.get(
+        f"{live_api_url}/images/{image_id}/render", params={"window_center": "500", "window_width": "900"}
+    )
+    assert rendered.status_code == 200 and rendered.headers["content-type"] == "image/png"
+    assert httpx.post(f"{live_api_url}/search/by-image/99999").status_code == 404
+    assert httpx.get(f"{live_api_url}/images/99999/render").status_code == 404
