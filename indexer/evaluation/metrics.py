@@ -119,11 +119,21 @@ def confusion_matrix(true: npt.ArrayLike, predicted: npt.ArrayLike, n_classes: i
     return matrix
 
 
-def per_class_prf(matrix: IntArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Per-class precision, recall and F1 from a confusion matrix (0 where undefined)."""
+def per_class_prf(
+    matrix: IntArray, support: npt.ArrayLike | None = None
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per-class precision, recall and F1 from a confusion matrix (0 where undefined).
+
+    `support` (true images per class) counts queries that got no prediction as misses in recall;
+    without it the matrix's row sums are used.
+    """
     tp = np.diag(matrix).astype(np.float64)
     predicted = matrix.sum(axis=0).astype(np.float64)
-    actual = matrix.sum(axis=1).astype(np.float64)
+    actual = (
+        np.asarray(support, dtype=np.float64)
+        if support is not None
+        else matrix.sum(axis=1).astype(np.float64)
+    )
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
     denom = precision + recall
@@ -132,10 +142,11 @@ def per_class_prf(matrix: IntArray) -> tuple[FloatArray, FloatArray, FloatArray]
 
 
 def macro_f1(true: npt.ArrayLike, predicted: npt.ArrayLike, n_classes: int) -> float:
-    """Mean F1 over the classes that occur among the true labels."""
+    """Mean F1 over the classes that occur among the true labels (no prediction counts as a miss)."""
     matrix = confusion_matrix(true, predicted, n_classes)
-    _, _, f1 = per_class_prf(matrix)
-    present = matrix.sum(axis=1) > 0
+    support = np.bincount(np.asarray(true, dtype=np.int64), minlength=n_classes)
+    _, _, f1 = per_class_prf(matrix, support)
+    present = support > 0
     return float(f1[present].mean()) if present.any() else 0.0
 
 

@@ -243,7 +243,7 @@ def score_retrieval(
     values["macro_f1"] = metrics.macro_f1(query_labels, predicted, n_classes)
     values["macro_auc"] = metrics.macro_auc(query_labels, scores)
     confusion = metrics.confusion_matrix(query_labels, predicted, n_classes)
-    precision, recall, f1 = metrics.per_class_prf(confusion)
+    precision, recall, f1 = metrics.per_class_prf(confusion, np.bincount(query_labels, minlength=n_classes))
     aucs = metrics.per_class_auc(query_labels, scores)
     p_at_k = metrics.precision_at_k(relevant, kv)
     ap_at_k = metrics.average_precision_at_k(relevant, kv)

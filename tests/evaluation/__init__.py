@@ -1,0 +1,1 @@
+"""Tests of indexer.evaluation: metrics, loaders, protocol, eval CLI."""
