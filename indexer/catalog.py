@@ -394,6 +394,20 @@ class Catalog:
         with self._sessions() as session:
             return np.fromiter(session.scalars(query.order_by(Image.id)), dtype=np.int64)
 
+    def embedding_of(self, image_id: int, encoder: str) -> npt.NDArray[np.float32] | None:
+        """The image's stored vector from `encoder` (its own row or image_embeddings), or None."""
+        with self._sessions() as session:
+            own = session.execute(
+                select(Image.embedding).where(Image.id == image_id, Image.encoder == encoder)
+            ).scalar()
+            if own is None:
+                own = session.execute(
+                    select(ImageEmbedding.vector).where(
+                        ImageEmbedding.image_id == image_id, ImageEmbedding.encoder == encoder
+                    )
+                ).scalar()
+        return None if own is None else np.frombuffer(own, dtype=np.float32)
+
     def list_cases(self, *, limit: int = 50, offset: int = 0) -> tuple[int, list[Case]]:
         """(total number of cases, one page of cases in id order with diagnoses and images loaded)."""
         with self._sessions() as session:
