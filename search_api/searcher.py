@@ -217,11 +217,13 @@ class Searcher:
         start = time.perf_counter()
         filters = filters or SearchFilters()
         row = self.archive.catalog.image(image_id)
-        if row is None or row.encoder != self.archive.encoder.name:
+        vector = self.archive.catalog.embedding_of(image_id, self.archive.encoder.name) if row else None
+        if row is None or vector is None:
             raise NotFoundError(
-                f"image {image_id} does not exist or was embedded by another encoder; pick one from GET /cases"
+                f"image {image_id} does not exist or has no vector from the served encoder "
+                f"{self.archive.encoder.name}; pick one from GET /cases"
             )
-        hits, candidates = self._neighbours(row.vector(), filters, row.case.patient_ref, exclude_id=row.id)
+        hits, candidates = self._neighbours(vector, filters, row.case.patient_ref, exclude_id=row.id)
         source = self._source_path(row)
         if source is not None:
             decoded = load_image(source, max_pixels=self.max_pixels, frame=row.frame_index)
@@ -284,7 +286,7 @@ class Searcher:
         total, rows = self.archive.catalog.list_cases(limit=limit, offset=offset)
         cases = []
         for case in rows:
-            images = [img for img in case.images if img.encoder == self.archive.encoder.name]
+            images = list(case.images)
             cases.append(
                 CaseSummary(
                     case_id=case.id,
