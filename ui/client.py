@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from search_api.schemas import CaseOut, HealthOut, SearchResponse
+from search_api.schemas import CaseList, CaseOut, FilterOptions, HealthOut, SearchFilters, SearchResponse
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -51,6 +51,22 @@ def _detail_of(response: httpx.Response) -> str:
     return response.reason_phrase or f"HTTP {response.status_code}"
 
 
+def _filter_form(filters: SearchFilters) -> dict[str, str]:
+    """The multipart form fields of a search; filters left unset are not sent."""
+    form = {"k": str(filters.k)}
+    for name in ("modality", "body_part", "label"):
+        value = getattr(filters, name)
+        if value:
+            form[name] = value
+    if filters.min_similarity is not None:
+        form["min_similarity"] = f"{filters.min_similarity:g}"
+    if filters.group_by:
+        form["group_by"] = filters.group_by
+    if filters.exclude_patient:
+        form["exclude_patient"] = "true"
+    return form
+
+
 class ApiClient:
     """Speaks to the medcbir search API over HTTP; use as a context manager or call close()."""
 
@@ -84,13 +100,47 @@ class ApiClient:
         """GET /health: what the server loaded (encoder, index size, modalities)."""
         return self._parse(self._request("GET", "/health"), HealthOut)
 
-    def search(self, data: bytes, filename: str, k: int = 10, modality: str | None = None) -> SearchResponse:
-        """POST /search with the image bytes; the API sniffs the format from the bytes, not the name."""
-        form: dict[str, str] = {"k": str(k)}
-        if modality:
-            form["modality"] = modality
+    def search(
+        self,
+        data: bytes,
+        filename: str,
+        k: int = 10,
+        modality: str | None = None,
+        *,
+        filters: SearchFilters | None = None,
+    ) -> SearchResponse:
+        """POST /search with the image bytes; the API sniffs the format from the bytes, not the name.
+
+        `filters` (when given) carries k, modality and the other filters and wins over `k`/`modality`.
+        """
+        form = _filter_form(filters or SearchFilters(k=k, modality=modality or None))
         files = {"file": (filename or "query", data, "application/octet-stream")}
         return self._parse(self._request("POST", "/search", data=form, files=files), SearchResponse)
+
+    def search_by_image(self, image_id: int, filters: SearchFilters | None = None) -> SearchResponse:
+        """POST /search/by-image/{id}: search with an archived image's stored embedding (itself left out)."""
+        form = _filter_form(filters or SearchFilters())
+        return self._parse(self._request("POST", f"/search/by-image/{image_id}", data=form), SearchResponse)
+
+    def render(self, data: bytes, filename: str, center: float, width: float, max_side: int = 512) -> bytes:
+        """POST /render: the uploaded image as a PNG with this window/level (display only)."""
+        form = {"window_center": f"{center:g}", "window_width": f"{width:g}", "max_side": str(max_side)}
+        files = {"file": (filename or "query", data, "application/octet-stream")}
+        return self._image(self._request("POST", "/render", data=form, files=files))
+
+    def render_image(self, image_id: int, center: float, width: float, max_side: int = 512) -> bytes:
+        """GET /images/{id}/render: an archived image re-rendered with this window/level."""
+        params = {"window_center": f"{center:g}", "window_width": f"{width:g}", "max_side": str(max_side)}
+        return self._image(self._request("GET", f"/images/{image_id}/render", params=params))
+
+    def cases(self, limit: int = 50, offset: int = 0) -> CaseList:
+        """GET /cases: one page of the archive's cases, to pick a query from."""
+        params = {"limit": str(limit), "offset": str(offset)}
+        return self._parse(self._request("GET", "/cases", params=params), CaseList)
+
+    def filters(self) -> FilterOptions:
+        """GET /filters: the modalities, body parts and labels the archive holds, and the CT presets."""
+        return self._parse(self._request("GET", "/filters"), FilterOptions)
 
     def case(self, case_id: int) -> CaseOut:
         """GET /cases/{case_id}: the case with its report, labels and images."""
@@ -98,12 +148,14 @@ class ApiClient:
 
     def thumbnail(self, path_or_url: str) -> bytes:
         """The PNG bytes behind a thumbnail URL, fetched here because the browser may not reach the API."""
-        response = self._request("GET", path_or_url)
+        return self._image(self._request("GET", path_or_url))
+
+    def _image(self, response: httpx.Response) -> bytes:
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("image/"):
             raise ApiError(
                 f"The search API sent {content_type or 'no content type'} instead of an image "
-                f"for {self.absolute_url(path_or_url)}.",
+                f"for {response.request.url}.",
                 response.status_code,
             )
         return response.content

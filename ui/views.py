@@ -1,21 +1,36 @@
-"""Streamlit page pieces: the sidebar status, the query, the prediction and the neighbour grid."""
+"""Streamlit page pieces: sidebar status, query panel with window/level, prediction, neighbour grid, case view."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from search_api.schemas import HealthOut, Hit, Prediction, QueryInfo
+from search_api.schemas import (
+    CT_WINDOW_PRESETS,
+    CaseOut,
+    FilterOptions,
+    HealthOut,
+    Hit,
+    Prediction,
+    QueryInfo,
+)
 from ui.client import ApiError
 
 ANY_MODALITY = "any"
+ANY = "any"
+AS_DECODED = "as decoded"
+CUSTOM = "custom"
 EXCERPT_CHARS = 200
-GRID_COLUMNS = 5
+CARD_EXCERPT_CHARS = 110
+GRID_COLUMNS = 3
+CASE_PAGE = "case_page.py"
+SEARCH_PAGE = "search_page.py"
 
 # DICOM text is hostile input: everything that came from an image header or a report is shown with
 # st.text (plain text, no Markdown, no HTML); Markdown is used for our own fixed labels and numbers only.
@@ -35,10 +50,25 @@ def format_similarity(similarity: float) -> str:
     return f"{similarity:.3f}"
 
 
-def modality_options(health: HealthOut | None) -> list[str]:
+def modality_options(health: HealthOut | None, options: FilterOptions | None = None) -> list[str]:
     """The modality filter choices: "any" first, then what the archive holds."""
-    known = sorted({m for m in health.modalities if m}) if health else []
-    return [ANY_MODALITY, *known]
+    values = options.modalities if options else (health.modalities if health else [])
+    return [ANY_MODALITY, *sorted({m for m in values if m})]
+
+
+def body_part_options(options: FilterOptions | None) -> list[str]:
+    """The body part filter choices: "any" first, then what the archive holds."""
+    return [ANY, *(options.body_parts if options else [])]
+
+
+def label_options(options: FilterOptions | None) -> list[str]:
+    """The diagnosis label filter choices: "any" first, then labels by how many cases carry them."""
+    return [ANY, *(lc.label for lc in options.labels)] if options else [ANY]
+
+
+def chosen(value: str | None) -> str | None:
+    """A filter selectbox value as sent to the API: "any" means no filter."""
+    return None if value in (None, ANY) else value
 
 
 def render_health(api_url: str, health: HealthOut | None, error: ApiError | None) -> None:
@@ -59,15 +89,16 @@ def render_health(api_url: str, health: HealthOut | None, error: ApiError | None
         st.text(f"Modalities: {', '.join(health.modalities)}")
 
 
-def show_image(data: bytes, alt: str, what: str) -> None:
+def show_image(data: bytes, alt: str, what: str, width: int | str = "stretch") -> None:
     """st.image that turns undecodable bytes into a warning instead of a traceback."""
     try:
-        st.image(data, width="stretch", alt=alt)
+        st.image(data, width=width, alt=alt)  # type: ignore[arg-type]
     except Exception:  # Pillow raises several types for bad bytes; the page must not show a traceback
         st.warning(f"The {what} sent by the API could not be displayed.")
 
 
-def _decode_png(data_b64: str) -> bytes | None:
+def decode_png(data_b64: str) -> bytes | None:
+    """The bytes of a base64 PNG from the API, or None when it is not valid base64."""
     try:
         return base64.b64decode(data_b64, validate=True) if data_b64 else None
     except (binascii.Error, ValueError):
@@ -97,17 +128,139 @@ def query_fields(query: QueryInfo) -> list[tuple[str, str]]:
     return fields
 
 
-def render_query(query: QueryInfo, filename: str) -> None:
-    """The query as the engine saw it, with its header fields as escaped plain text."""
+# -- window / level ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowRange:
+    """Slider bounds for center and width, in the query's window units."""
+
+    low: float
+    high: float
+    step: float
+    units: str
+
+
+def window_range(query: QueryInfo) -> WindowRange:
+    """The span the window sliders cover, as the API suggests it: HU for CT, modality units, or 0-255."""
+    if query.window_units == "modality":
+        low, high = query.window_min, query.window_max
+        if high <= low:
+            high = low + 1.0
+        units = "HU" if (query.modality or "").upper() == "CT" else "modality units"
+        return WindowRange(low, high, 1.0 if high - low > 20 else (high - low) / 200.0, units)
+    return WindowRange(0.0, 255.0, 1.0, "grey levels")
+
+
+def default_window(query: QueryInfo) -> tuple[float, float]:
+    """The window the preview was rendered with at decode time."""
+    if query.window_units == "modality" and query.window_center is not None and query.window_width:
+        return float(query.window_center), float(query.window_width)
+    return 127.5, 255.0
+
+
+def preset_options(query: QueryInfo, presets: Mapping[str, tuple[float, float]]) -> list[str]:
+    """Window presets offered for this query: CT presets only for CT in Hounsfield units."""
+    ct = query.window_units == "modality" and (query.modality or "").upper() == "CT"
+    return [AS_DECODED, *(presets if ct else []), CUSTOM]
+
+
+def preset_label(name: str, presets: Mapping[str, tuple[float, float]] = CT_WINDOW_PRESETS) -> str:
+    """A preset's name for people: "soft_tissue" -> "Soft tissue (W400 L40)"."""
+    if name in presets:
+        center, width = presets[name]
+        return f"{name.replace('_', ' ').capitalize()} (W{width:g} L{center:g})"
+    return name.capitalize()
+
+
+def render_window_controls(
+    query: QueryInfo, scope: str, presets: Mapping[str, tuple[float, float]] = CT_WINDOW_PRESETS
+) -> tuple[float, float] | None:
+    """Preset picker and level/width sliders; the (center, width) to display, None = as decoded.
+
+    `scope` identifies the query, so that a new query starts from its own decode window.
+    """
+    bounds = window_range(query)
+    center0, width0 = default_window(query)
+    center0 = float(min(max(center0, bounds.low), bounds.high))
+    width0 = float(min(max(width0, bounds.step), bounds.high - bounds.low))
+    if st.session_state.get("wl_scope") != scope:
+        st.session_state["wl_scope"] = scope
+        st.session_state["wl_preset"] = AS_DECODED
+        st.session_state["wl_center"], st.session_state["wl_width"] = center0, width0
+
+    def apply_preset() -> None:
+        name = st.session_state["wl_preset"]
+        if name == AS_DECODED:
+            st.session_state["wl_center"], st.session_state["wl_width"] = center0, width0
+        elif name in presets:
+            center, width = presets[name]
+            st.session_state["wl_center"] = float(min(max(center, bounds.low), bounds.high))
+            st.session_state["wl_width"] = float(min(width, bounds.high - bounds.low))
+
+    def to_custom() -> None:
+        st.session_state["wl_preset"] = CUSTOM
+
+    options = preset_options(query, presets)
+    if st.session_state.get("wl_preset") not in options:
+        st.session_state["wl_preset"] = AS_DECODED
+    st.selectbox(
+        "Window preset",
+        options,
+        key="wl_preset",
+        format_func=lambda name: preset_label(name, presets),
+        on_change=apply_preset,
+    )
+    left, right = st.columns(2)
+    left.slider(
+        f"Level ({bounds.units})",
+        min_value=bounds.low,
+        max_value=bounds.high,
+        step=bounds.step,
+        key="wl_center",
+        on_change=to_custom,
+    )
+    right.slider(
+        f"Width ({bounds.units})",
+        min_value=bounds.step,
+        max_value=max(bounds.high - bounds.low, bounds.step * 2),
+        step=bounds.step,
+        key="wl_width",
+        on_change=to_custom,
+    )
+    if st.session_state["wl_preset"] == AS_DECODED:
+        return None
+    center, width = float(st.session_state["wl_center"]), float(st.session_state["wl_width"])
+    return None if (center, width) == (center0, width0) else (center, width)
+
+
+def render_query(
+    query: QueryInfo,
+    name: str,
+    rendered: Callable[[float, float], bytes] | None = None,
+    scope: str = "",
+    presets: Mapping[str, tuple[float, float]] = CT_WINDOW_PRESETS,
+) -> None:
+    """The query as the engine saw it (re-windowed on request), with its header fields as plain text."""
     st.subheader("Query")
-    png = _decode_png(query.preview_png_base64)
+    window = render_window_controls(query, scope, presets) if rendered is not None else None
+    png: bytes | None = None
+    if window is not None and rendered is not None:
+        try:
+            with st.spinner("Applying the window…"):
+                png = rendered(*window)
+        except ApiError as exc:
+            st.warning(f"Could not apply the window: {exc.message}")
+    if png is None:
+        png = decode_png(query.preview_png_base64)
     if png is not None:
         show_image(png, "Query image as the engine saw it", "query preview")
     else:
         st.warning("The API sent no usable preview of the query.")
-    st.text(f"File: {filename}")
-    for name, value in query_fields(query):
-        st.text(f"{name}: {value}")
+    st.text("\n".join([f"File: {name}", *(f"{field}: {value}" for field, value in query_fields(query))]))
+
+
+# -- prediction and neighbours -----------------------------------------------------------------
 
 
 def render_prediction(prediction: Prediction) -> None:
@@ -116,9 +269,9 @@ def render_prediction(prediction: Prediction) -> None:
     if prediction.label is None:
         st.info("No labeled neighbours: the retrieved cases carry no diagnosis to vote on.")
         return
-    left, right = st.columns(2)
-    left.metric("Predicted label", prediction.label)
-    right.metric("Confidence", f"{prediction.confidence:.1%}")
+    st.metric("Predicted label", prediction.label)
+    st.metric("Confidence", f"{prediction.confidence:.1%}")
+    st.progress(min(max(prediction.confidence, 0.0), 1.0))
     st.caption(
         f"{prediction.method} over {prediction.labeled_neighbours} labeled neighbour(s); "
         "a retrieval aid, not a diagnosis."
@@ -133,44 +286,120 @@ def render_prediction(prediction: Prediction) -> None:
         )
         chart = (
             alt.Chart(frame)
-            .mark_bar()
+            .mark_bar(cornerRadiusEnd=3)
             .encode(
                 x=alt.X("score:Q", title="share of the vote", scale=alt.Scale(domain=[0, 1])),
                 y=alt.Y("label:N", sort="-x", title=None),
+                color=alt.condition(
+                    alt.datum.label == prediction.label, alt.value("#1f6feb"), alt.value("#9db7d5")
+                ),
                 tooltip=["label", alt.Tooltip("score:Q", format=".3f"), "votes"],
             )
+            .properties(height=alt.Step(26))
+            .configure_axisY(labelLimit=160, labelFontSize=12, labelOverlap=False)
         )
         st.altair_chart(chart, width="stretch")
 
 
-def render_hit(hit: Hit, thumbnail: Callable[[str], bytes]) -> None:
-    """One neighbour card: thumbnail, similarity, labels, modality, case key and the report."""
-    try:
-        data = thumbnail(hit.thumbnail_url)
-    except ApiError as exc:
-        st.warning(f"No thumbnail: {exc.message}")
-    else:
-        show_image(data, f"Neighbour {hit.rank}", "thumbnail")
-    st.markdown(f"**#{hit.rank}** · similarity **{format_similarity(hit.similarity)}**")
-    st.text(f"Diagnosis: {', '.join(hit.diagnosis) if hit.diagnosis else '—'}")
-    st.text(f"Modality: {hit.modality or '—'}" + (f" · {hit.body_part}" if hit.body_part else ""))
-    st.text(f"Case: {hit.case_key}")
-    if hit.report:
-        st.text(excerpt(hit.report))
+def hit_summary(hit: Hit) -> str:
+    """The plain-text lines of a neighbour card: diagnosis, modality and body part, case, study/series."""
+    kind = " · ".join(v for v in (hit.modality, hit.body_part) if v) or "—"
+    lines = [
+        f"Diagnosis: {', '.join(hit.diagnosis) if hit.diagnosis else '—'}",
+        f"Modality: {kind}",
+        f"Case: {hit.case_key}",
+    ]
+    if hit.study_description or hit.series_description:
+        lines.append(f"Study: {hit.study_description or '—'} · Series: {hit.series_description or '—'}")
+    return "\n".join(lines)
+
+
+def render_hit(
+    hit: Hit, thumbnail: Callable[[str], bytes], query_patient: str | None = None, link: bool = True
+) -> None:
+    """One neighbour card: thumbnail, similarity, labels, modality, study/series, report, case link."""
+    with st.container(border=True):
+        try:
+            data = thumbnail(hit.thumbnail_url)
+        except ApiError as exc:
+            st.warning(f"No thumbnail: {exc.message}")
+        else:
+            show_image(data, f"Neighbour {hit.rank}", "thumbnail")
+        st.markdown(f"**#{hit.rank}** · similarity **{format_similarity(hit.similarity)}**")
+        st.progress(min(max(hit.similarity, 0.0), 1.0))
+        st.text(hit_summary(hit))
+        if query_patient and hit.patient_ref == query_patient:
+            st.caption(":orange[Same patient as the query]")
+        if hit.report:
+            st.text(excerpt(hit.report, CARD_EXCERPT_CHARS))
+        else:
+            st.text("No report.")
         with st.expander("Full report"):
-            st.text(hit.report)
-    else:
-        st.text("No report.")
+            st.text(hit.report or "No report.")
+            st.text(
+                f"Study UID: {hit.study_instance_uid or '—'}\nSeries UID: {hit.series_instance_uid or '—'}"
+            )
+        if link:
+            st.page_link(
+                CASE_PAGE,
+                label="Open case",
+                icon=":material/folder_open:",
+                query_params={"case_id": str(hit.case_id)},
+            )
 
 
-def render_hits(hits: list[Hit], thumbnail: Callable[[str], bytes], columns: int = GRID_COLUMNS) -> None:
+def render_hits(
+    hits: Sequence[Hit],
+    thumbnail: Callable[[str], bytes],
+    columns: int = GRID_COLUMNS,
+    query_patient: str | None = None,
+    link: bool = True,
+    empty_hint: str = "No neighbours: the index is empty, or nothing matches the filters.",
+) -> None:
     """The neighbours in a grid, best first, `columns` per row."""
     st.subheader(f"Similar cases ({len(hits)})")
     if not hits:
-        st.info("No neighbours: the index is empty, or nothing matches the modality filter.")
+        st.info(empty_hint)
         return
     for start in range(0, len(hits), columns):
         row = st.columns(columns)
         for column, hit in zip(row, hits[start : start + columns], strict=False):
             with column:
-                render_hit(hit, thumbnail)
+                render_hit(hit, thumbnail, query_patient, link)
+
+
+# -- case view ---------------------------------------------------------------------------------
+
+
+def render_case(case: CaseOut, thumbnail: Callable[[str], bytes], columns: int = 4) -> None:
+    """A stored case: key, labels, report and every image with its header fields."""
+    st.subheader("Case")
+    st.text(f"Case: {case.case_key}")
+    st.text(f"Diagnosis: {', '.join(case.diagnosis) if case.diagnosis else '—'}")
+    if case.patient_ref:
+        st.text(f"Patient (pseudonym): {case.patient_ref}")
+    if case.study_instance_uid:
+        st.text(f"Study UID: {case.study_instance_uid}")
+    st.markdown("**Report**")
+    st.text(case.report or "No report.")
+    st.subheader(f"Images ({len(case.images)})")
+    for start in range(0, len(case.images), columns):
+        row = st.columns(columns)
+        for column, image in zip(row, case.images[start : start + columns], strict=False):
+            with column, st.container(border=True):
+                try:
+                    show_image(thumbnail(image.thumbnail_url), f"Image {image.image_id}", "thumbnail")
+                except ApiError as exc:
+                    st.warning(f"No thumbnail: {exc.message}")
+                st.text(
+                    f"Modality: {image.modality or '—'}"
+                    + (f" · {image.body_part}" if image.body_part else "")
+                )
+                st.text(f"Study: {image.study_description or '—'}")
+                st.text(f"Series: {image.series_description or '—'}")
+                if image.rows and image.columns:
+                    st.text(
+                        f"Size: {image.columns} x {image.rows}"
+                        + (f" · {image.frames} frames" if image.frames > 1 else "")
+                    )
+                st.text(f"Source: {image.source_uri}")

@@ -19,9 +19,14 @@ from fastapi.responses import Response
 from PIL import Image
 
 from search_api.schemas import (
+    CaseImage,
+    CaseList,
     CaseOut,
+    CaseSummary,
+    FilterOptions,
     HealthOut,
     Hit,
+    LabelCount,
     LabelScore,
     Prediction,
     QueryInfo,
@@ -33,6 +38,7 @@ UNSUPPORTED_PREFIX = b"UNSUPPORTED"
 UNDECODABLE_PREFIX = b"UNDECODABLE"
 UNLABELED_PREFIX = b"UNLABELED"
 BROKEN_MEDIA_PREFIX = b"BROKENMEDIA"
+CT_PREFIX = b"CTQUERY"
 UNSUPPORTED_DETAIL = "Unsupported image format: send DICOM, PNG or JPEG bytes."
 UNDECODABLE_DETAIL = "The DICOM file has no pixel data: send an image instance."
 HOSTILE_TEXT = "<script>alert(1)</script> ![track](http://evil.example/x.png) :red[boom]"
@@ -67,6 +73,9 @@ def contract_hit(index: int) -> Hit:
         report=report_of(index),
         thumbnail_url=f"/images/{100 + index}/thumbnail",
         case_url=f"/cases/{200 + index}",
+        study_instance_uid=f"1.2.840.{index // 2}",
+        series_instance_uid=f"1.2.840.{index // 2}.{index}",
+        patient_ref="P-query" if index == 1 else f"P-{index}",
     )
 
 
@@ -78,6 +87,21 @@ class SearchCall:
     data: bytes
     k: int
     modality: str | None
+    body_part: str | None = None
+    label: str | None = None
+    min_similarity: float | None = None
+    group_by: str | None = None
+    exclude_patient: bool = False
+    image_id: int | None = None
+
+
+@dataclass
+class RenderCall:
+    """What the UI sent to POST /render or GET /images/{id}/render."""
+
+    image_id: int | None
+    center: float
+    width: float
 
 
 @dataclass
@@ -88,6 +112,7 @@ class ContractApi:
     undecodable_prefix: ClassVar[bytes] = UNDECODABLE_PREFIX
     unlabeled_prefix: ClassVar[bytes] = UNLABELED_PREFIX
     broken_media_prefix: ClassVar[bytes] = BROKEN_MEDIA_PREFIX
+    ct_prefix: ClassVar[bytes] = CT_PREFIX
     unsupported_detail: ClassVar[str] = UNSUPPORTED_DETAIL
     undecodable_detail: ClassVar[str] = UNDECODABLE_DETAIL
     hostile_text: ClassVar[str] = HOSTILE_TEXT
@@ -96,6 +121,7 @@ class ContractApi:
     url: str
     searches: list[SearchCall] = field(default_factory=list)
     thumbnail_requests: list[int] = field(default_factory=list)
+    renders: list[RenderCall] = field(default_factory=list)
 
 
 def create_contract_app(record: ContractApi) -> FastAPI:
@@ -116,19 +142,15 @@ def create_contract_app(record: ContractApi) -> FastAPI:
             modalities=["CT", "MR"],
         )
 
-    @app.post("/search")
-    def search(
-        file: Annotated[UploadFile, File()],
-        k: Annotated[int, Form(ge=1, le=100)] = 10,
-        modality: Annotated[str | None, Form()] = None,
-    ) -> SearchResponse:
-        data = file.file.read()
-        record.searches.append(SearchCall(file.filename, data, k, modality))
+    def answer(call: SearchCall, data: bytes) -> SearchResponse:
+        record.searches.append(call)
         if data.startswith(UNSUPPORTED_PREFIX):
             raise HTTPException(status_code=415, detail=UNSUPPORTED_DETAIL)
         if data.startswith(UNDECODABLE_PREFIX):
             raise HTTPException(status_code=422, detail=UNDECODABLE_DETAIL)
-        hits = [contract_hit(i) for i in range(min(k, CONTRACT_HITS))]
+        hits = [contract_hit(i) for i in range(min(call.k, CONTRACT_HITS))]
+        if call.exclude_patient:
+            hits = [h for h in hits if h.patient_ref != "P-query"]
         preview = png
         if data.startswith(BROKEN_MEDIA_PREFIX):  # a preview that is no PNG, thumbnails that 404
             preview = b"not a png"
@@ -146,14 +168,22 @@ def create_contract_app(record: ContractApi) -> FastAPI:
                 ],
                 labeled_neighbours=len(hits),
             )
+        ct = data.startswith(CT_PREFIX)
         return SearchResponse(
             query=QueryInfo(
-                format="png",
+                format="dicom" if ct else "png",
                 rows=8,
                 columns=8,
-                modality=modality or "OT",
+                modality="CT" if ct else (call.modality or "OT"),
                 body_part="HAND",
                 study_description=HOSTILE_TEXT,
+                window_center=40.0 if ct else None,
+                window_width=400.0 if ct else None,
+                window_units="modality" if ct else "display",
+                window_min=-1024.0 if ct else 0.0,
+                window_max=3071.0 if ct else 255.0,
+                patient_ref="P-query",
+                image_id=call.image_id,
                 preview_png_base64=base64.b64encode(preview).decode("ascii"),
             ),
             hits=hits,
@@ -161,14 +191,93 @@ def create_contract_app(record: ContractApi) -> FastAPI:
             encoder="fake-encoder",
             index_size=1234,
             took_ms=12.5,
+            candidates=None if not (call.modality or call.body_part or call.label) else len(hits),
         )
+
+    @app.get("/filters")
+    def filters() -> FilterOptions:
+        return FilterOptions(
+            modalities=["CT", "MR"],
+            body_parts=["CHEST", "KNEE"],
+            labels=[LabelCount(label="pneumonia", cases=8), LabelCount(label="nodule", cases=4)],
+        )
+
+    @app.post("/search")
+    def search(
+        file: Annotated[UploadFile, File()],
+        k: Annotated[int, Form(ge=1, le=100)] = 10,
+        modality: Annotated[str | None, Form()] = None,
+        body_part: Annotated[str | None, Form()] = None,
+        label: Annotated[str | None, Form()] = None,
+        min_similarity: Annotated[float | None, Form()] = None,
+        group_by: Annotated[str | None, Form()] = None,
+        exclude_patient: Annotated[bool, Form()] = False,
+    ) -> SearchResponse:
+        data = file.file.read()
+        call = SearchCall(
+            file.filename, data, k, modality, body_part, label, min_similarity, group_by, exclude_patient
+        )
+        return answer(call, data)
+
+    @app.post("/search/by-image/{image_id}")
+    def search_by_image(
+        image_id: int,
+        k: Annotated[int, Form(ge=1, le=100)] = 10,
+        modality: Annotated[str | None, Form()] = None,
+        exclude_patient: Annotated[bool, Form()] = False,
+    ) -> SearchResponse:
+        if image_id < 100 or image_id >= 100 + CONTRACT_HITS:
+            raise HTTPException(status_code=404, detail=f"No image with id {image_id}.")
+        call = SearchCall(None, b"", k, modality, exclude_patient=exclude_patient, image_id=image_id)
+        return answer(call, b"")
+
+    @app.post("/render")
+    def render(
+        file: Annotated[UploadFile, File()],
+        window_center: Annotated[float, Form()],
+        window_width: Annotated[float, Form()],
+    ) -> Response:
+        record.renders.append(RenderCall(None, window_center, window_width))
+        return Response(content=make_png(value=200), media_type="image/png")
+
+    @app.get("/images/{image_id}/render")
+    def render_image(image_id: int, window_center: float, window_width: float) -> Response:
+        record.renders.append(RenderCall(image_id, window_center, window_width))
+        return Response(content=make_png(value=60), media_type="image/png")
+
+    @app.get("/cases")
+    def cases(limit: int = 50, offset: int = 0) -> CaseList:
+        rows = [
+            CaseSummary(
+                case_id=200 + i,
+                case_key=contract_hit(i).case_key,
+                diagnosis=contract_hit(i).diagnosis,
+                modalities=["CT"],
+                image_ids=[100 + i],
+                thumbnail_url=f"/images/{100 + i}/thumbnail",
+            )
+            for i in range(CONTRACT_HITS)
+        ]
+        return CaseList(total=len(rows), offset=offset, limit=limit, cases=rows[offset : offset + limit])
 
     @app.get("/cases/{case_id}")
     def case(case_id: int) -> CaseOut:
         if case_id < 200 or case_id >= 200 + CONTRACT_HITS:
             raise HTTPException(status_code=404, detail=f"No case with id {case_id}.")
         hit = contract_hit(case_id - 200)
-        return CaseOut(case_id=case_id, case_key=hit.case_key, report=hit.report, diagnosis=hit.diagnosis)
+        images = [
+            CaseImage(
+                image_id=hit.image_id,
+                source_uri=hit.source_uri,
+                modality=hit.modality,
+                body_part=hit.body_part,
+                study_description=hit.study_description,
+                thumbnail_url=hit.thumbnail_url,
+            )
+        ]
+        return CaseOut(
+            case_id=case_id, case_key=hit.case_key, report=hit.report, diagnosis=hit.diagnosis, images=images
+        )
 
     @app.get("/images/{image_id}/thumbnail")
     def thumbnail(image_id: int) -> Response:
@@ -215,6 +324,7 @@ def contract(contract_api: ContractApi) -> ContractApi:
     """The contract server with its call records cleared for this test."""
     contract_api.searches.clear()
     contract_api.thumbnail_requests.clear()
+    contract_api.renders.clear()
     return contract_api
 
 

@@ -1,4 +1,4 @@
-"""The Streamlit page under AppTest, against real HTTP servers: the contract API and the live engine."""
+"""The search page under AppTest, against real HTTP servers: the contract API and the live engine."""
 
 from __future__ import annotations
 
@@ -48,12 +48,19 @@ def markdown_texts(at: AppTest) -> list[str]:
     return bodies
 
 
+def page_text(at: AppTest) -> str:
+    """Every st.text body joined, one per line: multi-line blocks stay as they are."""
+    return "\n".join(plain_texts(at))
+
+
 def hit_similarities(at: AppTest) -> list[str]:
     """The similarity Markdown of each neighbour card, in page order."""
     return [m.value for m in at.markdown if "similarity" in m.value]
 
 
-def test_page_shows_api_health_in_sidebar(monkeypatch: pytest.MonkeyPatch, contract: ContractApi) -> None:
+def test_page_shows_api_health_and_filters_in_sidebar(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi
+) -> None:
     at = start_app(monkeypatch, contract.url)
     sidebar = [t.value for t in at.sidebar.text]
     assert contract.url in sidebar
@@ -63,6 +70,11 @@ def test_page_shows_api_health_in_sidebar(monkeypatch: pytest.MonkeyPatch, contr
     assert (at.slider(key="k").min, at.slider(key="k").max) == (1, 50)
     assert at.selectbox(key="modality").options == ["any", "CT", "MR"]
     assert at.selectbox(key="modality").value == "any"
+    assert at.selectbox(key="body_part").options == ["any", "CHEST", "KNEE"]
+    assert at.selectbox(key="label").options == ["any", "pneumonia", "nodule"]
+    assert at.slider(key="min_similarity").value == 0.0
+    assert at.radio(key="group_by").value == "none"
+    assert at.checkbox(key="exclude_patient").value is False
     assert any("Upload a query image" in i.value for i in at.info)
     assert not contract.searches
 
@@ -76,43 +88,51 @@ def test_upload_shows_query_prediction_and_neighbours(
 
     call = contract.searches[-1]
     assert (call.filename, call.data, call.k, call.modality) == ("scan", png_bytes, 10, None)
+    assert (call.body_part, call.label, call.min_similarity, call.group_by, call.exclude_patient) == (
+        None, None, None, None, False,
+    )  # fmt: skip
 
-    # The query preview and its header fields.
-    texts = plain_texts(at)
-    assert "Body part: HAND" in texts
-    assert f"Study description: {contract.hostile_text}" in texts
-    # The prediction panel.
+    # The query preview and its header fields, as plain text.
+    text = page_text(at)
+    assert "File: scan" in text and "Body part: HAND" in text
+    assert f"Study description: {contract.hostile_text}" in text
+    # The prediction panel: label, confidence, its bar, the per-label chart.
     metrics = {m.label: m.value for m in at.metric}
     assert metrics == {"Predicted label": "pneumonia", "Confidence": "75.0%"}
     assert at.get("vega_lite_chart"), "the per-label bar chart is missing"
-    # The neighbour grid: 10 cards, best first, similarity to 3 decimals.
+    # The neighbour grid: 10 cards, best first, similarity to 3 decimals, each with a case link.
     similarities = hit_similarities(at)
     assert len(similarities) == 10
     assert similarities[0] == "**#1** · similarity **0.988**"
     assert similarities[1] == "**#2** · similarity **0.978**"
-    assert "Diagnosis: nodule, emphysema" in texts
-    assert "Diagnosis: pneumonia" in texts
-    assert "Case: CASE-000" in texts
-    assert "Modality: CT · CHEST" in texts
-    excerpts = [t for t in texts if t.startswith("Report 0:")]
+    assert "Diagnosis: nodule, emphysema" in text and "Diagnosis: pneumonia" in text
+    assert "Case: CASE-000" in text and "Modality: CT · CHEST" in text
+    assert "Study UID: 1.2.840.0\nSeries UID: 1.2.840.0.0" in plain_texts(at)
+    excerpts = [t for t in plain_texts(at) if t.startswith("Report 0:")]
     assert len(excerpts) == 2  # the excerpt on the card, the full text in the expander
     short, full = sorted(excerpts, key=len)
-    assert len(short) <= 201 and short.endswith("…") and "END-OF-REPORT-0" not in short
+    assert len(short) <= 111 and short.endswith("…") and "END-OF-REPORT-0" not in short
     assert full.endswith("END-OF-REPORT-0")
     assert [e.label for e in at.expander] == ["Full report"] * 10
+    links = at.get("page_link")
+    assert len(links) == 10
+    assert links[0].proto.page == "case" and "case_id=200" in links[0].proto.query_string
+    # The query's own patient is flagged on its neighbour.
+    assert [c.value for c in at.caption].count(":orange[Same patient as the query]") == 1
     # 1 query preview + 10 thumbnails, all fetched server-side.
     assert len(at.image) == 11
 
 
-def test_thumbnails_are_cached(
+def test_reruns_reuse_the_search_and_the_thumbnails(
     monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
 ) -> None:
     at = upload(start_app(monkeypatch, contract.url), png_bytes)
     fetched = len(contract.thumbnail_requests)
     assert fetched <= 10
     at.run()
-    assert len(contract.searches) == 2
+    assert len(contract.searches) == 1  # same query, same filters: no second search
     assert len(contract.thumbnail_requests) == fetched
+    assert len(hit_similarities(at)) == 10
 
 
 def test_broken_media_warns_without_traceback(
@@ -130,7 +150,7 @@ def test_hostile_header_text_is_never_markdown(
     monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
 ) -> None:
     at = upload(start_app(monkeypatch, contract.url), png_bytes)
-    assert any(contract.hostile_text in t for t in plain_texts(at))
+    assert contract.hostile_text in page_text(at)
     for body in markdown_texts(at):
         assert "<script>" not in body and "evil.example" not in body
 
@@ -146,14 +166,71 @@ def test_changing_k_requeries(
     assert len(hit_similarities(at)) == 3
 
 
-def test_modality_filter_is_sent(
+def test_every_filter_is_sent(
     monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
 ) -> None:
     at = upload(start_app(monkeypatch, contract.url), png_bytes)
     at.selectbox(key="modality").set_value("MR").run()
     assert contract.searches[-1].modality == "MR"
+    at.selectbox(key="body_part").set_value("KNEE").run()
+    at.selectbox(key="label").set_value("nodule").run()
+    at.slider(key="min_similarity").set_value(0.5).run()
+    at.radio(key="group_by").set_value("study").run()
+    at.checkbox(key="exclude_patient").check().run()
+    assert not at.exception, [e.value for e in at.exception]
+    call = contract.searches[-1]
+    assert (call.modality, call.body_part, call.label, call.min_similarity) == ("MR", "KNEE", "nodule", 0.5)
+    assert (call.group_by, call.exclude_patient) == ("study", True)
+    assert not [c for c in at.caption if "Same patient" in c.value]  # the API left the patient out
+    assert any("pass the filters" in c.value for c in at.caption)
     at.selectbox(key="modality").set_value("any").run()
-    assert contract.searches[-1].modality is None
+    at.radio(key="group_by").set_value("none").run()
+    assert contract.searches[-1].modality is None and contract.searches[-1].group_by is None
+
+
+def test_ct_window_presets_and_sliders_rerender_the_preview(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
+) -> None:
+    at = upload(start_app(monkeypatch, contract.url), contract.ct_prefix + png_bytes, "ct.dcm")
+    preset = at.selectbox(key="wl_preset")
+    assert preset.options[0] == "As decoded" and "Lung (W1500 L-600)" in preset.options
+    assert (at.slider(key="wl_center").value, at.slider(key="wl_width").value) == (40.0, 400.0)
+    assert "(HU)" in at.slider(key="wl_center").label
+    assert not contract.renders  # as decoded: the preview from the search answer
+    preset.set_value("lung").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert (at.slider(key="wl_center").value, at.slider(key="wl_width").value) == (-600.0, 1500.0)
+    assert [(r.center, r.width) for r in contract.renders] == [(-600.0, 1500.0)]
+    at.slider(key="wl_center").set_value(100.0).run()
+    assert at.selectbox(key="wl_preset").value == "custom"
+    assert (contract.renders[-1].center, contract.renders[-1].width) == (100.0, 1500.0)
+    assert len(contract.searches) == 1  # windowing never searches again
+
+
+def test_png_query_offers_no_ct_presets(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
+) -> None:
+    at = upload(start_app(monkeypatch, contract.url), png_bytes)
+    assert at.selectbox(key="wl_preset").options == ["As decoded", "Custom"]
+    assert "(grey levels)" in at.slider(key="wl_width").label
+
+
+def test_pick_an_archived_case_searches_by_image(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi
+) -> None:
+    at = start_app(monkeypatch, contract.url)
+    at.radio(key="query_mode").set_value("Pick an archived case").run()
+    assert not at.exception, [e.value for e in at.exception]
+    picker = at.selectbox(key="archive_case")
+    assert len(picker.options) == contract.max_hits
+    assert contract.searches[-1].image_id == 100
+    picker.set_value(203).run()
+    assert contract.searches[-1].image_id == 103
+    assert len(hit_similarities(at)) == 10
+    assert "File: archived image 103" in page_text(at)
+    at.selectbox(key="wl_preset").set_value("custom").run()
+    at.slider(key="wl_width").set_value(100.0).run()
+    assert contract.renders[-1].image_id == 103
 
 
 def test_no_labeled_neighbours(
@@ -163,7 +240,7 @@ def test_no_labeled_neighbours(
     assert not at.exception
     assert any("No labeled neighbours" in i.value for i in at.info)
     assert not at.metric
-    assert "Diagnosis: —" in plain_texts(at)
+    assert "Diagnosis: —" in page_text(at)
 
 
 @pytest.mark.parametrize(("kind", "status"), [("unsupported", 415), ("undecodable", 422)])
@@ -216,10 +293,10 @@ def test_live_engine_search(monkeypatch: pytest.MonkeyPatch, live_api: str, png_
     assert not at.error, [e.value for e in at.error]
     similarities = hit_similarities(at)
     assert len(similarities) == len(expected.hits)
-    texts = plain_texts(at)
+    text = page_text(at)
     for hit, shown in zip(expected.hits, similarities, strict=True):
         assert shown == f"**#{hit.rank}** · similarity **{hit.similarity:.3f}**"
-        assert f"Case: {hit.case_key}" in texts
+        assert f"Case: {hit.case_key}" in text
     if expected.prediction.label is None:
         assert any("No labeled neighbours" in i.value for i in at.info)
     else:
@@ -233,14 +310,14 @@ def test_live_engine_search_dicom(monkeypatch: pytest.MonkeyPatch, live_api: str
     at = upload(start_app(monkeypatch, live_api), data, "CT_small")
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    texts = plain_texts(at)
-    assert "Modality: CT" in texts
+    text = page_text(at)
+    assert "Modality: CT" in text
     with ApiClient(live_api) as client:
         expected = client.search(data, "CT_small", k=10)
     shown = hit_similarities(at)
     assert len(shown) == len(expected.hits) > 0
     assert shown[0] == f"**#1** · similarity **{expected.hits[0].similarity:.3f}**"
-    assert f"Case: {expected.hits[0].case_key}" in texts
+    assert f"Case: {expected.hits[0].case_key}" in text
     if expected.hits[0].report:
-        assert any(t.startswith(expected.hits[0].report[:20]) for t in texts)
+        assert any(t.startswith(expected.hits[0].report[:20]) for t in plain_texts(at))
     assert len(at.image) == 1 + len(expected.hits)

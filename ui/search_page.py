@@ -1,0 +1,200 @@
+"""The search page: a query (upload or archived case) beside its neighbours and the neighbours' vote."""
+
+from __future__ import annotations
+
+import hashlib
+
+import streamlit as st
+
+from search_api.schemas import CT_WINDOW_PRESETS, CaseSummary, SearchFilters, SearchResponse
+from ui.client import ApiClient, ApiError
+from ui.context import fetch_image_render, fetch_render, load_status, page_settings, thumbnail_fetcher
+from ui.views import (
+    ANY_MODALITY,
+    body_part_options,
+    chosen,
+    label_options,
+    modality_options,
+    render_health,
+    render_hits,
+    render_prediction,
+    render_query,
+)
+
+ACCEPTED = "DICOM (.dcm, .dicom or no extension), PNG or JPEG"
+UPLOAD = "Upload an image"
+ARCHIVE = "Pick an archived case"
+GROUPINGS = {"none": "No grouping", "study": "Best per study", "series": "Best per series"}
+CASES_PER_PAGE = 100
+
+
+def sidebar_filters(options_modality: list[str], body_parts: list[str], labels: list[str]) -> SearchFilters:
+    """The filter widgets; their values as the API's SearchFilters."""
+    st.subheader("Search")
+    k = st.slider("Neighbours (k)", min_value=1, max_value=50, value=10, key="k")
+    modality = st.selectbox("Modality filter", options_modality, key="modality")
+    body_part = st.selectbox("Body part", body_parts, key="body_part")
+    label = st.selectbox("Diagnosis label", labels, key="label")
+    threshold = st.slider(
+        "Minimum similarity",
+        min_value=0.0,
+        max_value=1.0,
+        value=0.0,
+        step=0.01,
+        key="min_similarity",
+        help="Neighbours less similar than this are left out; 0 keeps all.",
+    )
+    group_by = st.radio(
+        "Group hits", list(GROUPINGS), format_func=GROUPINGS.__getitem__, key="group_by", horizontal=True
+    )
+    exclude = st.checkbox(
+        "Exclude the query's own patient",
+        key="exclude_patient",
+        help="Leaves out images whose pseudonymous patient reference matches the query's PatientID.",
+    )
+    return SearchFilters(
+        k=int(k),
+        modality=None if modality in (None, ANY_MODALITY) else modality,
+        body_part=chosen(body_part),
+        label=chosen(label),
+        min_similarity=float(threshold) if threshold and threshold > 0 else None,
+        group_by=None if group_by == "none" else group_by,  # type: ignore[arg-type]
+        exclude_patient=bool(exclude),
+    )
+
+
+def _case_label(case: CaseSummary) -> str:
+    labels = ", ".join(case.diagnosis) if case.diagnosis else "no diagnosis"
+    kinds = "/".join(case.modalities) or "?"
+    return f"{case.case_key} · {kinds} · {labels}"
+
+
+def pick_archived_image(client: ApiClient) -> int | None:
+    """Case (and image) pickers over GET /cases; the chosen image id, or None."""
+    pending = st.session_state.pop("pending_archive_image", None)
+    page = int(st.session_state.get("archive_page", 1))
+    try:
+        listing = client.cases(limit=CASES_PER_PAGE, offset=(page - 1) * CASES_PER_PAGE)
+    except ApiError as exc:
+        st.error(f"Could not list the archive's cases: {exc.message}")
+        return pending if isinstance(pending, int) else None
+    if listing.total > CASES_PER_PAGE:
+        pages = (listing.total + CASES_PER_PAGE - 1) // CASES_PER_PAGE
+        st.number_input(f"Page of cases (1-{pages})", min_value=1, max_value=pages, key="archive_page")
+    cases = [c for c in listing.cases if c.image_ids]
+    if isinstance(pending, int):
+        return pending
+    if not cases:
+        st.info("The archive holds no cases yet: index some with `medcbir index`.")
+        return None
+    by_id = {c.case_id: c for c in cases}
+    case_id = st.selectbox(
+        f"Case ({listing.total:,} in the archive)",
+        list(by_id),
+        format_func=lambda cid: _case_label(by_id[cid]),
+        key="archive_case",
+    )
+    case = by_id[case_id]
+    if len(case.image_ids) > 1:
+        return int(st.selectbox("Image of the case", case.image_ids, key="archive_image"))
+    return case.image_ids[0]
+
+
+def cached_search(key: str, run: object) -> SearchResponse:
+    """Run the search once per (query, filters); reruns for window/level or expanders reuse the answer."""
+    if st.session_state.get("search_key") != key:
+        st.session_state.pop("search_result", None)
+        result = run()  # type: ignore[operator]
+        st.session_state["search_key"], st.session_state["search_result"] = key, result
+    result_: SearchResponse = st.session_state["search_result"]
+    return result_
+
+
+def main() -> None:
+    """Draw the search page once; Streamlit reruns it on every interaction."""
+    settings = page_settings()
+    with ApiClient(settings.api_url, timeout=settings.timeout) as client:
+        health, health_error, options = load_status(client)
+        with st.sidebar:
+            filters = sidebar_filters(
+                modality_options(health, options), body_part_options(options), label_options(options)
+            )
+            st.divider()
+            render_health(client.base_url, health, health_error)
+
+        st.title("Similar case search")
+        st.caption(
+            "Find past cases that look like your image. A retrieval aid for clinicians, not a diagnosis."
+        )
+        if st.session_state.get("pending_archive_image") is not None:
+            st.session_state["query_mode"] = ARCHIVE
+
+        left, middle, right = st.columns([1.15, 2.6, 1.25], gap="medium")
+        with left:
+            mode = st.radio("Query source", [UPLOAD, ARCHIVE], key="query_mode")
+            upload = None
+            image_id: int | None = None
+            if mode == UPLOAD:
+                upload = st.file_uploader(f"Query image: {ACCEPTED}", type=None, key="query_file")
+                if upload is None:
+                    st.info(f"Upload a query image ({ACCEPTED}) to search the archive.")
+                    return
+            else:
+                image_id = pick_archived_image(client)
+                if image_id is None:
+                    return
+
+        presets = options.window_presets if options else CT_WINDOW_PRESETS
+        filters_key = filters.model_dump_json()
+        try:
+            with st.spinner("Searching similar cases…"):
+                if upload is not None:
+                    data = upload.getvalue()
+                    digest = hashlib.sha256(data).hexdigest()
+                    result = cached_search(
+                        f"upload:{digest}:{upload.name}:{filters_key}",
+                        lambda: client.search(data, upload.name, filters=filters),
+                    )
+                else:
+                    assert image_id is not None
+                    result = cached_search(
+                        f"image:{image_id}:{filters_key}", lambda: client.search_by_image(image_id, filters)
+                    )
+        except ApiError as exc:
+            code = f" (HTTP {exc.status_code})" if exc.status_code else ""
+            with middle:
+                st.error(f"Search failed{code}: {exc.message}")
+            return
+
+        with left:
+            if upload is not None:
+                name = upload.name
+
+                def rendered(center: float, width: float) -> bytes:
+                    return fetch_render(digest, center, width, client.base_url, settings.timeout, data, name)
+
+                render_query(result.query, name, rendered, scope=f"upload:{digest}", presets=presets)
+            else:
+                assert image_id is not None
+                query_image = image_id
+
+                def rendered(center: float, width: float) -> bytes:
+                    return fetch_image_render(query_image, center, width, client.base_url, settings.timeout)
+
+                render_query(result.query, f"archived image {image_id}", rendered, scope=f"image:{image_id}")
+        with right:
+            render_prediction(result.prediction)
+            pool = f" · {result.candidates:,} pass the filters" if result.candidates is not None else ""
+            st.caption(
+                f"{len(result.hits)} of {result.index_size:,} indexed images{pool} · encoder {result.encoder} · "
+                f"{result.took_ms:.0f} ms"
+            )
+        with middle:
+            render_hits(
+                result.hits,
+                thumbnail_fetcher(client, settings),
+                query_patient=result.query.patient_ref,
+            )
+
+
+main()
