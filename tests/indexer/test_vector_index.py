@@ -103,3 +103,144 @@ def test_open_rebuilds_a_corrupt_or_stale_index_from_the_catalog(
     assert len(again) == 12 and "REBUILDING" not in caplog.text
     first = catalog.image_ids_where(encoder="enc")[0]
     assert again.search(vectors[0], k=1)[0].ids[0] == first
+
+
+# -- index kinds: tuning, rare filters, persistence, GPU ------------------------------------------
+
+APPROXIMATE = ("hnsw", "ivf_flat", "ivf_sq8")
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread():  # type: ignore[no-untyped-def]
+    # On a shared 2-core machine OpenMP's spinning threads make small faiss jobs many times slower.
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def _clustered(n: int, dim: int, clusters: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, dim)).astype(np.float32)
+    x = centers[rng.integers(0, clusters, n)] + 0.6 * rng.normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _spec(kind: str, n: int, dim: int):  # type: ignore[no-untyped-def]
+    from indexer.index_kinds import IndexSpec, spec_for_kind
+
+    spec = spec_for_kind(kind, n, dim)
+    if kind == "ivf_pq":  # 8-dim sub-vectors keep the test's codebook training quick
+        return IndexSpec(**{**spec.to_dict(), "pq_m": dim // 8})
+    return spec
+
+
+@pytest.fixture(scope="module")
+def clustered() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, vectors, held-out queries) with non-contiguous catalog-like ids."""
+    both = _clustered(6100, 32)
+    vectors, queries = both[:6000], both[6000:]
+    ids = np.arange(6000, dtype=np.int64) * 3 + 11
+    return ids, vectors, queries
+
+
+def _exact_ids(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    sims = queries @ vectors.T
+    return ids[np.argsort(-sims, axis=1)[:, :k]]
+
+
+@pytest.mark.parametrize("kind", APPROXIMATE)
+def test_tuned_recall_reaches_095_on_held_out_queries(kind: str, clustered) -> None:  # type: ignore[no-untyped-def]
+    ids, vectors, queries = clustered
+    index = VectorIndex.build(ids, vectors, encoder="enc", spec=_spec(kind, len(ids), 32))
+    assert index.kind == kind
+    assert index.tuning.recall_at_10 >= 0.95 and index.tuning.queries > 0
+    truth = _exact_ids(vectors, ids, queries, 10)
+    found = [r.ids for r in index.search(queries, k=10)]
+    recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found, strict=True)])
+    assert recall >= 0.95, recall  # measured on queries never seen at build or tuning time
+    assert set(np.concatenate(found).tolist()) <= set(ids.tolist())  # one id space with the catalog
+
+
+@pytest.mark.parametrize("kind", (*APPROXIMATE, "ivf_pq"))
+def test_rare_and_common_filters_stay_correct(kind: str, clustered) -> None:  # type: ignore[no-untyped-def]
+    ids, vectors, queries = clustered
+    index = VectorIndex.build(ids, vectors, encoder="enc", spec=_spec(kind, len(ids), 32))
+    index.vector_lookup = lambda wanted: vectors[(wanted - 11) // 3]  # the catalog's exact vectors
+    rare = ids[[5, 1234, 4321]]  # three images of a rare modality, far from most queries
+    for result in index.search(queries[:10], k=10, allowed_ids=rare):
+        assert sorted(result.ids.tolist()) == sorted(rare.tolist())
+    exact_rare = _exact_ids(vectors[[5, 1234, 4321]], rare, queries[:10], 3)
+    got = np.stack([r.ids for r in index.search(queries[:10], k=3, allowed_ids=rare)])
+    assert np.array_equal(got, exact_rare)
+    # an allowed id that the index does not hold is ignored, not an error
+    assert index.search(queries[0], k=5, allowed_ids=np.array([2], np.int64))[0].ids.size == 0
+    common = ids[::2]
+    for result in index.search(queries[:10], k=10, allowed_ids=common):
+        assert len(result.ids) == 10 and np.isin(result.ids, common).all()
+
+
+def test_filters_larger_than_the_rare_limit_use_the_index(clustered, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import indexer.vector_index as vi
+
+    monkeypatch.setattr(vi, "RARE_FILTER_MAX", 10)
+    ids, vectors, queries = clustered
+    index = VectorIndex.build(ids, vectors, encoder="enc", spec=_spec("ivf_flat", len(ids), 32))
+    allowed = ids[:40]  # 40 of 6000: few lists hold any of them; short answers fall back to exact
+    for query, result in zip(queries[:5], index.search(queries[:5], k=10, allowed_ids=allowed), strict=True):
+        assert np.array_equal(result.ids, _exact_ids(vectors[:40], allowed, query[None], 10)[0])
+
+
+@pytest.mark.parametrize("kind", ("flat", *APPROXIMATE, "ivf_pq"))
+def test_each_kind_saves_loads_and_removes(kind: str, clustered, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ids, vectors, queries = clustered
+    index = VectorIndex.build(ids[:3000], vectors[:3000], encoder="enc", spec=_spec(kind, 3000, 32))
+    path = tmp_path / f"{kind}.faiss"
+    index.save(path)
+    for mmap in (False, True):
+        loaded = VectorIndex.load(path, encoder="enc", dim=32, mmap=mmap)
+        assert loaded.kind == kind and loaded.tuning == index.tuning and len(loaded) == 3000
+        assert loaded.describe()["memory_mapped"] is mmap
+        before = [r.ids.tolist() for r in index.search(queries[:5], k=10)]
+        assert [r.ids.tolist() for r in loaded.search(queries[:5], k=10)] == before
+        # writing to a memory-mapped index first loads it fully (faiss would abort otherwise)
+        assert loaded.remove(ids[:2]) == 2 and len(loaded) == 2998
+        loaded.add(ids[3000:3010], vectors[3000:3010])
+        assert len(loaded) == 3008 and int(ids[3005]) in set(loaded.ids().tolist())
+        assert loaded.search(vectors[3005], k=1)[0].ids[0] == ids[3005]
+    meta = __import__("json").loads((tmp_path / f"{kind}.faiss.json").read_text())
+    assert meta["spec"]["kind"] == kind and "recall_at_10" in meta["tuning"]
+
+
+def test_open_rebuilds_in_the_saved_kind(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    catalog, vectors = _catalog_with_vectors(tmp_path, 300)
+    path = tmp_path / "enc.faiss"
+    hnsw = VectorIndex.build_from_catalog(catalog, encoder="enc", dim=8, spec=_spec("hnsw", 300, 8))
+    assert hnsw.kind == "hnsw" and hnsw.tuning.recall_at_10 >= 0.95
+    hnsw.save(path)
+    path.write_bytes(path.read_bytes()[:-5])  # corrupt it: the rebuild keeps the operator's kind
+    rebuilt = VectorIndex.open(path, catalog, encoder="enc", dim=8)
+    assert "REBUILDING" in caplog.text and rebuilt.kind == "hnsw" and len(rebuilt) == 300
+    first = catalog.image_ids_where(encoder="enc")[0]
+    assert rebuilt.search(vectors[0], k=1)[0].ids[0] == first
+
+
+@pytest.mark.gpu
+def test_gpu_index_gives_the_cpu_results(clustered) -> None:  # type: ignore[no-untyped-def]
+    from indexer.vector_index import gpu_available
+
+    if not gpu_available():
+        pytest.skip("needs faiss with GPU support (pip install '.[gpu]') and a CUDA device")
+    ids, vectors, queries = clustered
+    for kind in ("flat", "ivf_flat"):
+        cpu = VectorIndex.build(ids, vectors, encoder="enc", spec=_spec(kind, len(ids), 32))
+        cpu._use_gpu = False
+        gpu = VectorIndex.build(ids, vectors, encoder="enc", spec=_spec(kind, len(ids), 32))
+        gpu._use_gpu = True
+        assert gpu.describe()["gpu"]
+        want = [r.ids.tolist() for r in cpu.search(queries, k=10)]
+        got = [r.ids.tolist() for r in gpu.search(queries, k=10)]
+        agree = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(want, got, strict=True)])
+        assert agree >= 0.99
