@@ -73,7 +73,9 @@ def _fail(message: str) -> typer.Exit:
 
 @app.command()
 def index(
-    path: Annotated[Path, typer.Argument(help="Folder (or file) of DICOM, PNG and JPEG images")],
+    path: Annotated[
+        Path, typer.Argument(help="Folder, zip or tar archive (or one file) of DICOM, PNG and JPEG images")
+    ],
     manifest: Annotated[
         Path | None, typer.Option(help="CSV mapping files to cases, reports and diagnoses")
     ] = None,
@@ -100,6 +102,9 @@ def index(
     encoder: Encoder = None,
     checkpoint: Checkpoint = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+    workers: Annotated[
+        int | None, typer.Option(help="Decode worker processes (0: decode in a thread) [default: cores - 1]")
+    ] = None,
 ) -> None:
     """Index every image under PATH; files already indexed are skipped, bad files are recorded."""
     _setup_logging()
@@ -123,7 +128,7 @@ def index(
             loaded = load_manifest(manifest, columns)
         archive = Archive.open(settings)
         try:
-            report = ingest_path(archive, path, loaded, progress=progress)
+            report = ingest_path(archive, path, loaded, progress=progress, workers=workers)
         finally:
             archive.close()
     except (IndexerError, FileNotFoundError) as exc:
