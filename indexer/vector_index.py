@@ -274,12 +274,23 @@ class VectorIndex:
         if spec.needs_training:
             sample = rng.choice(n, size=min(n, spec.train_size), replace=False)
             index.train(vectors[np.sort(sample)])
-        for start in range(0, n, 100_000):
-            index.add(ids[start : start + 100_000], vectors[start : start + 100_000])
+        held_out = np.zeros(n, dtype=bool)
         if not spec.exact:
-            picks = rng.choice(n, size=min(TUNING_QUERIES, n), replace=False)
-            truth = _exact_topk(vectors[picks], ids[picks], [(ids, vectors)], RECALL_K)
-            index.tune(vectors[picks], ids[picks], truth, target_recall)
+            held_out[rng.choice(n, size=min(TUNING_QUERIES, max(1, n // 10)), replace=False)] = True
+        # The tuning queries are added last: tuned against an index that does not hold them, they are
+        # true held-out queries (a graph search that starts next to its own node would flatter HNSW).
+        rest = np.flatnonzero(~held_out)
+        for start in range(0, len(rest), 100_000):
+            part = rest[start : start + 100_000]
+            index.add(ids[part], vectors[part])
+        if held_out.any():
+            chunks = (
+                (ids[rest[i : i + 100_000]], vectors[rest[i : i + 100_000]])
+                for i in range(0, len(rest), 100_000)
+            )
+            truth = _exact_topk(vectors[held_out], chunks, RECALL_K)
+            index.tune(vectors[held_out], truth, target_recall)
+            index.add(ids[held_out], vectors[held_out])
         return index
 
     def train(self, sample: npt.NDArray[np.float32]) -> None:
@@ -296,15 +307,13 @@ class VectorIndex:
     def tune(
         self,
         queries: npt.NDArray[np.float32],
-        query_ids: npt.NDArray[np.int64],
         truth: npt.NDArray[np.int64],
         target_recall: float = TARGET_RECALL,
     ) -> Tuning:
         """Pick the smallest nprobe / efSearch whose recall@10 against `truth` reaches the target.
 
-        The queries are stored vectors; each one's own id is left out of both answers (leave-one-out),
-        so they act as held-out queries. When no setting reaches the target the largest is kept and
-        the measured recall says so.
+        The queries must not be in the index (held out); `truth` is their exact top-10 ids. When no
+        setting reaches the target the largest is kept and the measured recall says so.
         """
         if self.spec.exact:
             self.tuning = EXACT_TUNING
@@ -317,8 +326,8 @@ class VectorIndex:
         for value in ladder:
             self.tuning = Tuning(param, value, 0.0, len(queries))
             self._apply_tuning()
-            _, found = self._index.search(np.ascontiguousarray(queries), RECALL_K + 1)
-            recall = _recall(found, query_ids, truth)
+            _, found = self._index.search(np.ascontiguousarray(queries), RECALL_K)
+            recall = _recall(found, truth)
             previous, best = best, Tuning(param, value, recall, len(queries))
             # A margin over the target absorbs the sampling error of a few hundred queries; a plateau
             # above the target (lossy codes cap recall) ends the climb early.
@@ -429,20 +438,26 @@ class VectorIndex:
         if spec.needs_training and len(all_ids):
             sample_ids = np.sort(rng.choice(all_ids, size=min(len(all_ids), spec.train_size), replace=False))
             index.train(index.vector_lookup(sample_ids))
-        query_ids = np.sort(rng.choice(all_ids, size=min(TUNING_QUERIES, len(all_ids)), replace=False))
-        queries = index.vector_lookup(query_ids) if not spec.exact and len(query_ids) else None
+        query_ids = np.empty(0, np.int64)
+        if not spec.exact:
+            query_ids = np.sort(
+                rng.choice(all_ids, size=min(TUNING_QUERIES, max(1, len(all_ids) // 10)), replace=False)
+            )
 
         def stream() -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
             for ids, vectors in catalog.embeddings(encoder):
-                index.add(ids, vectors)
-                yield ids, vectors
+                keep = ~np.isin(ids, query_ids)  # held out until tuned (see build)
+                index.add(ids[keep], vectors[keep])
+                yield ids[keep], vectors[keep]
 
-        if queries is None:
+        if len(query_ids) == 0:
             for _ in stream():
                 pass
         else:
-            truth = _exact_topk(queries, query_ids, stream(), RECALL_K)
-            index.tune(queries, query_ids, truth, target_recall)
+            queries = index.vector_lookup(query_ids)
+            truth = _exact_topk(queries, stream(), RECALL_K)
+            index.tune(queries, truth, target_recall)
+            index.add(query_ids, queries)
         return index
 
     @classmethod
@@ -573,16 +588,16 @@ def _results(sims: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
 
 def _exact_topk(
     queries: npt.NDArray[np.float32],
-    query_ids: npt.NDArray[np.int64],
     chunks: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
     k: int,
 ) -> npt.NDArray[np.int64]:
-    """Exact top-k ids of each query over streamed chunks, leaving out the query's own id."""
+    """Exact top-k ids of each query over streamed (ids, vectors) chunks."""
     best_sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_ids = np.full((len(queries), k), -1, dtype=np.int64)
     for ids, vectors in chunks:
+        if len(ids) == 0:
+            continue
         sims = queries @ np.ascontiguousarray(vectors, dtype=np.float32).T
-        sims[query_ids[:, None] == ids[None, :]] = -np.inf
         all_sims = np.concatenate([best_sims, sims], axis=1)
         all_ids = np.concatenate([best_ids, np.broadcast_to(ids, sims.shape)], axis=1)
         top = np.argpartition(-all_sims, k - 1, axis=1)[:, :k]
@@ -591,13 +606,12 @@ def _exact_topk(
     return best_ids
 
 
-def _recall(found: np.ndarray, query_ids: npt.NDArray[np.int64], truth: npt.NDArray[np.int64]) -> float:
+def _recall(found: np.ndarray, truth: npt.NDArray[np.int64]) -> float:
     hits = 0
     total = 0
-    for row, own, expected in zip(found, query_ids, truth, strict=True):
+    for row, expected in zip(found, truth, strict=True):
         want = {int(i) for i in expected if i >= 0}
-        got = [int(i) for i in row if i >= 0 and i != own][:RECALL_K]
-        hits += len(want.intersection(got))
+        hits += len(want.intersection(int(i) for i in row[:RECALL_K] if i >= 0))
         total += len(want)
     return hits / total if total else 1.0
 
