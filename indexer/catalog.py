@@ -190,10 +190,24 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.close()
 
 
+def postgres_driver_url(url: str) -> str:
+    """PostgreSQL URLs use psycopg 3 (the `postgres` extra); a missing driver names the extra to install."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            url = "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith("postgresql+psycopg://"):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError('a PostgreSQL catalog needs psycopg: pip install "medcbir[postgres]"') from exc
+    return url
+
+
 class Catalog:
     """The source of truth: a thin typed repository over a SQLAlchemy engine."""
 
     def __init__(self, url: str) -> None:
+        url = postgres_driver_url(url)
         connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
         self.url = url
         self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
