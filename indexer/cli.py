@@ -224,6 +224,51 @@ def rebuild_index(data_dir: DataDir = None, encoder: Encoder = None, checkpoint:
     typer.echo(f"rebuilt: {len(vindex)} vectors")
 
 
+db_app = typer.Typer(
+    help="Catalog database schema (Alembic migrations; SQLite or PostgreSQL).", no_args_is_help=True
+)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
+    data_dir: DataDir = None,
+) -> None:
+    """Migrate the catalog (MEDCBIR_DATABASE_URL, or the SQLite file in the data folder) to REVISION."""
+    _setup_logging()
+    from sqlalchemy import create_engine
+
+    from indexer.catalog import postgres_driver_url
+    from indexer.migrations import upgrade_database
+
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(postgres_driver_url(settings.resolved_database_url))
+    try:
+        before, after = upgrade_database(engine, revision)
+    except Exception as exc:
+        raise _fail(f"migration failed: {exc}") from exc
+    finally:
+        engine.dispose()
+    typer.echo(f"catalog schema: {before or 'unversioned'} -> {after}")
+
+
+@db_app.command("current")
+def db_current(data_dir: DataDir = None) -> None:
+    """Print the catalog's schema revision and the newest one this medcbir ships."""
+    from sqlalchemy import create_engine
+
+    from indexer.catalog import postgres_driver_url
+    from indexer.migrations import current_revision, head_revision
+
+    engine = create_engine(postgres_driver_url(_settings(data_dir).resolved_database_url))
+    try:
+        typer.echo(f"current: {current_revision(engine) or 'unversioned'}  head: {head_revision()}")
+    finally:
+        engine.dispose()
+
+
 @app.command("list-encoders")
 def list_encoders_command() -> None:
     """List the registered encoders (any timm model name works too)."""
