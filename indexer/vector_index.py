@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import select
 
-from indexer.catalog import Catalog, Image
+from indexer.catalog import Catalog, Image, ImageEmbedding
 from indexer.errors import IndexCorruptError
 from indexer.index_kinds import IndexSpec, choose_index_kind, default_memory_budget, spec_for_kind
 
@@ -433,7 +433,7 @@ class VectorIndex:
         all_ids = catalog.image_ids_where(encoder=encoder)
         spec = spec or choose_index_kind(len(all_ids), dim, memory_budget_bytes or default_memory_budget())
         index = cls(dim, encoder, spec=spec)
-        index.vector_lookup = catalog_vector_lookup(catalog, dim)
+        index.vector_lookup = catalog_vector_lookup(catalog, encoder, dim)
         rng = np.random.default_rng(seed)
         if spec.needs_training and len(all_ids):
             sample_ids = np.sort(rng.choice(all_ids, size=min(len(all_ids), spec.train_size), replace=False))
@@ -465,7 +465,7 @@ class VectorIndex:
         """Load the saved index if it matches the catalog; otherwise rebuild it loudly and save it."""
         if not path.exists() and catalog.image_ids_where(encoder=encoder).size == 0:
             index = cls(dim, encoder)  # a new archive: nothing to rebuild, nothing to warn about
-            index.vector_lookup = catalog_vector_lookup(catalog, dim)
+            index.vector_lookup = catalog_vector_lookup(catalog, encoder, dim)
             return index
         try:
             index = cls.load(path, encoder=encoder, dim=dim)
@@ -473,7 +473,7 @@ class VectorIndex:
             log.warning("REBUILDING vector index from the catalog: %s", exc)
             previous = _saved_spec(path)
         else:
-            index.vector_lookup = catalog_vector_lookup(catalog, dim)
+            index.vector_lookup = catalog_vector_lookup(catalog, encoder, dim)
             stored = catalog.image_ids_where(encoder=encoder)
             if np.array_equal(np.sort(index.ids()), np.sort(stored)):
                 return index
@@ -506,8 +506,8 @@ class VectorIndex:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def catalog_vector_lookup(catalog: Catalog, dim: int) -> VectorLookup:
-    """A function returning the catalog's exact stored vectors for ids, in the order given."""
+def catalog_vector_lookup(catalog: Catalog, encoder: str, dim: int) -> VectorLookup:
+    """A function returning the catalog's exact stored vectors from `encoder` for ids, in the order given."""
 
     def lookup(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         found: dict[int, bytes] = {}
@@ -515,14 +515,18 @@ def catalog_vector_lookup(catalog: Catalog, dim: int) -> VectorLookup:
         with catalog.session() as session:
             for start in range(0, len(wanted), 1000):
                 chunk = wanted[start : start + 1000]
-                for row_id, blob in session.execute(
-                    select(Image.id, Image.embedding).where(Image.id.in_(chunk))
-                ):
-                    found[int(row_id)] = blob
+                own = select(Image.id, Image.embedding).where(Image.id.in_(chunk), Image.encoder == encoder)
+                extra = select(ImageEmbedding.image_id, ImageEmbedding.vector).where(
+                    ImageEmbedding.image_id.in_(chunk), ImageEmbedding.encoder == encoder
+                )
+                for query in (own, extra):
+                    for row_id, blob in session.execute(query):
+                        found[int(row_id)] = blob
         missing = [i for i in wanted if i not in found]
         if missing:
             raise IndexCorruptError(
-                f"{len(missing)} ids (e.g. {missing[0]}) are not in the catalog; rebuild the index"
+                f"{len(missing)} ids (e.g. {missing[0]}) have no {encoder} vector in the catalog; "
+                "run `medcbir rebuild-index`"
             )
         out = np.empty((len(wanted), dim), dtype=np.float32)
         for row, i in enumerate(wanted):
