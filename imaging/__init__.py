@@ -1,7 +1,7 @@
 """Image decoding for medcbir: bytes (DICOM, PNG, JPEG) in, display-ready float32 RGB pixels out."""
 
 from imaging.fingerprint import pixel_digest, thumbnail_signature
-from imaging.load import load_image
+from imaging.load import count_frames, iter_frames, load_image
 from imaging.render import render_png
 from imaging.settings import ImagingSettings
 from imaging.sniff import sniff_format
@@ -15,6 +15,7 @@ from imaging.types import (
     MissingCodecError,
     UnsupportedFormatError,
 )
+from imaging.windows import WindowSpec, list_window_presets
 
 __all__ = [
     "CorruptImageError",
@@ -26,6 +27,10 @@ __all__ = [
     "ImagingSettings",
     "MissingCodecError",
     "UnsupportedFormatError",
+    "WindowSpec",
+    "count_frames",
+    "iter_frames",
+    "list_window_presets",
     "load_image",
     "pixel_digest",
     "render_png",

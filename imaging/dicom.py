@@ -1,13 +1,28 @@
-"""DICOM decoding with pydicom: one frame, modality LUT, VOI LUT/window, MONOCHROME1, colour, metadata."""
+"""DICOM decoding with pydicom: frames one at a time, modality LUT, VOI LUT/window, MONOCHROME1, colour, metadata.
+
+Pixel pipeline, in the order of PS3.3 C.11 / PS3.4 N.2: modality LUT (Modality LUT Sequence, else
+Rescale Slope/Intercept, per frame for enhanced objects), VOI (see imaging.windows for the policy),
+presentation (MONOCHROME1 inverted), then [0, 1] float32 RGB. Colour (RGB planar or interleaved,
+YBR_FULL, YBR_FULL_422, YBR_ICT/RCT, PALETTE COLOR) skips the grey stages and is scaled by its bit depth.
+
+Multi-frame policy: `decode_dicom` decodes one frame, the middle one (frames // 2) unless asked;
+`iter_dicom_frames` yields every frame, each decoded on its own (the encoded bytes are held, never
+the whole decoded volume). Limits are checked before anything is allocated: the declared frame
+against max_pixels, a compressed frame's own codestream size (JPEG, JPEG-LS, JPEG 2000) against
+max_pixels, and a deflated dataset's inflated size against 8 bytes x max_pixels.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
 import math
+import struct
 import unicodedata
 import warnings
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
@@ -15,25 +30,36 @@ import numpy as np
 import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, convert_color_space, get_decoder
-from pydicom.pixels.utils import as_pixel_options
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.pixels.utils import _get_jpg_parameters, as_pixel_options
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from imaging.types import (
     CorruptImageError,
     DecodedImage,
     ImageMetadata,
     ImageTooLargeError,
+    ImagingError,
     MissingCodecError,
     UnsupportedFormatError,
 )
+from imaging.windows import DEFAULT_CT_PRESET, PERCENTILES, WindowRequest, list_window_presets
 
 LOGGER = logging.getLogger(__name__)
 
 CODECS_HINT = 'pip install "medcbir[codecs]"'
 _MAX_TEXT = 1024
-_PERCENTILES = (0.5, 99.5)
+_INFLATE_BYTES_PER_PIXEL = 8  # a deflated dataset may inflate to 8 bytes per allowed pixel
+_CHUNK = 1 << 20
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -52,14 +78,85 @@ def _silence_pydicom() -> None:
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
 
 
-def decode_dicom(data: bytes, *, max_pixels: int, frame: int | None = None) -> DecodedImage:
+@dataclass(frozen=True)
+class _Header:
+    """A parsed dataset that passed the size checks, with the numbers every frame decode needs."""
+
+    ds: Dataset
+    rows: int
+    columns: int
+    samples: int
+    frames: int
+
+
+_Window = tuple[float | None, float | None, str | None, str]  # center, width, source, voi kind
+
+
+def decode_dicom(
+    data: bytes,
+    *,
+    max_pixels: int,
+    frame: int | None = None,
+    window: WindowRequest | None = None,
+) -> DecodedImage:
     """Decode DICOM bytes into display-ready pixels and metadata.
 
     `frame` picks a frame of a multi-frame object (0-based); by default the middle frame
     (frames // 2) is used as the representative one. Only that frame is decoded.
     """
+    header = _read_header(data, max_pixels=max_pixels)
+    index = header.frames // 2 if frame is None else frame
+    if not 0 <= index < header.frames:
+        raise CorruptImageError(
+            f"Frame {index} was requested but the DICOM object has {header.frames} frame(s) "
+            f"(valid: 0..{header.frames - 1})."
+        )
+    return _decode_index(header, index, window or WindowRequest("default"), max_pixels)
+
+
+def iter_dicom_frames(
+    data: bytes, *, max_pixels: int, window: WindowRequest | None = None
+) -> Iterator[DecodedImage]:
+    """Parse and check the header now, then return an iterator decoding one frame per step."""
+    header = _read_header(data, max_pixels=max_pixels)
+    request = window or WindowRequest("default")
+
+    def frames() -> Iterator[DecodedImage]:
+        for index in range(header.frames):
+            yield _decode_index(header, index, request, max_pixels)
+
+    return frames()
+
+
+def count_dicom_frames(ds: Dataset) -> int:
+    """Number of frames a (header-only) dataset declares; an unreadable count means one frame."""
+    return max(_int(ds, "NumberOfFrames") or 1, 1)
+
+
+def read_dicom_header(source: bytes | str, *, max_pixels: int) -> Dataset:
+    """Read a dataset without its pixel data (a path is read only up to the pixels)."""
     _silence_pydicom()
-    ds = _read_dataset(data)
+    if isinstance(source, bytes):
+        _check_inflated_size(source, max_pixels)
+        target: Any = BytesIO(source)
+    else:
+        with open(source, "rb") as handle:
+            head = handle.read(8192)
+        if _deflated(head):
+            with open(source, "rb") as handle:
+                _check_inflated_size(handle.read(), max_pixels)
+        target = source
+    try:
+        return dcmread(target, force=True, stop_before_pixels=True)
+    except Exception as exc:  # hostile input: any pydicom failure is a corrupt file
+        raise CorruptImageError(
+            f"The DICOM header could not be parsed ({_short(exc)}); it may be truncated or not DICOM."
+        ) from exc
+
+
+def _read_header(data: bytes, *, max_pixels: int) -> _Header:
+    _silence_pydicom()
+    ds = _read_dataset(data, max_pixels)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise CorruptImageError(
             "The DICOM object has no pixel data: it is truncated, or not an image (a report, "
@@ -70,11 +167,11 @@ def decode_dicom(data: bytes, *, max_pixels: int, frame: int | None = None) -> D
     if not rows or not columns or rows < 0 or columns < 0:
         raise CorruptImageError("The DICOM header has no valid Rows/Columns; the file is malformed.")
     samples = _int(ds, "SamplesPerPixel") or 1
-    frames = max(_int(ds, "NumberOfFrames") or 1, 1)
+    frames = count_dicom_frames(ds)
     if "NumberOfFrames" in ds and _int(ds, "NumberOfFrames") is None:
         LOGGER.info("Unreadable DICOM NumberOfFrames; decoding the first frame only")
         ds.NumberOfFrames = 1  # our own parsed copy: lets pydicom decode instead of failing on the value
-    # Only one frame is ever decoded, so the frame is what must fit; a declared frame count
+    # Frames are decoded one at a time, so the frame is what must fit; a declared frame count
     # cannot make us allocate more than the file already holds.
     declared = rows * columns * samples
     if declared > max_pixels:
@@ -82,22 +179,97 @@ def decode_dicom(data: bytes, *, max_pixels: int, frame: int | None = None) -> D
             f"The DICOM frame declares {rows}x{columns}x{samples} = {declared:,} samples, over the "
             f"limit of {max_pixels:,}; raise MEDCBIR_IMAGING_MAX_PIXELS if the image is genuine."
         )
-    index = frames // 2 if frame is None else frame
-    if not 0 <= index < frames:
-        raise CorruptImageError(
-            f"Frame {index} was requested but the DICOM object has {frames} frame(s) "
-            f"(valid: 0..{frames - 1})."
-        )
+    return _Header(ds=ds, rows=rows, columns=columns, samples=samples, frames=frames)
 
+
+def _decode_index(header: _Header, index: int, request: WindowRequest, max_pixels: int) -> DecodedImage:
+    ds = header.ds
+    _check_codestream(ds, index, header.frames, max_pixels)
     arr, photometric = _decode_frame(ds, index)
-    pixels, window = _to_display(arr, ds, photometric, index)
+    pixels, window = _to_display(arr, ds, photometric, index, request)
     return DecodedImage(
         pixels=pixels,
-        metadata=_metadata(ds, rows, columns, frames, index, photometric, window),
+        metadata=_metadata(ds, header.rows, header.columns, header.frames, index, photometric, window),
     )
 
 
-def _read_dataset(data: bytes) -> Dataset:
+def _deflated(head: bytes) -> bool:
+    return str(DeflatedExplicitVRLittleEndian).encode("ascii") in head[:8192]
+
+
+def _check_inflated_size(data: bytes, max_pixels: int) -> None:
+    """pydicom inflates a deflated dataset in one unbounded call: measure it first, in bounded steps."""
+    if not _deflated(data):
+        return
+    fp = BytesIO(data)
+    try:
+        read_preamble(fp, force=True)
+        meta = _read_file_meta_info(fp)
+    except Exception:
+        return  # not a well-formed Part 10 file: dcmread reports it
+    if str(meta.get("TransferSyntaxUID", "")) != DeflatedExplicitVRLittleEndian:
+        return
+    limit = _INFLATE_BYTES_PER_PIXEL * max_pixels
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    view = memoryview(data)[fp.tell() :]
+    try:
+        for start in range(0, len(view), _CHUNK):
+            pending: bytes = bytes(view[start : start + _CHUNK])
+            while pending:
+                total += len(inflater.decompress(pending, _CHUNK))
+                pending = inflater.unconsumed_tail
+                if total > limit:
+                    raise ImageTooLargeError(
+                        f"The deflated DICOM dataset inflates to more than {limit:,} bytes "
+                        f"(8 bytes x the {max_pixels:,}-pixel limit): a decompression bomb or an image "
+                        "over the limit; raise MEDCBIR_IMAGING_MAX_PIXELS if it is genuine."
+                    )
+    except zlib.error as exc:
+        raise CorruptImageError(f"The deflated DICOM dataset is damaged ({_short(exc)}).") from exc
+
+
+_J2K_SIZ = b"\xff\x4f\xff\x51"
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) that a JPEG / JPEG-LS / JPEG 2000 codestream declares, if readable."""
+    head = frame[:8192]
+    at = head.find(_J2K_SIZ)
+    if at >= 0 and len(head) >= at + 42:
+        xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", head, at + 8)
+        (components,) = struct.unpack_from(">H", head, at + 40)
+        return max(ysiz - yosiz, 0), max(xsiz - xosiz, 0), components
+    if head.startswith(b"\xff\xd8"):
+        info = _get_jpg_parameters(frame)
+        if "height" in info and "width" in info:
+            return int(info["height"]), int(info["width"]), int(info.get("components", 1))
+    return None
+
+
+def _check_codestream(ds: Dataset, index: int, frames: int, max_pixels: int) -> None:
+    """A compressed frame's codestream may declare far more pixels than the header: refuse before decoding."""
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    if not syntax.is_encapsulated or "PixelData" not in ds:
+        return
+    try:
+        frame = get_frame(ds.PixelData, index, number_of_frames=frames)
+        size = _codestream_size(frame)
+    except Exception:  # unreadable fragments are the decoder's to report
+        return
+    if size is None:
+        return
+    rows, columns, components = size
+    if rows * columns * max(components, 1) > max_pixels:
+        raise ImageTooLargeError(
+            f"Frame {index}'s compressed codestream declares {rows}x{columns}x{components} samples, over "
+            f"the limit of {max_pixels:,} (the header says {_int(ds, 'Rows')}x{_int(ds, 'Columns')}): "
+            "a decompression bomb or an image over the limit; raise MEDCBIR_IMAGING_MAX_PIXELS if genuine."
+        )
+
+
+def _read_dataset(data: bytes, max_pixels: int) -> Dataset:
+    _check_inflated_size(data, max_pixels)
     try:
         ds = dcmread(BytesIO(data), force=True)
     except Exception as exc:  # pydicom raises many kinds on hostile input; none may escape as a crash
@@ -147,6 +319,11 @@ def _decode_frame(ds: Dataset, index: int) -> tuple[np.ndarray[Any, Any], str]:
                 f"Decoding DICOM transfer syntax '{syntax.name}' needs a codec that is not installed. "
                 f"Install the codecs with: {CODECS_HINT}"
             ) from exc
+        if _only_unsupported(str(exc)):
+            raise MissingCodecError(
+                f"No installed codec supports this '{syntax.name}' image ({_short(exc)}). "
+                f"Install the codecs with: {CODECS_HINT}"
+            ) from exc
         raise CorruptImageError(
             f"The compressed DICOM pixel data could not be decoded ({_short(exc)}); the file is damaged."
         ) from exc
@@ -159,9 +336,15 @@ def _decode_frame(ds: Dataset, index: int) -> tuple[np.ndarray[Any, Any], str]:
     return arr, photometric.strip().upper()
 
 
+def _only_unsupported(message: str) -> bool:
+    """True when every plugin pydicom tried said it does not support the image (e.g. Pillow and 12-bit JPEG)."""
+    reasons = [line for line in message.splitlines()[1:] if line.strip()]
+    return bool(reasons) and all("not support" in line or "unsupported" in line.lower() for line in reasons)
+
+
 def _to_display(
-    arr: np.ndarray[Any, Any], ds: Dataset, photometric: str, index: int
-) -> tuple[npt.NDArray[np.float32], tuple[float | None, float | None, str | None, str]]:
+    arr: np.ndarray[Any, Any], ds: Dataset, photometric: str, index: int, request: WindowRequest
+) -> tuple[npt.NDArray[np.float32], _Window]:
     """Pixels in [0, 1], H x W x 3, and (center, width, source, voi kind) of the window used."""
     if photometric == "PALETTE COLOR":
         try:
@@ -176,15 +359,18 @@ def _to_display(
         elif photometric not in ("RGB", "YBR_ICT", "YBR_RCT", ""):
             LOGGER.info("Treating DICOM colour photometric %s as RGB", photometric)
         depth = _int(ds, "BitsStored") or 8
-        if arr.dtype == np.uint8:
+        if arr.dtype.itemsize == 1:
             depth = 8
+        depth = min(max(depth, 1), 8 * arr.dtype.itemsize)
+        if arr.dtype.kind == "i":  # signed colour is unusual but legal: shift to 0..2**depth - 1
+            arr = arr.astype(np.float64) + float(2 ** (depth - 1))
         return _scale_unsigned(arr[..., :3], depth), (None, None, None, "colour")
 
-    values = _apply_modality(arr, ds, index)
-    grey, window = _apply_voi(values, arr, ds, index)
+    values, in_hounsfield = _apply_modality(arr, ds, index)
+    grey, window = _apply_voi(values, ds, index, request, in_hounsfield)
     if photometric == "MONOCHROME1":
         grey = 1.0 - grey
-    grey32 = np.clip(grey, 0.0, 1.0).astype(np.float32)
+    grey32 = np.clip(np.nan_to_num(grey, nan=0.0), 0.0, 1.0).astype(np.float32)
     return np.repeat(grey32[..., None], 3, axis=2), window
 
 
@@ -229,45 +415,105 @@ def _frame_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:
     return None
 
 
-def _apply_modality(arr: np.ndarray[Any, Any], ds: Dataset, index: int) -> FloatArray:
-    """Stored values -> modality values (Hounsfield units etc.)."""
+def _apply_modality(arr: np.ndarray[Any, Any], ds: Dataset, index: int) -> tuple[FloatArray, bool]:
+    """Stored values -> modality values; True when they are Hounsfield units (CT with a modality transform)."""
     values = arr.astype(np.float64)
+    is_ct = (_text(ds, "Modality") or "").upper() == "CT"
     lut_seq = _safe(lambda: ds.get("ModalityLUTSequence"))
     if lut_seq:
         lut = _lut_from_item(lut_seq[0], ds)
         if lut is not None:
-            return _apply_lut(values, *lut)
+            return _apply_lut(values, *lut), is_ct
     source = _frame_item(ds, index, "PixelValueTransformationSequence") or ds
     slope = _float(source, "RescaleSlope")
     intercept = _float(source, "RescaleIntercept")
+    rescale_type = (_text(source, "RescaleType") or "").upper()
+    in_hounsfield = is_ct and (intercept is not None or rescale_type == "HU")
     if slope is None or slope == 0.0:
         slope = 1.0
-    return values * slope + (intercept or 0.0)
+    return values * slope + (intercept or 0.0), in_hounsfield
+
+
+def _header_vois(ds: Dataset, index: int) -> list[tuple[str, Any]]:
+    """The header's VOI choices in order: VOI LUT Sequence items, then Window Center/Width pairs."""
+    choices: list[tuple[str, Any]] = []
+    lut_seq = _safe(lambda: ds.get("VOILUTSequence"))
+    for item in lut_seq or []:
+        lut = _lut_from_item(item, ds)
+        if lut is not None:
+            choices.append(("lut", lut))
+    source = _frame_item(ds, index, "FrameVOILUTSequence") or ds
+    centers = _floats(source, "WindowCenter")
+    widths = _floats(source, "WindowWidth")
+    function = (_text(source, "VOILUTFunction") or "LINEAR").upper()
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        function = "LINEAR"
+    for center, width in zip(centers, widths, strict=False):
+        choices.append(("window", (center, width, function)))
+    return choices
 
 
 def _apply_voi(
-    values: FloatArray, stored: np.ndarray[Any, Any], ds: Dataset, index: int
-) -> tuple[FloatArray, tuple[float | None, float | None, str | None, str]]:
-    """Modality values -> [0, 1] using the header's VOI (LUT, then window) or a percentile window."""
-    voi_item = _frame_item(ds, index, "FrameVOILUTSequence")
-    window_source = voi_item or ds
-    lut_seq = _safe(lambda: ds.get("VOILUTSequence"))
-    if lut_seq:
-        lut = _lut_from_item(lut_seq[0], ds)
-        if lut is not None:
-            out = _apply_lut(values, *lut)
-            lo, hi = float(lut[0].min()), float(lut[0].max())
-            scaled = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
-            return scaled, (None, None, "header", "lut")
-    center = _float(window_source, "WindowCenter")
-    width = _float(window_source, "WindowWidth")
-    function = (_text(window_source, "VOILUTFunction") or "LINEAR").upper()
-    if center is not None and width is not None and width >= 1.0:
-        return _window(values, center, width, function), (center, width, "header", function.lower())
+    values: FloatArray, ds: Dataset, index: int, request: WindowRequest, in_hounsfield: bool
+) -> tuple[FloatArray, _Window]:
+    """Modality values -> [0, 1] with the requested window (policy in imaging.windows)."""
+    if request.kind == "spec" and request.spec is not None:
+        spec = request.spec
+        source = f"preset:{request.preset}" if request.preset else "request"
+        return _window(values, spec.center, spec.width, spec.function), (
+            spec.center,
+            spec.width,
+            source,
+            spec.function.lower(),
+        )
+    if request.kind == "auto":
+        return _percentile_window(values)
+    choices = _header_vois(ds, index)
+    if choices and request.kind == "header":
+        position = request.header_index
+        if position >= len(choices):
+            raise ImagingError(
+                f"Header window {position} was requested but the DICOM header has {len(choices)} VOI "
+                f"choice(s) (valid: 'header:0'..'header:{len(choices) - 1}')."
+            )
+        chosen = _apply_header_voi(values, *choices[position])
+        if chosen is None:
+            raise ImagingError(f"Header window {position} is unusable: its width is not positive.")
+        return chosen
+    for kind, value in choices:  # an unusable choice (zero width, ...) falls through to the next
+        chosen = _apply_header_voi(values, kind, value)
+        if chosen is not None:
+            return chosen
+    if in_hounsfield:
+        spec = list_window_presets()[DEFAULT_CT_PRESET]
+        return _window(values, spec.center, spec.width, spec.function), (
+            spec.center,
+            spec.width,
+            f"preset:{DEFAULT_CT_PRESET}",
+            spec.function.lower(),
+        )
+    return _percentile_window(values)
+
+
+def _apply_header_voi(values: FloatArray, kind: str, value: Any) -> tuple[FloatArray, _Window] | None:
+    if kind == "lut":
+        table, first_mapped = value
+        out = _apply_lut(values, table, first_mapped)
+        lo, hi = float(table.min()), float(table.max())
+        scaled = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+        return scaled, (None, None, "header", "lut")
+    center, width, function = value
+    least = 1.0 if function == "LINEAR" else 0.0
+    if width < least or width <= 0.0:
+        return None
+    return _window(values, center, width, function), (center, width, "header", function.lower())
+
+
+def _percentile_window(values: FloatArray) -> tuple[FloatArray, _Window]:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return np.zeros_like(values), (None, None, "percentile", "linear_exact")
-    lo, hi = (float(v) for v in np.percentile(finite, _PERCENTILES))
+    lo, hi = (float(v) for v in np.percentile(finite, PERCENTILES))
     if hi <= lo:
         lo, hi = float(finite.min()), float(finite.max())
     if hi <= lo:
@@ -346,6 +592,24 @@ def _float(ds: Dataset, keyword: str) -> float | None:
     return number if number is not None and math.isfinite(number) else None
 
 
+def _floats(ds: Dataset, keyword: str) -> list[float]:
+    """Every finite number of a (multi-valued) numeric element; unreadable values end the list."""
+    value = _safe(lambda: ds.get(keyword))
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    numbers: list[float] = []
+    for item in items:
+        try:
+            number = float(item)
+        except (TypeError, ValueError):
+            break
+        if not math.isfinite(number):
+            break
+        numbers.append(number)
+    return numbers
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
     value = _safe(lambda: _first(ds.get(keyword)))
     try:
@@ -384,7 +648,7 @@ def _metadata(
     frames: int,
     index: int,
     photometric: str,
-    window: tuple[float | None, float | None, str | None, str],
+    window: _Window,
 ) -> ImageMetadata:
     center, width, source, voi = window
     extra = {"voi": voi}

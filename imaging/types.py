@@ -52,7 +52,9 @@ class ImageMetadata:
     transfer_syntax_uid: str | None = None
     window_center: float | None = None
     window_width: float | None = None
-    window_source: str | None = None  # "header", "percentile", or None for non-DICOM
+    window_source: str | None = (
+        None  # "header", "preset:<name>", "request", "percentile"; None: colour/non-DICOM
+    )
     bits_stored: int | None = None
     view_position: str | None = None
     laterality: str | None = None
