@@ -81,7 +81,7 @@ def _preference(meta_ts: str | None, name: str) -> tuple[int, str]:
 def build_demo_archive(target: Path) -> list[Path]:
     """Copy the decodable, pixel-distinct demo images into target; returns the files written."""
     candidates = _pydicom_candidates() + _skimage_candidates(target.parent / "demo-source")
-    decoded: list[tuple[tuple[int, str], DemoFile, npt.NDArray[np.float32], tuple[int, int]]] = []
+    decoded: list[tuple[tuple[int, str], DemoFile, npt.NDArray[np.float32], tuple[int, int], str | None]] = []
     rejected = 0
     for candidate in candidates:
         try:
@@ -96,17 +96,23 @@ def build_demo_archive(target: Path) -> list[Path]:
                 candidate,
                 thumbnail_signature(image.pixels),
                 (meta.rows, meta.columns),
+                meta.sop_instance_uid,
             )
         )
     decoded.sort(key=lambda entry: entry[0])
     kept: list[tuple[DemoFile, npt.NDArray[np.float32], tuple[int, int]]] = []
-    for _, candidate, signature, shape in decoded:
-        duplicate = any(
+    kept_uids: set[str] = set()
+    for _, candidate, signature, shape, uid in decoded:
+        # pydicom's test files reuse some SOP Instance UIDs for different pictures; an archive must
+        # not (the ingest records such a file as a conflict), so only the preferred one is kept
+        duplicate = (uid is not None and uid in kept_uids) or any(
             shape == other_shape and float(np.mean(np.abs(signature - other))) < NEAR_DUPLICATE_MAD
             for _, other, other_shape in kept
         )
         if not duplicate:
             kept.append((candidate, signature, shape))
+            if uid is not None:
+                kept_uids.add(uid)
     written = []
     for candidate, _, _ in kept:
         destination = target / candidate.group / candidate.relative
@@ -115,7 +121,7 @@ def build_demo_archive(target: Path) -> list[Path]:
             shutil.copyfile(candidate.path, destination)
         written.append(destination)
     log.info(
-        "demo archive: %d candidates, %d not decodable here, %d near-duplicates dropped, %d kept in %s",
+        "demo archive: %d candidates, %d not decodable here, %d duplicates (pixels or SOP UID) dropped, %d kept in %s",
         len(candidates),
         rejected,
         len(decoded) - len(kept),
