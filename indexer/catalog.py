@@ -315,7 +315,7 @@ class Catalog:
                     .limit(batch)
                 ).all()
             if not rows:
-                return
+                break
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
             last = int(ids[-1])
