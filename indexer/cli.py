@@ -105,8 +105,13 @@ def index(
     workers: Annotated[
         int | None, typer.Option(help="Decode worker processes (0: decode in a thread) [default: cores - 1]")
     ] = None,
+    frames: Annotated[
+        str, typer.Option(help="Multi-frame policy: 'representative' (middle frame) or 'all' (every frame)")
+    ] = "representative",
 ) -> None:
     """Index every image under PATH; files already indexed are skipped, bad files are recorded."""
+    if frames not in ("representative", "all"):
+        raise _fail(f"--frames must be 'representative' or 'all', not {frames!r}")
     _setup_logging()
     from indexer.archive import Archive
     from indexer.manifest import ManifestColumns, load_manifest
@@ -128,7 +133,14 @@ def index(
             loaded = load_manifest(manifest, columns)
         archive = Archive.open(settings)
         try:
-            report = ingest_path(archive, path, loaded, progress=progress, workers=workers)
+            report = ingest_path(
+                archive,
+                path,
+                loaded,
+                progress=progress,
+                workers=workers,
+                frames=frames,  # type: ignore[arg-type]
+            )
         finally:
             archive.close()
     except (IndexerError, FileNotFoundError) as exc:

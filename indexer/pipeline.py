@@ -12,12 +12,21 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
 
 from embeddings import EmbeddingsError
-from imaging import DecodedImage, ImagingError, UnsupportedFormatError, load_image, pixel_digest, render_png
+from imaging import (
+    DecodedImage,
+    ImagingError,
+    UnsupportedFormatError,
+    iter_frames,
+    load_image,
+    pixel_digest,
+    render_png,
+)
 from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.errors import IndexerError
@@ -62,14 +71,30 @@ class _Pending:
     item: SourceItem
     sha256: str
     looks_like_image: bool
-    future: Future[tuple[DecodedImage, bytes, str] | BaseException]
+    future: Future[list[_Frame] | BaseException]
 
 
-def decode_for_ingest(data: bytes, max_pixels: int | None) -> tuple[DecodedImage, bytes, str] | BaseException:
-    """Worker-process job: decode, render the thumbnail and the pixel digest; errors are returned, not raised."""
+FramePolicy = Literal["representative", "all"]
+_Frame = tuple[DecodedImage, bytes, str]
+
+
+def decode_for_ingest(
+    data: bytes, max_pixels: int | None, frames: FramePolicy = "representative"
+) -> list[_Frame] | BaseException:
+    """Worker-process job: decode, render thumbnails and pixel digests; errors are returned, not raised.
+
+    Frame policy: "representative" embeds one frame per object (the middle one of a multi-frame
+    object); "all" embeds every frame, each stored with its frame number so a hit names the frame.
+    """
     try:
-        image = load_image(data, max_pixels=max_pixels)
-        return image, render_png(image.pixels, THUMBNAIL_SIDE), pixel_digest(image.pixels)
+        images = (
+            iter_frames(data, max_pixels=max_pixels)
+            if frames == "all"
+            else [load_image(data, max_pixels=max_pixels)]
+        )
+        return [
+            (image, render_png(image.pixels, THUMBNAIL_SIDE), pixel_digest(image.pixels)) for image in images
+        ]
     except ImagingError as exc:
         return exc
     except Exception as exc:  # a decoder bug must not abort a bulk run: it is recorded and the run goes on
@@ -89,6 +114,11 @@ def case_key_for(decoded: _Decoded, info: CaseInfo | None) -> str:
     if info is None and decoded.image.metadata.study_instance_uid:
         return f"study:{decoded.image.metadata.study_instance_uid}"
     return f"file:{decoded.sha256[:24]}"
+
+
+def _thumbnail_name(decoded: _Decoded) -> str:
+    """Thumbnail path under the data folder, from the content hash and frame (never from DICOM text)."""
+    return f"{decoded.sha256[:2]}/{decoded.sha256}-f{decoded.image.metadata.frame_index}.png"
 
 
 class SopInstanceConflictError(IndexerError):
@@ -124,12 +154,14 @@ class Ingestor:
         manifest: Manifest | None = None,
         workers: int | None = None,
         max_pixels: int | None = None,
+        frames: FramePolicy = "representative",
     ) -> None:
         self.archive = archive
         self.manifest = manifest
         self.workers = default_decode_workers() if workers is None else workers
         self.batch_size = max(1, archive.settings.batch_size)
         self.max_pixels = max_pixels
+        self.frames = frames
 
     def run(
         self, items: Iterable[SourceItem], *, total: int | None = None, progress: bool = True
@@ -187,7 +219,7 @@ class Ingestor:
                 report.already_indexed += 1
                 continue
             stored.add(sha)  # a second copy in this run is a duplicate of the first
-            future = pool.submit(decode_for_ingest, data, self.max_pixels)
+            future = pool.submit(decode_for_ingest, data, self.max_pixels, self.frames)
             submitted.append(_Pending(item, sha, looks_like_image(data[:132]), future))
         return submitted
 
@@ -204,8 +236,10 @@ class Ingestor:
                     report.failed += 1
                     self.archive.catalog.record_failure(job.item.uri, result, job.sha256)
                 continue
-            image, thumbnail, digest = result
-            decoded.append(_Decoded(job.item, job.sha256, image, thumbnail, digest))
+            decoded.extend(
+                _Decoded(job.item, job.sha256, image, thumbnail, digest)
+                for image, thumbnail, digest in result
+            )
         fresh = self._drop_sop_duplicates(decoded, report)
         if not fresh:
             return 0
@@ -261,7 +295,7 @@ class Ingestor:
         archive = self.archive
         thumb_dir = archive.settings.thumbnail_dir
         for d in fresh:
-            path = thumb_dir / d.sha256[:2] / f"{d.sha256}.png"
+            path = thumb_dir / _thumbnail_name(d)
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
@@ -307,7 +341,7 @@ class Ingestor:
                     frame_index=meta.frame_index,
                     window_center=meta.window_center,
                     window_width=meta.window_width,
-                    thumbnail_path=f"{d.sha256[:2]}/{d.sha256}.png",
+                    thumbnail_path=_thumbnail_name(d),
                     encoder=archive.encoder.name,
                     embedding=np.asarray(vector, dtype=np.float32).tobytes(),
                 )
@@ -324,7 +358,9 @@ def ingest_path(
     *,
     progress: bool = True,
     workers: int | None = None,
+    frames: FramePolicy = "representative",
 ) -> IngestReport:
     """Index every file under root: a folder, a zip or tar archive, or one file."""
     total = count_items(root)
-    return Ingestor(archive, manifest, workers=workers).run(iter_source(root), total=total, progress=progress)
+    ingestor = Ingestor(archive, manifest, workers=workers, frames=frames)
+    return ingestor.run(iter_source(root), total=total, progress=progress)

@@ -180,3 +180,69 @@ def test_same_sop_uid_same_pixels_is_a_duplicate_and_different_pixels_a_recorded
     assert Path(failure.source_uri).name == "c.dcm"
     assert failure.error_type == "SopInstanceConflictError" and "different pixels" in failure.reason
     archive.close()
+
+
+def test_frame_policies_for_a_multi_frame_object(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copyfile(dicom_testfile("emri_small.dcm"), folder / "emri.dcm")  # 10 frames
+    one = _open(tmp_path / "one")
+    assert ingest_path(one, folder, progress=False, workers=0).indexed == 1
+    (row,) = one.catalog.images_by_ids([int(i) for i in one.index.ids()]).values()
+    assert row.frame_index == 5 and row.frames == 10
+    one.close()
+
+    every = _open(tmp_path / "all")
+    assert ingest_path(every, folder, progress=False, workers=1, frames="all").indexed == 10
+    rows = every.catalog.images_by_ids([int(i) for i in every.index.ids()]).values()
+    assert sorted(r.frame_index for r in rows) == list(range(10))
+    assert len({r.thumbnail_path for r in rows}) == 10 and len({r.case_id for r in rows}) == 1
+    for r in rows:
+        assert (every.settings.thumbnail_dir / str(r.thumbnail_path)).is_file()
+    assert ingest_path(every, folder, progress=False, workers=0, frames="all").indexed == 0
+    every.close()
+
+
+def test_hostile_header_text_is_stored_as_text_and_never_becomes_a_path(tmp_path: Path) -> None:
+    import pydicom
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds = pydicom.dcmread(dicom_testfile("CT_small.dcm"))
+    mode = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        ds.SOPInstanceUID = "../../x"
+        ds.StudyInstanceUID = "../../../etc/passwd"
+        ds.StudyDescription = "<script>alert(1)</script>"
+        ds.save_as(folder / "evil.dcm")
+    finally:
+        pydicom.config.settings.writing_validation_mode = mode
+    data = tmp_path / "data"
+    archive = _open(data)
+    assert ingest_path(archive, folder, progress=False, workers=0).indexed == 1
+    (row,) = archive.catalog.images_by_ids([int(i) for i in archive.index.ids()]).values()
+    assert row.sop_instance_uid == "../../x" and row.study_description == "<script>alert(1)</script>"
+    assert row.case.case_key == "study:../../../etc/passwd"
+    assert ".." not in str(row.thumbnail_path) and str(row.thumbnail_path).startswith(row.sha256[:2])
+    written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*")}
+    assert written == {"in", "data"}  # nothing escaped the data folder
+    archive.close()
+
+
+def test_truncation_sweep_never_aborts_the_run(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    data = dicom_testfile("MR_small.dcm").read_bytes()
+    for cut in range(0, len(data), len(data) // 40):
+        (folder / f"cut_{cut:06d}.dcm").write_bytes(data[:cut])
+    archive = _open(tmp_path / "data")
+    report = ingest_path(archive, folder, progress=False, workers=1)
+    assert report.seen == len(list(folder.iterdir()))
+    assert report.indexed + report.failed + report.already_indexed == report.seen
+    assert report.failed >= 35  # nearly every cut is refused with a recorded reason
+    assert {f.error_type for f in archive.catalog.failures(1000)} <= {
+        "CorruptImageError",
+        "UnsupportedFormatError",
+    }
+    archive.close()
