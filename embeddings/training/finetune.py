@@ -64,6 +64,7 @@ class FinetuneConfig:
     loss: str = "proxy_nca"
     temperature: float = 0.1
     seed: int = 0
+    val_database: int = 2000
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -222,10 +223,11 @@ def finetune_encoder(
 ) -> FinetuneOutcome:
     """Train `encoder`'s last stages on images[train] and keep the epoch with the best val score.
 
-    `score` is given (database = train vectors, queries = val vectors) after every epoch and before
-    the first (the baseline); images[val] must hold other patients than images[train]. The encoder's
-    model is changed in place and returned; `vectors_before/after` cover every image at the
-    training input size, so held-out images can be scored without re-running the frozen trunk.
+    `score` is given (database = train vectors, at most `config.val_database` of them, queries = val
+    vectors) after every epoch and before the first (the baseline); images[val] must hold other
+    patients than images[train]. The encoder's model is changed in place and returned;
+    `vectors_before/after` cover every image at the training input size, so held-out images can be
+    scored without re-running the frozen trunk.
     """
     config = config or FinetuneConfig()
     started = time.perf_counter()
@@ -240,8 +242,19 @@ def finetune_encoder(
     features = load_or_compute_trunk(split, encoder, images, cache_path=trunk_cache, progress=progress)
     device = encoder.device
 
+    # Validation ranks val queries against at most `val_database` training images (a fixed sample),
+    # so that an epoch's check costs little next to its training steps on a CPU.
+    reference = np.sort(rng.choice(train, size=min(len(train), config.val_database), replace=False))
+    checked = np.concatenate([reference, val])
+
+    def validate() -> float:
+        vectors = _embed_head(split, features[torch.from_numpy(checked)], device)
+        return score(
+            vectors[: len(reference)], label_array[reference], vectors[len(reference) :], label_array[val]
+        )
+
     vectors_before = _embed_head(split, features, device)
-    baseline = score(vectors_before[train], label_array[train], vectors_before[val], label_array[val])
+    baseline = validate()
     history: list[dict[str, float]] = [{"epoch": 0.0, "loss": math.nan, "val_score": baseline}]
     best_score, best_epoch = baseline, 0
     best_state = copy.deepcopy(model.state_dict())
@@ -287,8 +300,7 @@ def finetune_encoder(
                 optimizer.step()
                 scheduler.step()
                 losses.append(float(loss.detach()))
-            vectors = _embed_head(split, features, device)
-            value = score(vectors[train], label_array[train], vectors[val], label_array[val])
+            value = validate()
             mean_loss = float(np.mean(losses)) if losses else math.nan
             history.append({"epoch": float(epoch), "loss": mean_loss, "val_score": value})
             log.info("fine-tune epoch %d: loss %.4f, val score %.4f", epoch, mean_loss, value)

@@ -238,8 +238,10 @@ def load_manifest_dataset(root: Path, manifest: Path, spec: ManifestSpec) -> Lab
     if not paths:
         raise DatasetError(f"no manifest row of {manifest} names an existing labeled file under {root}")
     labels, classes = _encode_labels(names)
+    # The manifest's folder names a dataset better than a generic image folder ("images").
+    name = root.name if manifest.resolve().parent == root else manifest.resolve().parent.name
     return LabeledDataset(
-        name=root.name,
+        name=name,
         labels=labels,
         class_names=classes,
         content_keys=keys,
