@@ -1,4 +1,4 @@
-"""The SQLAlchemy catalog: cases, diagnoses, images with their embeddings, and ingest failures."""
+"""The SQLAlchemy catalog: cases, diagnoses, images with their embeddings, ingest failures, users and audit."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import (
+    DDL,
     ForeignKey,
     Index,
     LargeBinary,
@@ -165,6 +166,81 @@ class IngestFailure(Base):
     error_type: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+class User(Base):
+    """A person or service account of the API; passwords are stored only as argon2 hashes."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(32))
+    disabled: Mapped[bool] = mapped_column(default=False)
+    service: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+class ApiKey(Base):
+    """A service account's API key, stored as the sha256 of the key (the key is shown once)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    revoked: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+class AuditEvent(Base):
+    """One audited action (allowed or denied): append-only, never updated or deleted."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=_utcnow, index=True)
+    username: Mapped[str | None] = mapped_column(String(64), index=True)
+    role: Mapped[str | None] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    object: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))
+    status: Mapped[int | None]
+    client: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class CaseEdit(Base):
+    """One change to a case's report or diagnosis (or a confirmed/corrected prediction), kept after deletion."""
+
+    __tablename__ = "case_edits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(index=True)
+    at: Mapped[datetime] = mapped_column(default=_utcnow)
+    username: Mapped[str | None] = mapped_column(String(64))
+    field: Mapped[str] = mapped_column(String(32))
+    old_value: Mapped[str | None] = mapped_column(Text)
+    new_value: Mapped[str | None] = mapped_column(Text)
+
+
+@event.listens_for(AuditEvent, "before_update")
+@event.listens_for(AuditEvent, "before_delete")
+def _audit_is_append_only(_mapper: object, _connection: object, _target: object) -> None:
+    raise PermissionError("audit rows are append-only: they are never updated or deleted")
+
+
+# The database refuses too (SQLite; the migration adds the same triggers).
+AUDIT_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END",
+)
+for _trigger in AUDIT_TRIGGERS:
+    event.listen(AuditEvent.__table__, "after_create", DDL(_trigger).execute_if(dialect="sqlite"))
 
 
 @dataclass(frozen=True)
