@@ -547,6 +547,9 @@ def finetune(
     ignore_label: Annotated[list[str] | None, typer.Option(help="Label values meaning 'unlabeled'")] = None,
     dedupe: Annotated[bool, typer.Option(help="Drop byte-identical images (keeping the train copy)")] = False,
     min_class_count: Annotated[int, typer.Option(help="Leave out classes with fewer images")] = 1,
+    max_images: Annotated[
+        int | None, typer.Option(help="Use a fixed random subsample of this many images (CPU budgets)")
+    ] = None,
     loss: Annotated[str, typer.Option(help="proxy_nca or supcon")] = "proxy_nca",
     epochs: Annotated[int, typer.Option(help="Training epochs (the best on validation is kept)")] = 10,
     image_size: Annotated[int, typer.Option(help="Training input size in px (small is fast on CPU)")] = 128,
@@ -595,6 +598,7 @@ def finetune(
         seed=seed,
         dedupe=dedupe,
         min_class_count=min_class_count,
+        max_images=max_images,
         device=settings.device,
     )
     try:

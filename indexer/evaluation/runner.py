@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from embeddings import ImageEncoder, create_encoder
 from indexer.evaluation.datasets import (
     LabeledDataset,
@@ -42,6 +44,7 @@ class EvaluationConfig:
     val_fraction: float = 0.1
     dedupe: bool = False
     min_class_count: int = 1
+    max_images: int | None = None
     cache_dir: Path | None = None
     device: str | None = None
     batch_size: int = 32
@@ -54,7 +57,13 @@ def prepare_dataset(config: EvaluationConfig) -> LabeledDataset:
         before = len(dataset)
         dataset = drop_exact_duplicates(dataset)
         log.info("de-duplicated %s: %d -> %d images", dataset.name, before, len(dataset))
-    return drop_rare_classes(dataset, config.min_class_count)
+    dataset = drop_rare_classes(dataset, config.min_class_count)
+    if config.max_images is not None and len(dataset) > config.max_images:
+        # A fixed subsample (seed 0, whatever --seed says), so that runs of several seeds share it.
+        chosen = np.random.default_rng(0).choice(len(dataset), size=config.max_images, replace=False)
+        dataset = dataset.subset(np.sort(chosen))
+        log.info("subsampled %s to %d images", dataset.name, len(dataset))
+    return dataset
 
 
 def build_encoder(config: EvaluationConfig) -> ImageEncoder:
