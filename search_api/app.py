@@ -1,14 +1,22 @@
-"""The FastAPI application: lifespan loads the archive once; routes map errors to clear 4xx answers."""
+"""The FastAPI application: lifespan loads the archive once; routes map errors to clear 4xx answers.
+
+Every route is classified in search_api.security.ROUTE_POLICY (who may call it, what it audits).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from starlette.concurrency import run_in_threadpool
 
 from imaging import (
@@ -18,21 +26,42 @@ from imaging import (
     MissingCodecError,
     UnsupportedFormatError,
 )
+from indexer.accounts import (
+    AccountError,
+    audit_records,
+    authenticate,
+    create_user,
+    list_accounts,
+    set_disabled,
+    set_role,
+)
 from indexer.archive import Archive
+from indexer.pseudonym import load_or_create_key
 from indexer.settings import IndexerSettings
+from search_api.case_manager import CaseIngestError, CaseManager, DuplicateImageError
 from search_api.schemas import (
     CT_WINDOW_PRESETS,
+    AuditEventOut,
+    AuditPage,
+    CaseEditOut,
     CaseList,
     CaseOut,
+    CaseUpdate,
     DisplayWindow,
     ErrorOut,
     FilterOptions,
     GroupBy,
     HealthOut,
+    MeOut,
     SearchFilters,
     SearchResponse,
+    TokenOut,
+    UserCreate,
+    UserOut,
+    UserUpdate,
 )
 from search_api.searcher import InvalidWindowError, NotFoundError, Searcher
+from search_api.security import LoginLimiter, Principal, SecurityMiddleware, is_loopback, issue_token
 from search_api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -41,6 +70,8 @@ CT_PRESET_NAMES = list(CT_WINDOW_PRESETS)
 _GROUPINGS: dict[str, GroupBy] = {"study": "study", "series": "series"}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut},
+    403: {"model": ErrorOut},
     404: {"model": ErrorOut},
     413: {"model": ErrorOut},
     415: {"model": ErrorOut},
@@ -70,8 +101,38 @@ def get_api_settings(request: Request) -> ApiSettings:
     return settings
 
 
+# Declared for the OpenAPI document (how to authenticate); SecurityMiddleware does the checking.
+_bearer = OAuth2PasswordBearer(tokenUrl="token", auto_error=False)
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def get_principal(
+    request: Request,
+    _token: Annotated[str | None, Depends(_bearer)] = None,
+    _key: Annotated[str | None, Depends(_api_key)] = None,
+) -> Principal:
+    """The caller SecurityMiddleware authenticated for this request."""
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
+    if principal is None:
+        raise HTTPException(401, "sign in first: POST /token", headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+def get_case_manager(request: Request) -> CaseManager:
+    """The case manager the lifespan built."""
+    manager: CaseManager = request.app.state.case_manager
+    return manager
+
+
+def set_audit_object(request: Request, value: str) -> None:
+    """Name what a request touched (e.g. the cases a search showed) in its audit row."""
+    request.state.audit_object = value[:4000]
+
+
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 ApiSettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+CaseManagerDep = Annotated[CaseManager, Depends(get_case_manager)]
 _PNG = {200: {"content": {"image/png": {}}}, **_ERRORS}
 
 
@@ -142,18 +203,78 @@ async def _read_upload(upload: UploadFile, limit: int) -> bytes:
     return data
 
 
+def redact(response: SearchResponse, principal: Principal) -> SearchResponse:
+    """Object-level view of a search answer: only admins see where archived files live (paths can
+    carry names); everyone sees the pseudonymous patient reference, never a patient id."""
+    if principal.is_admin:
+        return response
+    hits = [h.model_copy(update={"source_uri": f"image:{h.image_id}"}) for h in response.hits]
+    return response.model_copy(update={"hits": hits})
+
+
+def redact_case(case: CaseOut, principal: Principal) -> CaseOut:
+    """The same view of a case as of a search hit."""
+    if principal.is_admin:
+        return case
+    images = [i.model_copy(update={"source_uri": f"image:{i.image_id}"}) for i in case.images]
+    return case.model_copy(update={"images": images})
+
+
+def utc_iso(moment: datetime) -> str:
+    """ISO 8601 in UTC; stored times are UTC (SQLite drops the zone)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def split_label_field(value: str | None) -> list[str]:
+    """Diagnosis labels sent as one form field, separated by ';' or '|'."""
+    return [part for part in re.split(r"[;|]", value or "") if part.strip()]
+
+
+def check_can_start(settings: ApiSettings, archive: Archive) -> None:
+    """Refuse to serve beyond loopback without authentication: no dev mode, and at least one admin."""
+    if is_loopback(settings.host):
+        if settings.auth_disabled:
+            log.warning(
+                "AUTHENTICATION DISABLED (MEDCBIR_API_AUTH_DISABLED): development mode, loopback only"
+            )
+        return
+    if settings.auth_disabled:
+        raise RuntimeError(
+            f"refusing to serve on {settings.host} with MEDCBIR_API_AUTH_DISABLED set: development mode "
+            "is for 127.0.0.1 only; unset it and create users with `medcbir users create`"
+        )
+    if not any(a.role == "admin" and not a.disabled for a in list_accounts(archive.catalog)):
+        raise RuntimeError(
+            f"refusing to serve on {settings.host} with no user accounts: create the first admin with "
+            "`medcbir users create --admin --username NAME` first"
+        )
+
+
 def create_app(
     settings: IndexerSettings | None = None,
     api_settings: ApiSettings | None = None,
     archive: Archive | None = None,
 ) -> FastAPI:
     """Build the app; the archive (catalog, encoder, index) is opened once, at startup."""
+    limits = api_settings or ApiSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = archive if archive is not None else Archive.open(settings or IndexerSettings())
-        app.state.api_settings = api_settings or ApiSettings()
-        app.state.searcher = Searcher(opened, max_pixels=app.state.api_settings.max_pixels)
+        try:
+            check_can_start(limits, opened)
+            app.state.api_settings = limits
+            app.state.searcher = Searcher(opened, max_pixels=limits.max_pixels)
+            app.state.case_manager = CaseManager(opened, app.state.searcher.index_lock, limits.max_pixels)
+            secret = limits.jwt_secret.get_secret_value().encode() if limits.jwt_secret else None
+            if secret is not None and len(secret) < 32:
+                raise RuntimeError("MEDCBIR_API_JWT_SECRET must be at least 32 characters")
+            app.state.jwt_secret = secret or load_or_create_key(opened.settings.data_dir / "jwt.key")
+            app.state.login_limiter = LoginLimiter(limits.login_attempts_per_minute)
+        except BaseException:
+            if archive is None:
+                opened.close()
+            raise
         log.info("search API ready: %d vectors, encoder %s", len(opened.index), opened.encoder.name)
         try:
             yield
@@ -164,9 +285,19 @@ def create_app(
     app = FastAPI(
         title="medcbir search API",
         version="0.1.0",
-        description="Content-based medical image retrieval: send an image, get the most similar past cases.",
+        description="Content-based medical image retrieval: send an image, get the most similar past cases. "
+        "Sign in with POST /token (OAuth2 password flow) and send `Authorization: Bearer <token>`; "
+        "service accounts send `X-API-Key`.",
         lifespan=lifespan,
     )
+    app.add_middleware(SecurityMiddleware, fastapi_app=app)
+    if limits.cors_origins:  # closed unless origins are named
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=limits.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
 
     @app.exception_handler(ImagingError)
     async def imaging_error(_request: Request, exc: ImagingError) -> JSONResponse:
@@ -176,6 +307,10 @@ def create_app(
     async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 
+    @app.exception_handler(AccountError)
+    async def account_error(_request: Request, exc: AccountError) -> JSONResponse:
+        return JSONResponse(status_code=409 if "already" in str(exc) else 422, content={"detail": str(exc)})
+
     @app.get("/health", response_model=HealthOut)
     def health(searcher: SearcherDep) -> HealthOut:
         return searcher.health()
@@ -184,8 +319,41 @@ def create_app(
     async def invalid_window(_request: Request, exc: InvalidWindowError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
+    @app.post(
+        "/token", response_model=TokenOut, responses={401: {"model": ErrorOut}, 429: {"model": ErrorOut}}
+    )
+    async def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenOut:
+        """OAuth2 password flow: form fields username and password; answers a signed, expiring JWT."""
+        client = request.client.host if request.client else "unknown"
+        request.state.audit_username = form.username[:64]
+        wait = request.app.state.login_limiter.allow(client, form.username)
+        if wait is not None:
+            raise HTTPException(
+                429, "too many sign-in attempts; wait a minute", headers={"Retry-After": str(math.ceil(wait))}
+            )
+        catalog = request.app.state.searcher.archive.catalog
+        account = await run_in_threadpool(authenticate, catalog, form.username, form.password)
+        if account is None:
+            raise HTTPException(401, "wrong username or password", headers={"WWW-Authenticate": "Bearer"})
+        request.state.audit_role = account.role
+        minutes = request.app.state.api_settings.token_minutes
+        token = issue_token(request.app.state.jwt_secret, account, minutes)
+        return TokenOut(
+            access_token=token,
+            expires_in=minutes * 60,
+            username=account.username,
+            role=account.role,  # type: ignore[arg-type]
+        )
+
+    @app.get("/me", response_model=MeOut, responses=_ERRORS)
+    def me(principal: PrincipalDep) -> MeOut:
+        """Who the credentials belong to."""
+        return MeOut(username=principal.username, role=principal.role, auth=principal.auth)  # type: ignore[arg-type]
+
     @app.post("/search", response_model=SearchResponse, responses=_ERRORS)
     async def search(
+        request: Request,
+        principal: PrincipalDep,
         searcher: SearcherDep,
         limits: ApiSettingsDep,
         filters: SearchFiltersDep,
@@ -198,13 +366,17 @@ def create_app(
     ) -> SearchResponse:
         window = _window_or_none(window_center, window_width)
         data = await _read_upload(file, limits.max_upload_bytes)
-        return await run_in_threadpool(
+        result = await run_in_threadpool(
             lambda: searcher.search(data, filters=filters, window=window, window_preset=preset or None)
         )
+        set_audit_object(request, "cases:" + ",".join(str(h.case_id) for h in result.hits))
+        return redact(result, principal)
 
     @app.post("/search/by-image/{image_id}", response_model=SearchResponse, responses=_ERRORS)
     async def search_by_image(
+        request: Request,
         image_id: int,
+        principal: PrincipalDep,
         searcher: SearcherDep,
         filters: SearchFiltersDep,
         window_center: CenterForm = None,
@@ -212,7 +384,10 @@ def create_app(
     ) -> SearchResponse:
         """Search with an archived image's stored embedding (no re-encoding); the image itself is left out."""
         window = _window_or_none(window_center, window_width)
-        return await run_in_threadpool(searcher.search_by_image, image_id, filters, window)
+        result = await run_in_threadpool(searcher.search_by_image, image_id, filters, window)
+        shown = ",".join(str(h.case_id) for h in result.hits)
+        set_audit_object(request, f"image:{image_id} cases:{shown}")
+        return redact(result, principal)
 
     @app.post("/render", responses=_PNG, response_class=Response)
     async def render(
@@ -244,23 +419,89 @@ def create_app(
         png = searcher.render_image(image_id, window_center, window_width, preset or None, max_side)
         return Response(content=png, media_type="image/png")
 
-    @app.get("/cases", response_model=CaseList)
+    @app.get("/cases", response_model=CaseList, responses=_ERRORS)
     def list_cases(
         searcher: SearcherDep,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     ) -> CaseList:
         """The archive's cases, a page at a time, to pick a query from."""
         return searcher.cases(limit=limit, offset=offset)
 
-    @app.get("/filters", response_model=FilterOptions)
+    @app.post(
+        "/cases", response_model=CaseOut, status_code=201, responses={**_ERRORS, 409: {"model": ErrorOut}}
+    )
+    async def add_case(
+        request: Request,
+        principal: PrincipalDep,
+        searcher: SearcherDep,
+        manager: CaseManagerDep,
+        limits: ApiSettingsDep,
+        files: Annotated[list[UploadFile], File(description="The case's images: DICOM, PNG or JPEG")],
+        report: Annotated[str | None, Form(max_length=100_000, description="The report text")] = None,
+        diagnosis: Annotated[
+            str | None, Form(max_length=5000, description="Diagnosis labels, separated by ';' or '|'")
+        ] = None,
+        predicted_label: Annotated[
+            str | None,
+            Form(
+                max_length=256,
+                description="The label the search predicted (recorded as confirmed or corrected)",
+            ),
+        ] = None,
+    ) -> CaseOut:
+        """Add a case (images + report + diagnosis); it is searchable when this answers. Saving a search's
+        query as a new case is this call with the query image and the confirmed or corrected label."""
+        if not files or len(files) > limits.max_case_images:
+            raise HTTPException(422, f"send 1 to {limits.max_case_images} images")
+        uploads = [await _read_upload(f, limits.max_upload_bytes) for f in files]
+        try:
+            case_id = await run_in_threadpool(
+                manager.add_case,
+                uploads,
+                report,
+                split_label_field(diagnosis),
+                principal.username,
+                (predicted_label or "").strip() or None,
+            )
+        except DuplicateImageError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        except CaseIngestError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        set_audit_object(request, f"case:{case_id}")
+        return redact_case(searcher.case(case_id), principal)
+
+    @app.get("/filters", response_model=FilterOptions, responses=_ERRORS)
     def filters(searcher: SearcherDep) -> FilterOptions:
         """The modalities, body parts and diagnosis labels the archive holds, and the CT window presets."""
         return searcher.filter_options()
 
     @app.get("/cases/{case_id}", response_model=CaseOut, responses=_ERRORS)
-    def get_case(case_id: int, searcher: SearcherDep) -> CaseOut:
-        return searcher.case(case_id)
+    def get_case(case_id: int, searcher: SearcherDep, principal: PrincipalDep) -> CaseOut:
+        return redact_case(searcher.case(case_id), principal)
+
+    @app.patch("/cases/{case_id}", response_model=CaseOut, responses=_ERRORS)
+    def edit_case(
+        case_id: int,
+        update: Annotated[CaseUpdate, Body()],
+        searcher: SearcherDep,
+        manager: CaseManagerDep,
+        principal: PrincipalDep,
+    ) -> CaseOut:
+        """Change a case's report and/or diagnosis labels (a corrected diagnosis); kept in its history."""
+        manager.edit_case(case_id, update, principal.username)
+        return redact_case(searcher.case(case_id), principal)
+
+    @app.get("/cases/{case_id}/history", response_model=list[CaseEditOut], responses=_ERRORS)
+    def case_history(case_id: int, manager: CaseManagerDep) -> list[CaseEditOut]:
+        """Who changed what in a case, and when (UTC)."""
+        return manager.history(case_id)
+
+    @app.delete("/cases/{case_id}", status_code=204, response_class=Response, responses=_ERRORS)
+    def delete_case(case_id: int, manager: CaseManagerDep, principal: PrincipalDep) -> Response:
+        """Delete a case: its rows, its vectors (they leave the index at once), thumbnails and uploads."""
+        manager.delete_case(case_id, principal.username)
+        return Response(status_code=204)
 
     @app.get(
         "/images/{image_id}/thumbnail",
@@ -269,5 +510,82 @@ def create_app(
     )
     def thumbnail(image_id: int, searcher: SearcherDep) -> Response:
         return Response(content=searcher.thumbnail(image_id), media_type="image/png")
+
+    # -- administration -------------------------------------------------------------------------
+
+    def _catalog(request: Request) -> Any:
+        return request.app.state.searcher.archive.catalog
+
+    @app.get("/users", response_model=list[UserOut], responses=_ERRORS)
+    def list_users(request: Request) -> list[UserOut]:
+        """Every account (admin)."""
+        return [
+            UserOut(username=a.username, role=a.role, disabled=a.disabled, service=a.service)  # type: ignore[arg-type]
+            for a in list_accounts(_catalog(request))
+        ]
+
+    @app.post(
+        "/users",
+        name="create_user",
+        response_model=UserOut,
+        status_code=201,
+        responses={**_ERRORS, 409: {"model": ErrorOut}},
+    )
+    def create_user_route(request: Request, user: Annotated[UserCreate, Body()]) -> UserOut:
+        """Create a person account (admin)."""
+        request.state.audit_object = f"user:{user.username}"
+        account = create_user(_catalog(request), user.username, user.password, user.role)
+        return UserOut(username=account.username, role=account.role, disabled=account.disabled, service=False)  # type: ignore[arg-type]
+
+    @app.patch("/users/{username}", response_model=UserOut, responses={**_ERRORS, 409: {"model": ErrorOut}})
+    def update_user(request: Request, username: str, update: Annotated[UserUpdate, Body()]) -> UserOut:
+        """Disable, enable or change the role of an account (admin)."""
+        catalog = _catalog(request)
+        account = None
+        if update.role is not None:
+            account = set_role(catalog, username, update.role)
+        if update.disabled is not None:
+            account = set_disabled(catalog, username, update.disabled)
+        if account is None:
+            raise HTTPException(422, "send role and/or disabled")
+        return UserOut(
+            username=account.username,
+            role=account.role,  # type: ignore[arg-type]
+            disabled=account.disabled,
+            service=account.service,
+        )
+
+    @app.get("/audit", response_model=AuditPage, responses=_ERRORS)
+    def read_audit(
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+        username: Annotated[str | None, Query(max_length=64)] = None,
+        action: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> AuditPage:
+        """The audit trail, newest first (admin)."""
+        total, rows = audit_records(
+            _catalog(request), limit=limit, offset=offset, username=username or None, action=action or None
+        )
+        return AuditPage(
+            total=total,
+            offset=offset,
+            limit=limit,
+            events=[
+                AuditEventOut(
+                    id=r.id,
+                    at=utc_iso(r.at),
+                    username=r.username,
+                    role=r.role,
+                    action=r.action,
+                    object=r.object,
+                    outcome=r.outcome,
+                    status=r.status,
+                    client=r.client,
+                    request_id=r.request_id,
+                )
+                for r in rows
+            ],
+        )
 
     return app

@@ -215,3 +215,91 @@ class ErrorOut(BaseModel):
     """Every 4xx/5xx body: what went wrong and what to do."""
 
     detail: str
+
+
+# -- accounts, case management and audit -----------------------------------------------------------
+
+Role = Literal["radiologist", "admin"]
+
+
+class TokenOut(BaseModel):
+    """An OAuth2 bearer token (a signed JWT) and who it is for."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="Seconds until the token expires")
+    username: str
+    role: Role
+
+
+class MeOut(BaseModel):
+    """The caller: who they are and what their role lets them do."""
+
+    username: str
+    role: Role
+    auth: Literal["token", "api_key", "dev"]
+
+
+class UserOut(BaseModel):
+    """A user account (never its password hash)."""
+
+    username: str
+    role: Role
+    disabled: bool
+    service: bool
+
+
+class UserCreate(BaseModel):
+    """A new person account; the admin chooses the first password, the user should change it."""
+
+    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+    password: str = Field(min_length=12, max_length=1024)
+    role: Role = "radiologist"
+
+
+class UserUpdate(BaseModel):
+    """Change a user's role or status; fields left out stay as they are."""
+
+    role: Role | None = None
+    disabled: bool | None = None
+
+
+class CaseUpdate(BaseModel):
+    """New report text and/or diagnosis labels of a case; fields left out stay as they are."""
+
+    report: str | None = Field(default=None, max_length=100_000)
+    diagnosis: list[str] | None = Field(default=None, max_length=50)
+
+
+class CaseEditOut(BaseModel):
+    """One recorded change of a case."""
+
+    at: str = Field(description="UTC time, ISO 8601")
+    username: str | None
+    field: str
+    old_value: str | None
+    new_value: str | None
+
+
+class AuditEventOut(BaseModel):
+    """One audit row."""
+
+    id: int
+    at: str = Field(description="UTC time, ISO 8601")
+    username: str | None
+    role: str | None
+    action: str
+    object: str | None
+    outcome: str
+    status: int | None
+    client: str | None
+    request_id: str | None
+
+
+class AuditPage(BaseModel):
+    """A page of the audit trail, newest first."""
+
+    total: int
+    offset: int
+    limit: int
+    events: list[AuditEventOut] = Field(default_factory=list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -184,6 +185,8 @@ class Searcher:
     def __init__(self, archive: Archive, max_pixels: int | None = None) -> None:
         self.archive = archive
         self.max_pixels = max_pixels
+        # Case additions and deletions change the index while searches read it: one lock for both.
+        self.index_lock = threading.RLock()
 
     def search(
         self,
@@ -341,7 +344,8 @@ class Searcher:
         extra = 1 if exclude_id is not None and allowed is None else 0
         fetch = min(filters.k + extra, max(pool, 1))
         while True:
-            result = self.archive.index.search(vector[None, :], fetch, allowed_ids=allowed)[0]
+            with self.index_lock:
+                result = self.archive.index.search(vector[None, :], fetch, allowed_ids=allowed)[0]
             rows = catalog.images_by_ids([int(i) for i in result.ids])
             hits: list[Hit] = []
             seen: set[str] = set()

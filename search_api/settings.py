@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ApiSettings(BaseSettings):
-    """Limits and bind address of the HTTP API."""
+    """Limits, bind address and security of the HTTP API.
+
+    Authentication is always on. `auth_disabled` (MEDCBIR_API_AUTH_DISABLED=1) is a development mode
+    that treats every request as an admin named "dev"; it is honoured only for requests that arrive
+    on a loopback address from a loopback client, and the server refuses to start with it on any
+    other bind address.
+    """
 
     model_config = SettingsConfigDict(env_prefix="MEDCBIR_API_", extra="ignore")
 
@@ -15,3 +22,9 @@ class ApiSettings(BaseSettings):
     max_upload_bytes: int = 256 * 1024 * 1024
     max_pixels: int = 100_000_000
     max_k: int = 100
+    jwt_secret: SecretStr | None = None  # default: a random key kept in the data folder (jwt.key)
+    token_minutes: int = 30
+    auth_disabled: bool = False
+    login_attempts_per_minute: int = 10
+    cors_origins: list[str] = []  # closed by default: no cross-origin browser access
+    max_case_images: int = 20

@@ -1,0 +1,301 @@
+"""Accounts and accountability in the catalog: users (argon2 hashes), service API keys, audit rows, case edits."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from indexer.catalog import ApiKey, AuditEvent, CaseEdit, Catalog, User
+from indexer.errors import IndexerError
+
+ROLES = ("radiologist", "admin")
+MIN_PASSWORD_LENGTH = 12
+API_KEY_PREFIX = "mcb_"
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
+# Verified against when the user does not exist, so a wrong username costs as long as a wrong password.
+_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+class AccountError(IndexerError):
+    """A user operation that cannot be done (unknown user, bad role, weak password, name taken)."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user as the rest of the system sees it (no hash)."""
+
+    id: int
+    username: str
+    role: str
+    disabled: bool
+    service: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> Account:
+        return cls(user.id, user.username, user.role, user.disabled, user.service, user.created_at)
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash of the password (salted, self-describing)."""
+    return _HASHER.hash(password)
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise AccountError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    return role
+
+
+def check_password_strength(password: str) -> None:
+    """Refuse short passwords; there are no default passwords, so every one is chosen by a person."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def _user(session: Session, username: str) -> User:
+    user = session.scalars(select(User).where(User.username == username)).first()
+    if user is None:
+        raise AccountError(f"no user named {username!r}; see `medcbir users list`")
+    return user
+
+
+def create_user(
+    catalog: Catalog, username: str, password: str | None, role: str, *, service: bool = False
+) -> Account:
+    """A new user; people need a password, service accounts sign in with API keys only."""
+    if not _USERNAME.match(username):
+        raise AccountError("a username has 1-64 letters, digits or . _ @ - and starts with a letter or digit")
+    _check_role(role)
+    if not service:
+        if password is None:
+            raise AccountError("a user needs a password (service accounts use API keys instead)")
+        check_password_strength(password)
+    with catalog.session() as session:
+        if session.scalars(select(User.id).where(User.username == username)).first() is not None:
+            raise AccountError(f"a user named {username!r} already exists")
+        user = User(
+            username=username,
+            password_hash=hash_password(password) if password is not None else None,
+            role=role,
+            service=service,
+            disabled=False,
+        )
+        session.add(user)
+        session.flush()
+        return Account.of(user)
+
+
+def authenticate(catalog: Catalog, username: str, password: str) -> Account | None:
+    """The active user with this username and password, or None (same cost whether the user exists)."""
+    with catalog.session() as session:
+        user = session.scalars(select(User).where(User.username == username)).first()
+        stored = user.password_hash if user is not None and user.password_hash else _DUMMY_HASH
+        try:
+            _HASHER.verify(stored, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return None
+        if user is None or user.disabled or user.password_hash is None:
+            return None
+        if _HASHER.check_needs_rehash(user.password_hash):
+            user.password_hash = hash_password(password)
+        return Account.of(user)
+
+
+def get_account(catalog: Catalog, username: str) -> Account | None:
+    """The user, or None."""
+    with catalog.session() as session:
+        user = session.scalars(select(User).where(User.username == username)).first()
+        return Account.of(user) if user is not None else None
+
+
+def list_accounts(catalog: Catalog) -> list[Account]:
+    """Every user, by name."""
+    with catalog.session() as session:
+        return [Account.of(u) for u in session.scalars(select(User).order_by(User.username))]
+
+
+def count_admins(catalog: Catalog) -> int:
+    """Active admins (the last one cannot be disabled or demoted)."""
+    with catalog.session() as session:
+        query = select(func.count()).select_from(User).where(User.role == "admin", User.disabled.is_(False))
+        return int(session.scalar(query) or 0)
+
+
+def _guard_last_admin(catalog: Catalog, user: User, *, demote: bool) -> None:
+    if demote and user.role == "admin" and not user.disabled and count_admins(catalog) <= 1:
+        raise AccountError("this is the last active admin; create another admin first")
+
+
+def set_disabled(catalog: Catalog, username: str, disabled: bool) -> Account:
+    """Disable (tokens and API keys stop working at once) or enable a user."""
+    with catalog.session() as session:
+        user = _user(session, username)
+        if disabled:
+            _guard_last_admin(catalog, user, demote=True)
+        user.disabled = disabled
+        return Account.of(user)
+
+
+def set_role(catalog: Catalog, username: str, role: str) -> Account:
+    """Change a user's role (effective on their next request)."""
+    _check_role(role)
+    with catalog.session() as session:
+        user = _user(session, username)
+        _guard_last_admin(catalog, user, demote=role != "admin")
+        user.role = role
+        return Account.of(user)
+
+
+def set_password(catalog: Catalog, username: str, password: str) -> None:
+    """Replace a user's password."""
+    check_password_strength(password)
+    with catalog.session() as session:
+        _user(session, username).password_hash = hash_password(password)
+
+
+def _key_hash(key: str) -> str:
+    # API keys are 256-bit random strings: a plain sha256 is enough (no dictionary to attack).
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def create_api_key(catalog: Catalog, username: str) -> str:
+    """A new API key for the user, returned once; only its hash is stored."""
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    with catalog.session() as session:
+        user = _user(session, username)
+        session.add(ApiKey(user_id=user.id, key_hash=_key_hash(key), prefix=key[:12], revoked=False))
+    return key
+
+
+def account_for_api_key(catalog: Catalog, key: str) -> Account | None:
+    """The active user owning this (unrevoked) API key, or None."""
+    if not key.startswith(API_KEY_PREFIX):
+        return None
+    with catalog.session() as session:
+        row = session.execute(
+            select(User)
+            .join(ApiKey, ApiKey.user_id == User.id)
+            .where(ApiKey.key_hash == _key_hash(key), ApiKey.revoked.is_(False))
+        ).scalar()
+        if row is None or row.disabled:
+            return None
+        return Account.of(row)
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audit row as read back."""
+
+    id: int
+    at: datetime
+    username: str | None
+    role: str | None
+    action: str
+    object: str | None
+    outcome: str
+    status: int | None
+    client: str | None
+    request_id: str | None
+
+
+def record_audit(
+    catalog: Catalog,
+    *,
+    action: str,
+    outcome: str,
+    username: str | None = None,
+    role: str | None = None,
+    object: str | None = None,
+    status: int | None = None,
+    client: str | None = None,
+    request_id: str | None = None,
+) -> None:
+    """Append one audit row (UTC time); rows are never updated or deleted."""
+    with catalog.session() as session:
+        session.add(
+            AuditEvent(
+                at=datetime.now(UTC),
+                username=username[:64] if username else None,
+                role=role,
+                action=action,
+                object=object,
+                outcome=outcome,
+                status=status,
+                client=client[:64] if client else None,
+                request_id=request_id,
+            )
+        )
+
+
+def audit_records(
+    catalog: Catalog,
+    *,
+    limit: int = 100,
+    offset: int = 0,
+    username: str | None = None,
+    action: str | None = None,
+) -> tuple[int, list[AuditRecord]]:
+    """(total matching, newest first page) of the audit trail."""
+    query = select(AuditEvent)
+    if username:
+        query = query.where(AuditEvent.username == username)
+    if action:
+        query = query.where(AuditEvent.action == action)
+    with catalog.session() as session:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit).offset(offset)).all()
+        return int(total), [
+            AuditRecord(
+                r.id,
+                r.at,
+                r.username,
+                r.role,
+                r.action,
+                r.object,
+                r.outcome,
+                r.status,
+                r.client,
+                r.request_id,
+            )
+            for r in rows
+        ]
+
+
+# -- case edit history -------------------------------------------------------------------------
+
+
+def record_case_edit(
+    session: Session, case_id: int, username: str | None, field: str, old: str | None, new: str | None
+) -> None:
+    """Keep one change of a case, in the caller's transaction."""
+    session.add(
+        CaseEdit(
+            case_id=case_id,
+            at=datetime.now(UTC),
+            username=username,
+            field=field,
+            old_value=old,
+            new_value=new,
+        )
+    )
+
+
+def case_edits(catalog: Catalog, case_id: int) -> list[CaseEdit]:
+    """A case's changes, oldest first."""
+    with catalog.session() as session:
+        return list(
+            session.scalars(select(CaseEdit).where(CaseEdit.case_id == case_id).order_by(CaseEdit.id))
+        )

@@ -1,0 +1,352 @@
+"""Authentication, the role x route policy, the audit trail of every request, and security headers.
+
+One ASGI middleware does it all before the route reads the body: it finds the route, looks it up
+in ROUTE_POLICY (a route missing from the table is refused: fail closed), authenticates the caller
+(a bearer JWT from POST /token, or an `X-API-Key` header; never a query string), checks the role,
+writes exactly one audit row per request to an audited route (denials included), and adds
+`X-Content-Type-Options: nosniff`, `Cache-Control: no-store` and an `X-Request-ID` to the answer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import jwt
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from indexer.accounts import Account, account_for_api_key, get_account, record_audit
+from indexer.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+JWT_ALGORITHM = "HS256"  # pinned: tokens are only ever verified with this algorithm
+JWT_AUDIENCE = "medcbir-api"
+JWT_ISSUER = "medcbir"
+API_KEY_HEADER = "x-api-key"
+Role = Literal["radiologist", "admin"]
+RADIOLOGY: frozenset[str] = frozenset({"radiologist", "admin"})
+ADMIN: frozenset[str] = frozenset({"admin"})
+PUBLIC: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Who may call a route (an empty set: anyone, unauthenticated) and the audit action it records."""
+
+    roles: frozenset[str]
+    action: str | None  # None: not audited (public liveness and documentation only)
+
+    @property
+    def public(self) -> bool:
+        return not self.roles
+
+
+# The one table of who may do what, keyed by route name (the endpoint function's name).
+ROUTE_POLICY: dict[str, Rule] = {
+    # public: liveness, the OpenAPI documents, and signing in (audited: success and failure)
+    "health": Rule(PUBLIC, None),
+    "openapi": Rule(PUBLIC, None),
+    "swagger_ui_html": Rule(PUBLIC, None),
+    "swagger_ui_redirect": Rule(PUBLIC, None),
+    "redoc_html": Rule(PUBLIC, None),
+    "login": Rule(PUBLIC, "login"),
+    # radiologists and admins: search, view, add cases, correct diagnoses
+    "me": Rule(RADIOLOGY, "whoami"),
+    "search": Rule(RADIOLOGY, "search"),
+    "search_by_image": Rule(RADIOLOGY, "search"),
+    "render": Rule(RADIOLOGY, "render"),
+    "render_image": Rule(RADIOLOGY, "view_image"),
+    "list_cases": Rule(RADIOLOGY, "list_cases"),
+    "filters": Rule(RADIOLOGY, "view_filters"),
+    "get_case": Rule(RADIOLOGY, "view_case"),
+    "case_history": Rule(RADIOLOGY, "view_case_history"),
+    "thumbnail": Rule(RADIOLOGY, "thumbnail"),
+    "add_case": Rule(RADIOLOGY, "add_case"),
+    "edit_case": Rule(RADIOLOGY, "edit_case"),
+    # admins only: delete records, manage users, read the audit trail
+    "delete_case": Rule(ADMIN, "delete_case"),
+    "list_users": Rule(ADMIN, "list_users"),
+    "create_user": Rule(ADMIN, "create_user"),
+    "update_user": Rule(ADMIN, "update_user"),
+    "read_audit": Rule(ADMIN, "read_audit"),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, with the role read from the catalog on this request."""
+
+    username: str
+    role: str
+    auth: Literal["token", "api_key", "dev"]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+DEV_PRINCIPAL = Principal(username="dev", role="admin", auth="dev")
+
+
+class AuthError(Exception):
+    """Credentials missing or not acceptable; the message is safe to send back."""
+
+
+# -- tokens --------------------------------------------------------------------------------------
+
+
+def issue_token(secret: bytes, account: Account, minutes: int, now: datetime | None = None) -> str:
+    """A signed JWT naming the user; the role is re-read from the catalog on every request."""
+    issued = now or datetime.now(UTC)
+    claims = {
+        "sub": account.username,
+        "role": account.role,
+        "iss": JWT_ISSUER,
+        "aud": JWT_AUDIENCE,
+        "iat": int(issued.timestamp()),
+        "nbf": int(issued.timestamp()),
+        "exp": int((issued + timedelta(minutes=minutes)).timestamp()),
+        "jti": secrets.token_hex(8),
+    }
+    return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
+
+
+def token_subject(secret: bytes, token: str) -> str:
+    """The username of a valid token; anything else (forged, expired, other algorithm, alg none) raises."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[JWT_ALGORITHM],
+            audience=JWT_AUDIENCE,
+            issuer=JWT_ISSUER,
+            options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+            leeway=5,
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise AuthError("the token has expired; sign in again (POST /token)") from exc
+    except jwt.PyJWTError as exc:
+        raise AuthError("the token is not valid; sign in again (POST /token)") from exc
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise AuthError("the token names no user")
+    return subject
+
+
+# -- login rate limit ---------------------------------------------------------------------------
+
+
+class LoginLimiter:
+    """At most `per_minute` sign-in attempts per (client address, username) in any 60 s window."""
+
+    def __init__(self, per_minute: int, window_s: float = 60.0) -> None:
+        self.per_minute = per_minute
+        self.window_s = window_s
+        self._attempts: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def allow(self, client: str, username: str) -> float | None:
+        """None when this attempt may go ahead (and counts it); else seconds to wait."""
+        now = time.monotonic()
+        with self._lock:
+            attempts = self._attempts[(client, username.casefold())]
+            while attempts and now - attempts[0] > self.window_s:
+                attempts.popleft()
+            if len(attempts) >= self.per_minute:
+                return self.window_s - (now - attempts[0])
+            attempts.append(now)
+            return None
+
+
+# -- the middleware ------------------------------------------------------------------------------
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def find_route(routes: Iterable[BaseRoute], scope: Scope) -> tuple[BaseRoute | None, dict[str, Any]]:
+    """The route the router will pick (a full match, else a path-only match), and its path params."""
+    partial: tuple[BaseRoute | None, dict[str, Any]] = (None, {})
+    for route in routes:
+        match, child = route.matches(scope)
+        if match == Match.FULL:
+            return route, dict(child.get("path_params", {}))
+        if match == Match.PARTIAL and partial[0] is None:
+            partial = (route, dict(child.get("path_params", {})))
+    return partial
+
+
+def audit_object(path_params: dict[str, Any]) -> str | None:
+    """The audited object of a request from its path: case:N, image:N or user:NAME."""
+    for key, kind in (("case_id", "case"), ("image_id", "image"), ("username", "user")):
+        if key in path_params:
+            return f"{kind}:{str(path_params[key])[:64]}"
+    return None
+
+
+def outcome_of(status: int) -> str:
+    """How an audited request ended."""
+    if status < 400:
+        return "success"
+    if status in (401, 403, 429):
+        return "denied"
+    if status >= 500:
+        return "error"
+    return "rejected"
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+_CREDENTIAL_PARAMS = ("api_key", "apikey", "key", "token", "access_token")
+
+
+class SecurityMiddleware:
+    """Authenticate, authorize (ROUTE_POLICY), audit and add security headers; see the module docstring."""
+
+    def __init__(self, app: ASGIApp, fastapi_app: Any) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        incoming_id = headers.get("x-request-id", "")
+        request_id = incoming_id if _REQUEST_ID.match(incoming_id) else uuid.uuid4().hex
+        client = scope["client"][0] if scope.get("client") else None
+        scope.setdefault("state", {})
+        scope["state"]["request_id"] = request_id
+        route, path_params = find_route(self.fastapi_app.router.routes, scope)
+        name = getattr(route, "name", None)
+        rule = ROUTE_POLICY.get(name) if name is not None else None
+        status_box = {"status": 500}
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_box["status"] = int(message["status"])
+                extra = [*_SECURITY_HEADERS, (b"x-request-id", request_id.encode())]
+                if rule is None or not rule.public:
+                    extra.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        if route is None:  # unknown path: the router's 404, nothing to audit
+            await self.app(scope, receive, send_with_headers)
+            return
+        if rule is None:  # a route nobody classified: refuse rather than guess
+            log.error("route %r has no entry in ROUTE_POLICY; refusing it", name)
+            await self._deny(scope, receive, send_with_headers, 403, "this route is not classified")
+            return
+
+        principal: Principal | None = None
+        detail = ""
+        if not rule.public:
+            try:
+                principal = await run_in_threadpool(self._authenticate, scope, headers)
+                if principal.role not in rule.roles:
+                    detail = f"the {principal.role} role may not do this ({rule.action})"
+            except AuthError as exc:
+                detail = str(exc)
+            if detail:
+                status = 401 if principal is None else 403
+                await self._deny(scope, receive, send_with_headers, status, detail)
+                await self._audit(rule, principal, scope, path_params, status, client, request_id)
+                return
+            scope["state"]["principal"] = principal
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            if rule.action is not None and rule.action:
+                await self._audit(
+                    rule, principal, scope, path_params, status_box["status"], client, request_id
+                )
+
+    def _authenticate(self, scope: Scope, headers: dict[str, str]) -> Principal:
+        state = self.fastapi_app.state
+        settings = state.api_settings
+        catalog: Catalog = state.searcher.archive.catalog
+        query = scope.get("query_string", b"").decode("latin-1").lower()
+        if any(re.search(rf"(^|&){p}=", query) for p in _CREDENTIAL_PARAMS):
+            raise AuthError("credentials in the URL are refused: send Authorization: Bearer or X-API-Key")
+        authorization = headers.get("authorization", "")
+        api_key = headers.get(API_KEY_HEADER, "")
+        if authorization[:7].lower() == "bearer " and authorization[7:].strip():
+            username = token_subject(state.jwt_secret, authorization[7:].strip())
+            account = get_account(catalog, username)
+            if account is None or account.disabled:
+                raise AuthError("the account of this token is unknown or disabled")
+            return Principal(account.username, account.role, "token")
+        if api_key:
+            account = account_for_api_key(catalog, api_key.strip())
+            if account is None:
+                raise AuthError("the API key is not valid")
+            return Principal(account.username, account.role, "api_key")
+        if settings.auth_disabled:
+            server = scope.get("server")
+            client = scope.get("client")
+            if is_loopback(server[0] if server else None) and is_loopback(client[0] if client else None):
+                return DEV_PRINCIPAL
+            raise AuthError("development mode (MEDCBIR_API_AUTH_DISABLED) only serves loopback clients")
+        raise AuthError("sign in first: POST /token, then send Authorization: Bearer <token>")
+
+    async def _deny(self, scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+        extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+        await JSONResponse({"detail": detail}, status_code=status, headers=extra)(scope, receive, send)
+
+    async def _audit(
+        self,
+        rule: Rule,
+        principal: Principal | None,
+        scope: Scope,
+        path_params: dict[str, Any],
+        status: int,
+        client: str | None,
+        request_id: str,
+    ) -> None:
+        state = scope["state"]
+        username = principal.username if principal else state.get("audit_username")
+        role = principal.role if principal else state.get("audit_role")
+        try:
+            await run_in_threadpool(
+                lambda: record_audit(
+                    self.fastapi_app.state.searcher.archive.catalog,
+                    action=state.get("audit_action") or rule.action or "request",
+                    outcome=outcome_of(status),
+                    username=username,
+                    role=role,
+                    object=state.get("audit_object") or audit_object(path_params),
+                    status=status,
+                    client=client,
+                    request_id=request_id,
+                )
+            )
+        except Exception:  # an audit failure is loud, but never takes patient data with it
+            log.exception("could not write the audit row of request %s", request_id)
