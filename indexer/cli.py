@@ -141,6 +141,7 @@ def index(
                 workers=workers,
                 frames=frames,  # type: ignore[arg-type]
             )
+            _cli_audit(archive.catalog, "ingest", f"images:{report.indexed} failed:{report.failed}")
         finally:
             archive.close()
     except (IndexerError, FileNotFoundError) as exc:
@@ -299,6 +300,17 @@ def _api_env(settings: IndexerSettings) -> dict[str, str]:
     return env
 
 
+def _accounts(settings: IndexerSettings) -> list[object]:
+    from indexer.accounts import list_accounts
+    from indexer.catalog import Catalog
+
+    catalog = Catalog(settings.resolved_database_url)
+    try:
+        return list(list_accounts(catalog))
+    finally:
+        catalog.dispose()
+
+
 def _ui_script() -> Path:
     spec = find_spec("ui")
     if spec is None or spec.origin is None:
@@ -320,6 +332,7 @@ def serve(
 
     settings = _settings(data_dir, encoder, checkpoint)
     os.environ.update(_api_env(settings))
+    os.environ["MEDCBIR_API_HOST"] = host  # the API refuses non-loopback hosts without authentication
     # The API is a higher layer: it is started by import string, never imported here.
     uvicorn.run("search_api.app:create_app", factory=True, host=host, port=port)
 
@@ -399,6 +412,13 @@ def demo(
     if not serve_after:
         return
     api_url = f"http://{host}:{api_port}"
+    env = _api_env(settings)
+    env["MEDCBIR_API_HOST"] = host
+    if not any(True for _ in _accounts(settings)):
+        # A fresh demo has no accounts: serve it in the explicit development mode, which the API
+        # honours on loopback only (it refuses to start with it on any other address).
+        env["MEDCBIR_API_AUTH_DISABLED"] = "1"
+        typer.secho("no user accounts: demo API in development mode (loopback only, no sign-in)", fg="yellow")
     api = subprocess.Popen(
         [
             sys.executable,
@@ -411,7 +431,7 @@ def demo(
             "--port",
             str(api_port),
         ],
-        env=_api_env(settings),
+        env=env,
     )
     ui_process: subprocess.Popen[bytes] | None = None
     try:
@@ -662,6 +682,219 @@ def reindex(
         f"serve it: medcbir serve --encoder {settings.encoder}"
         + (f" --checkpoint {settings.checkpoint}" if settings.checkpoint else "")
     )
+
+
+# -- accounts, audit and de-identified export (indexer.accounts, indexer.export) --------------------
+
+users_app = typer.Typer(help="User accounts of the search API (no default passwords).", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+def _catalog_of(data_dir: Path | None):  # type: ignore[no-untyped-def]
+    from indexer.catalog import Catalog
+
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Catalog(settings.resolved_database_url)
+
+
+def _cli_audit(catalog, action: str, obj: str | None, outcome: str = "success") -> None:  # type: ignore[no-untyped-def]
+    import getpass
+
+    from indexer.accounts import record_audit
+
+    try:
+        operator = getpass.getuser()
+    except (KeyError, OSError):
+        operator = "unknown"
+    record_audit(
+        catalog, action=action, outcome=outcome, username=f"cli:{operator}", object=obj, client="cli"
+    )
+
+
+def _read_password(username: str) -> str:
+    """From a hidden prompt (twice) at a terminal, else the first line of standard input."""
+    if sys.stdin.isatty():
+        password: str = typer.prompt(f"password for {username}", hide_input=True, confirmation_prompt=True)
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@users_app.command("create")
+def users_create(
+    username: Annotated[str, typer.Option("--username", help="Login name")],
+    admin: Annotated[bool, typer.Option("--admin", help="Give the admin role")] = False,
+    role: Annotated[str, typer.Option(help="radiologist or admin")] = "radiologist",
+    service: Annotated[
+        bool, typer.Option("--service", help="A service account: no password, prints an API key")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a user; the password is read from a prompt, or from standard input when not a terminal."""
+    from indexer.accounts import AccountError, create_api_key, create_user
+
+    catalog = _catalog_of(data_dir)
+    try:
+        password = None if service else _read_password(username)
+        account = create_user(catalog, username, password, "admin" if admin else role, service=service)
+        _cli_audit(catalog, "create_user", f"user:{account.username}")
+        typer.echo(f"created {account.role} {account.username}")
+        if service:
+            typer.echo(
+                f"API key (shown once; send it as the X-API-Key header): {create_api_key(catalog, username)}"
+            )
+    except AccountError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        catalog.dispose()
+
+
+@users_app.command("list")
+def users_list(data_dir: DataDir = None) -> None:
+    """List the accounts."""
+    from indexer.accounts import list_accounts
+
+    catalog = _catalog_of(data_dir)
+    for account in list_accounts(catalog):
+        status = "disabled" if account.disabled else "active"
+        kind = "service" if account.service else "person"
+        typer.echo(f"{account.username}\t{account.role}\t{status}\t{kind}")
+    catalog.dispose()
+
+
+def _user_change(data_dir: Path | None, action: str, username: str, change) -> None:  # type: ignore[no-untyped-def]
+    from indexer.accounts import AccountError
+
+    catalog = _catalog_of(data_dir)
+    try:
+        account = change(catalog)
+        _cli_audit(catalog, action, f"user:{username}")
+        typer.echo(f"{account.username}: {account.role}, {'disabled' if account.disabled else 'active'}")
+    except AccountError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        catalog.dispose()
+
+
+@users_app.command("disable")
+def users_disable(username: str, data_dir: DataDir = None) -> None:
+    """Disable a user: their tokens and API keys stop working at once."""
+    from indexer.accounts import set_disabled
+
+    _user_change(data_dir, "disable_user", username, lambda c: set_disabled(c, username, True))
+
+
+@users_app.command("enable")
+def users_enable(username: str, data_dir: DataDir = None) -> None:
+    """Enable a disabled user."""
+    from indexer.accounts import set_disabled
+
+    _user_change(data_dir, "enable_user", username, lambda c: set_disabled(c, username, False))
+
+
+@users_app.command("set-role")
+def users_set_role(username: str, role: str, data_dir: DataDir = None) -> None:
+    """Change a user's role (radiologist or admin)."""
+    from indexer.accounts import set_role
+
+    _user_change(data_dir, "set_role", username, lambda c: set_role(c, username, role))
+
+
+@users_app.command("set-password")
+def users_set_password(username: str, data_dir: DataDir = None) -> None:
+    """Replace a user's password (prompt, or standard input when not a terminal)."""
+    from indexer.accounts import AccountError, set_password
+
+    catalog = _catalog_of(data_dir)
+    try:
+        set_password(catalog, username, _read_password(username))
+        _cli_audit(catalog, "set_password", f"user:{username}")
+        typer.echo(f"password of {username} changed")
+    except AccountError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        catalog.dispose()
+
+
+@users_app.command("api-key")
+def users_api_key(username: str, data_dir: DataDir = None) -> None:
+    """Issue a new API key for a (service) account; it is printed once and stored only as a hash."""
+    from indexer.accounts import AccountError, create_api_key
+
+    catalog = _catalog_of(data_dir)
+    try:
+        key = create_api_key(catalog, username)
+        _cli_audit(catalog, "create_api_key", f"user:{username}")
+        typer.echo(key)
+    except AccountError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        catalog.dispose()
+
+
+@app.command("audit")
+def audit_command(
+    limit: Annotated[int, typer.Option(help="How many rows, newest first")] = 50,
+    user: Annotated[str | None, typer.Option(help="Only this user's rows")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="Only this action (search, view_case, login, ...)")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Print the audit trail: UTC time, user, role, action, object, outcome, client, request id."""
+    from indexer.accounts import audit_records
+
+    catalog = _catalog_of(data_dir)
+    total, rows = audit_records(catalog, limit=limit, username=user, action=action)
+    for r in rows:
+        typer.echo(
+            f"{r.at:%Y-%m-%dT%H:%M:%SZ}  {r.username or '-'}  {r.role or '-'}  {r.action}  {r.object or '-'}  "
+            f"{r.outcome}({r.status or '-'})  {r.client or '-'}  {r.request_id or '-'}"
+        )
+    typer.echo(f"{len(rows)} of {total} rows")
+    catalog.dispose()
+
+
+@app.command("export")
+def export_command(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the DICOM files to")],
+    deidentify: Annotated[
+        bool, typer.Option("--deidentify", help="Required: apply the PS3.15 Basic Profile")
+    ] = False,
+    case: Annotated[list[int] | None, typer.Option("--case", help="Only this case id (repeatable)")] = None,
+    allow_burned_in: Annotated[
+        bool, typer.Option("--allow-burned-in", help="Export images flagged Burned In Annotation = YES")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Export archived DICOM images de-identified (names, ids, dates, UIDs, institutions, private tags)."""
+    _setup_logging()
+    from indexer.export import export_deidentified
+    from indexer.pseudonym import load_or_create_key
+
+    if not deidentify:
+        raise _fail("medcbir only exports de-identified data: add --deidentify")
+    settings = _settings(data_dir)
+    catalog = _catalog_of(data_dir)
+    try:
+        report = export_deidentified(
+            catalog,
+            load_or_create_key(settings.key_path),
+            out,
+            case_ids=case,
+            allow_burned_in=allow_burned_in,
+        )
+        _cli_audit(
+            catalog, "export", f"images:{report.exported} cases:{','.join(map(str, case or [])) or 'all'}"
+        )
+    finally:
+        catalog.dispose()
+    typer.echo(
+        f"exported {report.exported} de-identified DICOM files to {out}; skipped {report.not_dicom} non-DICOM, "
+        f"{report.unreachable} unreachable; refused {report.burned_in_refused} with burned-in annotation"
+    )
+    if report.burned_in_refused:
+        typer.echo("check those images' pixels, then re-run with --allow-burned-in to include them")
 
 
 if __name__ == "__main__":
