@@ -284,6 +284,8 @@ def evaluate_vectors(
     result = score_retrieval(
         dataset.labels[split.test], labels, neighbours.similarities, dataset.class_names, k=k
     )
+    if len(split.val) > 0:
+        _add_calibration(result, dataset, vectors, split, labels, neighbours.similarities, k)
     result.info.update(
         {
             "dataset": dataset.name,
@@ -299,3 +301,42 @@ def evaluate_vectors(
         }
     )
     return result
+
+
+def _add_calibration(
+    result: EvaluationResult,
+    dataset: LabeledDataset,
+    vectors: npt.NDArray[np.float32],
+    split: Split,
+    test_labels: npt.NDArray[np.int64],
+    test_sims: npt.NDArray[np.float32],
+    k: int,
+) -> None:
+    """Fit the tempered vote on the val queries; ECE of the product vote and the calibrated one on test."""
+    from indexer.evaluation import calibration
+
+    n_classes = len(dataset.class_names)
+    as_queries = Split(train=split.train, test=split.val, val=split.val, how=split.how)
+    found = retrieve(
+        vectors[split.train],
+        vectors[split.val],
+        test_labels.shape[1],
+        banned=banned_neighbours(dataset, as_queries),
+    )
+    val_labels = np.where(found.positions >= 0, dataset.labels[split.train][found.positions], -1)
+    fitted = calibration.fit_vote_calibration(
+        dataset.labels[split.val], val_labels, found.similarities, n_classes, k
+    )
+    truth = dataset.labels[split.test]
+    raw = calibration.product_vote(test_labels, test_sims, n_classes, k)
+    tuned = calibration.tempered_vote(
+        test_labels, test_sims, n_classes, k, temperature=fitted.temperature, epsilon=fitted.epsilon
+    )
+    result.metrics["ece_vote"] = metrics.expected_calibration_error(truth, raw)
+    result.metrics["ece_calibrated"] = metrics.expected_calibration_error(truth, tuned)
+    result.metrics["nll_vote"] = calibration.negative_log_likelihood(truth, raw)
+    result.metrics["nll_calibrated"] = calibration.negative_log_likelihood(truth, tuned)
+    result.metrics["calibrated_accuracy"] = float((tuned.argmax(axis=1) == truth).mean())
+    result.info["calibration"] = (
+        f"tempered vote fitted on {len(split.val)} val queries: T = {fitted.temperature}, eps = {fitted.epsilon}"
+    )

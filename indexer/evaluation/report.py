@@ -24,6 +24,10 @@ _HEADLINE = (
     "knn_vote_accuracy",
     "macro_f1",
     "macro_auc",
+    "ece_vote",
+    "ece_calibrated",
+    "nll_vote",
+    "nll_calibrated",
 )
 
 

@@ -36,6 +36,9 @@ def test_eval_cli_on_tiny_npz_writes_json_markdown_and_plots(tiny_npz: Path, tmp
     assert "precision@10" in metrics  # k = 1, 5, 10 are always reported besides --k
     assert metrics["info"]["query_images"] == 8 and metrics["info"]["database_images"] == 20
     assert metrics["info"]["input_size"] == "64x64"
+    # The npz has a val split: the tempered vote is fitted on it and both ECEs are reported.
+    assert 0.0 <= metrics["ece_calibrated"] <= 1.0 and 0.0 <= metrics["ece_vote"] <= 1.0
+    assert "val queries" in metrics["info"]["calibration"]
     # Dark vs light images are trivially separable: ImageNet features must get them right.
     assert metrics["knn_vote_accuracy"] >= 0.75
     assert (out / "plots" / "confusion_matrix.png").stat().st_size > 0
