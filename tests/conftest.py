@@ -88,10 +88,43 @@ def indexed_archive(tmp_path_factory: pytest.TempPathFactory, small_archive: tup
     return archive
 
 
+# Accounts of the live API (authentication is always on): one per role, with a chosen password.
+TEST_PASSWORD = "correct horse battery staple"
+TEST_USERS = {"radiologist": "test-radiologist", "admin": "test-admin"}
+
+
 @pytest.fixture(scope="session")
 def live_api_url(indexed_archive) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """A real uvicorn server serving the real app over the indexed small archive."""
+    """A real uvicorn server serving the real app over the indexed small archive, with test accounts."""
+    from indexer.accounts import create_user
     from search_api.app import create_app
 
+    for role, username in TEST_USERS.items():
+        create_user(indexed_archive.catalog, username, TEST_PASSWORD, role)
     with serve_app(create_app(archive=indexed_archive)) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def api_tokens(live_api_url: str) -> dict[str, str]:
+    """A bearer token per role, from the live API's POST /token."""
+    import httpx
+
+    tokens = {}
+    for role, username in TEST_USERS.items():
+        response = httpx.post(f"{live_api_url}/token", data={"username": username, "password": TEST_PASSWORD})
+        assert response.status_code == 200, response.text
+        tokens[role] = response.json()["access_token"]
+    return tokens
+
+
+@pytest.fixture(scope="session")
+def radiologist_headers(api_tokens: dict[str, str]) -> dict[str, str]:
+    """Authorization headers of the live API's radiologist."""
+    return {"Authorization": f"Bearer {api_tokens['radiologist']}"}
+
+
+@pytest.fixture(scope="session")
+def admin_headers(api_tokens: dict[str, str]) -> dict[str, str]:
+    """Authorization headers of the live API's admin."""
+    return {"Authorization": f"Bearer {api_tokens['admin']}"}
