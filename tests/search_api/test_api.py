@@ -13,14 +13,23 @@ from tests.conftest import ARCHIVE_ROWS
 from tests.helpers import dicom_testfile
 
 
+API = httpx.Client(timeout=120)  # signed in as the admin (who sees source paths) by the fixture below
+
+
+@pytest.fixture(autouse=True)
+def _signed_in(admin_headers: dict[str, str]) -> None:
+    """Every request of this module carries the admin's bearer token."""
+    API.headers.update(admin_headers)
+
+
 def _search(url: str, data: bytes, name: str = "q.dcm", **form: object) -> httpx.Response:
-    return httpx.post(
+    return API.post(
         f"{url}/search", files={"file": (name, data)}, data={k: str(v) for k, v in form.items()}, timeout=120
     )
 
 
 def test_health_reports_encoder_index_and_catalog(live_api_url: str) -> None:
-    health = httpx.get(f"{live_api_url}/health").json()
+    health = API.get(f"{live_api_url}/health").json()
     assert health["status"] == "ok" and health["catalog_ok"] is True
     assert health["encoder"].startswith("efficientnet_lite0@")
     assert health["index_size"] == len(ARCHIVE_ROWS) == health["catalog_images"]
@@ -51,11 +60,11 @@ def test_search_hits_carry_their_case_report_and_labels(live_api_url: str) -> No
     assert PILImage.open(io.BytesIO(preview)).format == "PNG"
     assert body["query"]["modality"] == "MR"
 
-    thumb = httpx.get(f"{live_api_url}{top['thumbnail_url']}")
+    thumb = API.get(f"{live_api_url}{top['thumbnail_url']}")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
     assert PILImage.open(io.BytesIO(thumb.content)).size[0] <= 256
 
-    case = httpx.get(f"{live_api_url}{top['case_url']}").json()
+    case = API.get(f"{live_api_url}{top['case_url']}").json()
     assert case["case_key"] == expected[1] and case["report"] == expected[3]
     assert [img["image_id"] for img in case["images"]] == [top["image_id"]]
 
@@ -107,16 +116,16 @@ def test_k_out_of_range_is_a_422(live_api_url: str) -> None:
 
 
 def test_unknown_case_and_image_are_404(live_api_url: str) -> None:
-    assert httpx.get(f"{live_api_url}/cases/99999").status_code == 404
-    assert httpx.get(f"{live_api_url}/images/99999/thumbnail").status_code == 404
+    assert API.get(f"{live_api_url}/cases/99999").status_code == 404
+    assert API.get(f"{live_api_url}/images/99999/thumbnail").status_code == 404
 
 
 def _ids_by_file(url: str) -> dict[str, int]:
-    cases = httpx.get(f"{url}/cases", params={"limit": 100}).json()["cases"]
+    cases = API.get(f"{url}/cases", params={"limit": 100}).json()["cases"]
     out = {}
     for case in cases:
         for image_id in case["image_ids"]:
-            thumb = httpx.get(f"{url}/cases/{case['case_id']}").json()["images"]
+            thumb = API.get(f"{url}/cases/{case['case_id']}").json()["images"]
             out.update({img["source_uri"].rsplit("/", 1)[1]: img["image_id"] for img in thumb})
             assert image_id in out.values()
     return out
@@ -162,7 +171,7 @@ def test_window_presets_and_render_rewindow_the_display_only(live_api_url: str) 
     assert lung["query"]["preview_png_base64"] != plain["query"]["preview_png_base64"]
 
     def render(**form: str) -> PILImage.Image:
-        response = httpx.post(f"{live_api_url}/render", files={"file": ("ct", data)}, data=form, timeout=60)
+        response = API.post(f"{live_api_url}/render", files={"file": ("ct", data)}, data=form, timeout=60)
         assert response.status_code == 200 and response.headers["content-type"] == "image/png", response.text
         return PILImage.open(io.BytesIO(response.content))
 
@@ -173,7 +182,7 @@ def test_window_presets_and_render_rewindow_the_display_only(live_api_url: str) 
     assert _spread(narrow) > 2 * _spread(wide)
     png_query = io.BytesIO()
     PILImage.new("L", (32, 32), 100).save(png_query, format="PNG")
-    response = httpx.post(
+    response = API.post(
         f"{live_api_url}/render", files={"file": ("g.png", png_query.getvalue())},
         data={"window_center": "100", "window_width": "2"}, timeout=60,
     )  # fmt: skip
@@ -187,24 +196,24 @@ def _spread(image: PILImage.Image) -> float:
 
 
 def test_cases_filters_and_search_by_archived_image(live_api_url: str) -> None:
-    listing = httpx.get(f"{live_api_url}/cases", params={"limit": 3, "offset": 1}).json()
+    listing = API.get(f"{live_api_url}/cases", params={"limit": 3, "offset": 1}).json()
     assert listing["total"] == len(ARCHIVE_ROWS) and len(listing["cases"]) == 3 and listing["offset"] == 1
     assert all(c["thumbnail_url"] and c["image_ids"] for c in listing["cases"])
-    assert httpx.get(f"{live_api_url}/cases", params={"limit": 0}).status_code == 422
-    options = httpx.get(f"{live_api_url}/filters").json()
+    assert API.get(f"{live_api_url}/cases", params={"limit": 0}).status_code == 422
+    options = API.get(f"{live_api_url}/filters").json()
     assert {"CR", "MR", "US", "CT"} <= set(options["modalities"]) and options["body_parts"] == ["CHEST"]
     assert {lc["label"] for lc in options["labels"]} >= {"lesion", "normal chest"}
     assert options["window_presets"]["lung"] == [-600.0, 1500.0]
 
     image_id = _ids_by_file(live_api_url)["MR2_UNCI.dcm"]
-    body = httpx.post(f"{live_api_url}/search/by-image/{image_id}", data={"k": "3"}, timeout=60).json()
+    body = API.post(f"{live_api_url}/search/by-image/{image_id}", data={"k": "3"}, timeout=60).json()
     assert body["query"]["image_id"] == image_id and body["query"]["modality"] == "MR"
     assert image_id not in [h["image_id"] for h in body["hits"]] and len(body["hits"]) == 3
     upload = _search(live_api_url, dicom_testfile("MR2_UNCI.dcm").read_bytes(), k=4).json()
     assert [h["image_id"] for h in body["hits"]] == [h["image_id"] for h in upload["hits"][1:]]
-    rendered = httpx.get(
+    rendered = API.get(
         f"{live_api_url}/images/{image_id}/render", params={"window_center": "500", "window_width": "900"}
     )
     assert rendered.status_code == 200 and rendered.headers["content-type"] == "image/png"
-    assert httpx.post(f"{live_api_url}/search/by-image/99999").status_code == 404
-    assert httpx.get(f"{live_api_url}/images/99999/render").status_code == 404
+    assert API.post(f"{live_api_url}/search/by-image/99999").status_code == 404
+    assert API.get(f"{live_api_url}/images/99999/render").status_code == 404
