@@ -20,7 +20,9 @@ def main(paths: list[str]) -> None:
     after = np.array([c["test_map@10_after"] for c in cards])
     gain = after - before
     print(f"dataset: {cards[0]['dataset']}  split: {cards[0]['split']}")
-    print("| seed | test queries | database | best epoch | mAP@10 ImageNet | mAP@10 fine-tuned | gain | minutes |")
+    print(
+        "| seed | test queries | database | best epoch | mAP@10 ImageNet | mAP@10 fine-tuned | gain | minutes |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for card, b, a in zip(cards, before, after, strict=True):
         seed = card["hyperparameters"]["seed"]
