@@ -1,4 +1,4 @@
-"""The medcbir Streamlit app: search and case pages over the HTTP API; run `streamlit run ui/app.py`."""
+"""The medcbir Streamlit app: sign in, then search, case and admin pages over the HTTP API; `streamlit run ui/app.py`."""
 
 from __future__ import annotations
 
@@ -29,10 +29,18 @@ PAGE_CSS = """
 
 st.set_page_config(page_title="medcbir: similar case search", page_icon="🩻", layout="wide")
 st.markdown(PAGE_CSS, unsafe_allow_html=True)
-st.navigation(
-    [
+from ui.login import render_account, signed_in_user  # noqa: E402
+
+me = signed_in_user()
+if me is not None:
+    pages = [
         st.Page("search_page.py", title="Search", icon=":material/search:", default=True),
         st.Page("case_page.py", title="Case", icon=":material/folder_open:", url_path="case"),
-    ],
-    position="top",
-).run()
+    ]
+    if me.role == "admin":
+        pages.append(
+            st.Page("admin_page.py", title="Admin", icon=":material/shield_person:", url_path="admin")
+        )
+    with st.sidebar:
+        render_account(me)
+    st.navigation(pages, position="top").run()

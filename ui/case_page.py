@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui.client import ApiClient, ApiError
-from ui.context import page_settings, thumbnail_fetcher
+from ui.context import USER_KEY, api_client, page_settings, thumbnail_fetcher
 from ui.views import SEARCH_PAGE, render_case
 
 
@@ -13,6 +13,39 @@ def requested_case_id() -> int | None:
     """The case id from the URL (?case_id=N), or None when absent or not a number."""
     value = st.query_params.get("case_id")
     return int(value) if value and value.isdigit() else None
+
+
+def edit_section(client: ApiClient, case_id: int, report: str, diagnosis: list[str]) -> None:
+    """Correct the report or diagnosis (kept in the edit history); admins may delete the case."""
+    with st.expander("Edit report and diagnosis"), st.form(f"edit_case_{case_id}"):
+        labels = st.text_input("Diagnosis labels (separated by ;)", "; ".join(diagnosis), key="edit_labels")
+        text = st.text_area("Report", report, key="edit_report", height=160)
+        if st.form_submit_button("Save changes"):
+            try:
+                client.edit_case(
+                    case_id, report=text, diagnosis=[p.strip() for p in labels.split(";") if p.strip()]
+                )
+                st.success("Saved; the change is in the case history.")
+            except ApiError as exc:
+                st.error(f"Could not save: {exc.message}")
+    with st.expander("History"):
+        try:
+            for edit in client.case_history(case_id):
+                st.text(
+                    f"{edit.at} {edit.username or '-'} {edit.field}: {edit.old_value!r} -> {edit.new_value!r}"
+                )
+        except ApiError as exc:
+            st.error(exc.message)
+    me = st.session_state.get(USER_KEY)
+    if me is not None and me.role == "admin":
+        with st.expander("Delete this case"):
+            sure = st.checkbox("Delete the case, its images and its vectors", key="confirm_delete")
+            if st.button("Delete case", key="delete_case", disabled=not sure):
+                try:
+                    client.delete_case(case_id)
+                    st.success(f"Case {case_id} deleted.")
+                except ApiError as exc:
+                    st.error(f"Could not delete: {exc.message}")
 
 
 def main() -> None:
@@ -24,7 +57,7 @@ def main() -> None:
     if case_id is None:
         st.info("Open a case from a search result, or give its id in the address (?case_id=N).")
         return
-    with ApiClient(settings.api_url, timeout=settings.timeout) as client:
+    with api_client(settings) as client:
         try:
             with st.spinner("Loading the case…"):
                 case = client.case(case_id)
@@ -33,6 +66,7 @@ def main() -> None:
             st.error(f"Could not load case {case_id}{code}: {exc.message}")
             return
         render_case(case, thumbnail_fetcher(client, settings))
+        edit_section(client, case.case_id, case.report or "", case.diagnosis)
         if case.images:
             st.divider()
             image_id = st.selectbox(

@@ -8,7 +8,19 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from search_api.schemas import CaseList, CaseOut, FilterOptions, HealthOut, SearchFilters, SearchResponse
+from search_api.schemas import (
+    AuditPage,
+    CaseEditOut,
+    CaseList,
+    CaseOut,
+    FilterOptions,
+    HealthOut,
+    MeOut,
+    SearchFilters,
+    SearchResponse,
+    TokenOut,
+    UserOut,
+)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -70,10 +82,12 @@ def _filter_form(filters: SearchFilters) -> dict[str, str]:
 class ApiClient:
     """Speaks to the medcbir search API over HTTP; use as a context manager or call close()."""
 
-    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 60.0, token: str | None = None) -> None:
         self.base_url = base_url.strip().rstrip("/")
         self.timeout = timeout
-        self._http = httpx.Client(timeout=timeout, follow_redirects=True)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Redirects are not followed: a redirect to another host would carry the bearer token there.
+        self._http = httpx.Client(timeout=timeout, follow_redirects=False, headers=headers)
 
     def __enter__(self) -> ApiClient:
         return self
@@ -145,6 +159,80 @@ class ApiClient:
     def case(self, case_id: int) -> CaseOut:
         """GET /cases/{case_id}: the case with its report, labels and images."""
         return self._parse(self._request("GET", f"/cases/{case_id}"), CaseOut)
+
+    def login(self, username: str, password: str) -> TokenOut:
+        """POST /token (OAuth2 password flow): a bearer token for the other calls."""
+        form = {"username": username, "password": password}
+        return self._parse(self._request("POST", "/token", data=form), TokenOut)
+
+    def me(self) -> MeOut:
+        """GET /me: who the token belongs to (answers without a token only in development mode)."""
+        return self._parse(self._request("GET", "/me"), MeOut)
+
+    def add_case(
+        self,
+        files: list[tuple[str, bytes]],
+        report: str | None,
+        diagnosis: list[str],
+        predicted_label: str | None = None,
+    ) -> CaseOut:
+        """POST /cases: a new case from images, a report and labels (searchable when it answers)."""
+        form = {"diagnosis": "; ".join(diagnosis)}
+        if report:
+            form["report"] = report
+        if predicted_label:
+            form["predicted_label"] = predicted_label
+        parts = [("files", (name or "image", data, "application/octet-stream")) for name, data in files]
+        return self._parse(self._request("POST", "/cases", data=form, files=parts), CaseOut)
+
+    def edit_case(
+        self, case_id: int, report: str | None = None, diagnosis: list[str] | None = None
+    ) -> CaseOut:
+        """PATCH /cases/{id}: new report and/or diagnosis labels."""
+        body: dict[str, Any] = {}
+        if report is not None:
+            body["report"] = report
+        if diagnosis is not None:
+            body["diagnosis"] = diagnosis
+        return self._parse(self._request("PATCH", f"/cases/{case_id}", json=body), CaseOut)
+
+    def delete_case(self, case_id: int) -> None:
+        """DELETE /cases/{id} (admin)."""
+        self._request("DELETE", f"/cases/{case_id}")
+
+    def case_history(self, case_id: int) -> list[CaseEditOut]:
+        """GET /cases/{id}/history: who changed what, oldest first."""
+        response = self._request("GET", f"/cases/{case_id}/history")
+        return [CaseEditOut.model_validate(item) for item in response.json()]
+
+    def users(self) -> list[UserOut]:
+        """GET /users (admin)."""
+        return [UserOut.model_validate(item) for item in self._request("GET", "/users").json()]
+
+    def create_user(self, username: str, password: str, role: str) -> UserOut:
+        """POST /users (admin)."""
+        body = {"username": username, "password": password, "role": role}
+        return self._parse(self._request("POST", "/users", json=body), UserOut)
+
+    def update_user(self, username: str, role: str | None = None, disabled: bool | None = None) -> UserOut:
+        """PATCH /users/{username} (admin): role and/or disabled."""
+        body: dict[str, Any] = {}
+        if role is not None:
+            body["role"] = role
+        if disabled is not None:
+            body["disabled"] = disabled
+        return self._parse(self._request("PATCH", f"/users/{username}", json=body), UserOut)
+
+    def audit(
+        self, limit: int = 100, offset: int = 0, username: str | None = None, action: str | None = None
+    ) -> AuditPage:
+        """GET /audit (admin): the audit trail, newest first."""
+        params = {"limit": str(limit), "offset": str(offset)}
+        if username:
+            params["username"] = username
+        if action:
+            params["action"] = action
+        return self._parse(self._request("GET", "/audit", params=params), AuditPage)
 
     def thumbnail(self, path_or_url: str) -> bytes:
         """The PNG bytes behind a thumbnail URL, fetched here because the browser may not reach the API."""

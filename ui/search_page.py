@@ -8,7 +8,15 @@ import streamlit as st
 
 from search_api.schemas import CT_WINDOW_PRESETS, CaseSummary, SearchFilters, SearchResponse
 from ui.client import ApiClient, ApiError
-from ui.context import fetch_image_render, fetch_render, load_status, page_settings, thumbnail_fetcher
+from ui.context import (
+    api_client,
+    fetch_image_render,
+    fetch_render,
+    load_status,
+    page_settings,
+    session_token,
+    thumbnail_fetcher,
+)
 from ui.views import (
     ANY_MODALITY,
     body_part_options,
@@ -110,10 +118,31 @@ def cached_search(key: str, run: object) -> SearchResponse:
     return result_
 
 
+def save_query_section(client: ApiClient, name: str, data: bytes, result: SearchResponse) -> None:
+    """Confirm or correct the predicted diagnosis and keep the query as a new case."""
+    predicted = result.prediction.label or ""
+    with st.expander("Save this query as a new case"), st.form("save_query"):
+        labels = st.text_input(
+            "Diagnosis (confirm or correct; ; between labels)", predicted, key="save_labels"
+        )
+        report = st.text_area("Report", "", key="save_report", height=100)
+        if st.form_submit_button("Save as a new case"):
+            try:
+                case = client.add_case(
+                    [(name, data)],
+                    report or None,
+                    [p.strip() for p in labels.split(";") if p.strip()],
+                    predicted_label=predicted or None,
+                )
+                st.success(f"Saved as case {case.case_id}; it is searchable now.")
+            except ApiError as exc:
+                st.error(f"Could not save the case: {exc.message}")
+
+
 def main() -> None:
     """Draw the search page once; Streamlit reruns it on every interaction."""
     settings = page_settings()
-    with ApiClient(settings.api_url, timeout=settings.timeout) as client:
+    with api_client(settings) as client:
         health, health_error, options = load_status(client)
         with st.sidebar:
             filters = sidebar_filters(
@@ -171,7 +200,9 @@ def main() -> None:
                 name = upload.name
 
                 def rendered(center: float, width: float) -> bytes:
-                    return fetch_render(digest, center, width, client.base_url, settings.timeout, data, name)
+                    return fetch_render(
+                        digest, center, width, client.base_url, settings.timeout, data, name, session_token()
+                    )
 
                 render_query(result.query, name, rendered, scope=f"upload:{digest}", presets=presets)
             else:
@@ -179,11 +210,15 @@ def main() -> None:
                 query_image = image_id
 
                 def rendered(center: float, width: float) -> bytes:
-                    return fetch_image_render(query_image, center, width, client.base_url, settings.timeout)
+                    return fetch_image_render(
+                        query_image, center, width, client.base_url, settings.timeout, session_token()
+                    )
 
                 render_query(result.query, f"archived image {image_id}", rendered, scope=f"image:{image_id}")
         with right:
             render_prediction(result.prediction)
+            if upload is not None:
+                save_query_section(client, upload.name, data, result)
             pool = f" · {result.candidates:,} pass the filters" if result.candidates is not None else ""
             st.caption(
                 f"{len(result.hits)} of {result.index_size:,} indexed images{pool} · encoder {result.encoder} · "

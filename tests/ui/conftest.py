@@ -14,7 +14,7 @@ from typing import Annotated, ClassVar
 
 import pytest
 import uvicorn
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import FastAPI, File, Form, Header, HTTPException, UploadFile
 from fastapi.responses import Response
 from PIL import Image
 
@@ -28,9 +28,11 @@ from search_api.schemas import (
     Hit,
     LabelCount,
     LabelScore,
+    MeOut,
     Prediction,
     QueryInfo,
     SearchResponse,
+    TokenOut,
 )
 
 # Magic first bytes that make the contract server answer with an error, to test the UI's error paths.
@@ -43,6 +45,10 @@ UNSUPPORTED_DETAIL = "Unsupported image format: send DICOM, PNG or JPEG bytes."
 UNDECODABLE_DETAIL = "The DICOM file has no pixel data: send an image instance."
 HOSTILE_TEXT = "<script>alert(1)</script> ![track](http://evil.example/x.png) :red[boom]"
 CONTRACT_HITS = 12
+# The contract server's one account: signing in with these answers CONTRACT_TOKEN.
+CONTRACT_USER = "rad"
+CONTRACT_PASSWORD = "contract-password"
+CONTRACT_TOKEN = "contract-token"
 
 
 def make_png(size: tuple[int, int] = (8, 8), value: int = 128) -> bytes:
@@ -193,6 +199,18 @@ def create_contract_app(record: ContractApi) -> FastAPI:
             took_ms=12.5,
             candidates=None if not (call.modality or call.body_part or call.label) else len(hits),
         )
+
+    @app.post("/token")
+    def token(username: Annotated[str, Form()], password: Annotated[str, Form()]) -> TokenOut:
+        if (username, password) != (CONTRACT_USER, CONTRACT_PASSWORD):
+            raise HTTPException(status_code=401, detail="wrong username or password")
+        return TokenOut(access_token=CONTRACT_TOKEN, expires_in=600, username=username, role="radiologist")
+
+    @app.get("/me")
+    def me(authorization: Annotated[str | None, Header()] = None) -> MeOut:
+        if authorization != f"Bearer {CONTRACT_TOKEN}":
+            raise HTTPException(status_code=401, detail="sign in first")
+        return MeOut(username=CONTRACT_USER, role="radiologist", auth="token")
 
     @app.get("/filters")
     def filters() -> FilterOptions:
@@ -350,3 +368,9 @@ def live_api(request: pytest.FixtureRequest) -> str:
     except pytest.FixtureLookupError:
         pytest.skip("tests/conftest.py provides no `live_api_url` fixture (a live search API)")
     return str(url)
+
+
+@pytest.fixture
+def live_token(live_api: str, api_tokens: dict[str, str]) -> str:
+    """The live engine API's radiologist token."""
+    return api_tokens["radiologist"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.ui.conftest import CONTRACT_PASSWORD, CONTRACT_TOKEN, CONTRACT_USER
 from ui.client import ApiClient
 
 if TYPE_CHECKING:
@@ -18,11 +19,13 @@ APP = Path(__file__).resolve().parents[2] / "ui" / "app.py"
 TIMEOUT_S = 30.0
 
 
-def start_app(monkeypatch: pytest.MonkeyPatch, api_url: str) -> AppTest:
-    """Run the page once, pointed at `api_url` through MEDCBIR_UI_API_URL."""
+def start_app(monkeypatch: pytest.MonkeyPatch, api_url: str, token: str | None = CONTRACT_TOKEN) -> AppTest:
+    """Run the page once, pointed at `api_url` through MEDCBIR_UI_API_URL, signed in with `token`."""
     monkeypatch.setenv("MEDCBIR_UI_API_URL", api_url)
     monkeypatch.setattr(sys, "argv", ["ui/app.py"])
     at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    if token is not None:
+        at.session_state["api_token"] = token
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -113,7 +116,9 @@ def test_upload_shows_query_prediction_and_neighbours(
     short, full = sorted(excerpts, key=len)
     assert len(short) <= 111 and short.endswith("…") and "END-OF-REPORT-0" not in short
     assert full.endswith("END-OF-REPORT-0")
-    assert [e.label for e in at.expander] == ["Full report"] * 10
+    assert [e.label for e in at.expander if e.label != "Save this query as a new case"] == [
+        "Full report"
+    ] * 10
     links = at.get("page_link")
     assert len(links) == 10
     assert links[0].proto.page == "case" and "case_id=200" in links[0].proto.query_string
@@ -255,16 +260,42 @@ def test_api_error_is_shown_without_traceback(
     assert not hit_similarities(at)
 
 
-def test_unreachable_api(monkeypatch: pytest.MonkeyPatch, dead_api_url: str, png_bytes: bytes) -> None:
+def test_unreachable_api(monkeypatch: pytest.MonkeyPatch, dead_api_url: str) -> None:
     at = start_app(monkeypatch, dead_api_url)
-    sidebar_errors = [e.value for e in at.sidebar.error]
-    assert len(sidebar_errors) == 1
-    assert sidebar_errors[0].startswith(f"Cannot reach the search API at {dead_api_url}")
-    assert "medcbir serve" in sidebar_errors[0]
-    assert at.selectbox(key="modality").options == ["any"]
-    upload(at, png_bytes)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"Cannot reach the search API: Cannot reach the search API at {dead_api_url}")
+    assert "medcbir serve" in errors[0]
     assert not at.exception
-    assert any(e.value.startswith("Search failed: Cannot reach the search API") for e in at.main.error)
+
+
+def test_login_screen_signs_in_and_out(monkeypatch: pytest.MonkeyPatch, contract: ContractApi) -> None:
+    at = start_app(monkeypatch, contract.url, token=None)
+    assert [t.value for t in at.title] == ["Sign in"]
+    assert not contract.searches and not at.sidebar.text
+    at.text_input(key="login_username").input(CONTRACT_USER)
+    at.text_input(key="login_password").input("wrong password!")
+    at.button[0].click().run()
+    assert [e.value for e in at.error] == ["Wrong username or password."]
+    assert "api_token" not in at.session_state
+    at.text_input(key="login_password").input(CONTRACT_PASSWORD)
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["api_token"] == CONTRACT_TOKEN
+    assert "login_password" not in at.session_state  # the password is not kept
+    assert "Similar case search" in [t.value for t in at.title]
+    assert CONTRACT_USER in [t.value for t in at.sidebar.text]
+    at.button(key="sign_out").click().run()
+    assert [t.value for t in at.title] == ["Sign in"]
+    assert "api_token" not in at.session_state
+
+
+def test_a_token_the_api_refuses_shows_the_login(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi
+) -> None:
+    at = start_app(monkeypatch, contract.url, token="expired-token")
+    assert [t.value for t in at.title] == ["Sign in"]
+    assert "api_token" not in at.session_state
 
 
 def test_api_url_argument_wins_over_env(
@@ -273,17 +304,20 @@ def test_api_url_argument_wins_over_env(
     monkeypatch.setenv("MEDCBIR_UI_API_URL", dead_api_url)
     monkeypatch.setattr(sys, "argv", ["ui/app.py", "--api-url", contract.url])
     at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.session_state["api_token"] = CONTRACT_TOKEN
     at.run()
     assert not at.exception
     assert not at.sidebar.error
     assert contract.url in [t.value for t in at.sidebar.text]
 
 
-def test_live_engine_search(monkeypatch: pytest.MonkeyPatch, live_api: str, png_bytes: bytes) -> None:
+def test_live_engine_search(
+    monkeypatch: pytest.MonkeyPatch, live_api: str, live_token: str, png_bytes: bytes
+) -> None:
     """The page against the real engine API: whatever the archive holds, the page must agree with the API."""
-    at = start_app(monkeypatch, live_api)
+    at = start_app(monkeypatch, live_api, live_token)
     assert not at.sidebar.error
-    with ApiClient(live_api) as client:
+    with ApiClient(live_api, token=live_token) as client:
         health = client.health()
         expected = client.search(png_bytes, "query.png", k=5)
     assert f"Index size: {health.index_size:,} vectors" in [t.value for t in at.sidebar.text]
@@ -303,16 +337,16 @@ def test_live_engine_search(monkeypatch: pytest.MonkeyPatch, live_api: str, png_
         assert {m.label: m.value for m in at.metric}["Predicted label"] == expected.prediction.label
 
 
-def test_live_engine_search_dicom(monkeypatch: pytest.MonkeyPatch, live_api: str) -> None:
+def test_live_engine_search_dicom(monkeypatch: pytest.MonkeyPatch, live_api: str, live_token: str) -> None:
     """A real DICOM query (pydicom's bundled CT) through the page, uploaded without an extension."""
     data_module = pytest.importorskip("pydicom.data")
     data = Path(data_module.get_testdata_file("CT_small.dcm")).read_bytes()
-    at = upload(start_app(monkeypatch, live_api), data, "CT_small")
+    at = upload(start_app(monkeypatch, live_api, live_token), data, "CT_small")
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     text = page_text(at)
     assert "Modality: CT" in text
-    with ApiClient(live_api) as client:
+    with ApiClient(live_api, token=live_token) as client:
         expected = client.search(data, "CT_small", k=10)
     shown = hit_similarities(at)
     assert len(shown) == len(expected.hits) > 0

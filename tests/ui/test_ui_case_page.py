@@ -9,17 +9,21 @@ import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.ui.conftest import CONTRACT_TOKEN
 from tests.ui.test_ui_app import APP, TIMEOUT_S, hit_similarities, page_text
 
 if TYPE_CHECKING:
     from tests.ui.conftest import ContractApi
 
 
-def open_case(monkeypatch: pytest.MonkeyPatch, api_url: str, case_id: str | None) -> AppTest:
-    """Run the app once on its case page, with ?case_id= set when given."""
+def open_case(
+    monkeypatch: pytest.MonkeyPatch, api_url: str, case_id: str | None, token: str = CONTRACT_TOKEN
+) -> AppTest:
+    """Run the app once on its case page, with ?case_id= set when given, signed in with `token`."""
     monkeypatch.setenv("MEDCBIR_UI_API_URL", api_url)
     monkeypatch.setattr(sys, "argv", ["ui/app.py"])
     at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.session_state["api_token"] = token
     at.run()
     if case_id is not None:
         at.query_params["case_id"] = case_id
@@ -65,10 +69,11 @@ def test_missing_or_unknown_case_is_a_readable_message(
     assert not at.image
 
 
-def test_live_case_page(monkeypatch: pytest.MonkeyPatch, live_api: str) -> None:
-    listing = httpx.get(f"{live_api}/cases", params={"limit": 1}).json()
-    case = httpx.get(f"{live_api}/cases/{listing['cases'][0]['case_id']}").json()
-    at = open_case(monkeypatch, live_api, str(case["case_id"]))
+def test_live_case_page(monkeypatch: pytest.MonkeyPatch, live_api: str, live_token: str) -> None:
+    headers = {"Authorization": f"Bearer {live_token}"}
+    listing = httpx.get(f"{live_api}/cases", params={"limit": 1}, headers=headers).json()
+    case = httpx.get(f"{live_api}/cases/{listing['cases'][0]['case_id']}", headers=headers).json()
+    at = open_case(monkeypatch, live_api, str(case["case_id"]), live_token)
     text = page_text(at)
     assert f"Case: {case['case_key']}" in text
     assert case["report"] in [t.value for t in at.text]
