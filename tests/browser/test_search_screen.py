@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import TEST_PASSWORD, TEST_USERS
 from tests.helpers import dicom_testfile, free_port
 
 pytestmark = pytest.mark.browser
@@ -122,7 +123,14 @@ def _wait_for_results(page, count: int) -> list[str]:  # type: ignore[no-untyped
 def test_upload_change_k_and_filter_modality(browser_page, ui_url: str) -> None:  # type: ignore[no-untyped-def]
     page = browser_page
     page.goto(ui_url)
+    # Sign in through the login screen, as a radiologist would.
+    page.get_by_text("Sign in", exact=True).first.wait_for()
+    _shot(page, "00-login")
+    page.get_by_role("textbox", name="Username").fill(TEST_USERS["radiologist"])
+    page.get_by_role("textbox", name="Password").fill(TEST_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
     page.get_by_text("Similar case search", exact=True).wait_for()
+    assert TEST_USERS["radiologist"] in page.locator("body").inner_text()
     page.get_by_text("Upload a query image").wait_for()
     _shot(page, "01-empty")
 
