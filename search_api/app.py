@@ -309,7 +309,15 @@ def create_app(
 
     @app.exception_handler(AccountError)
     async def account_error(_request: Request, exc: AccountError) -> JSONResponse:
-        return JSONResponse(status_code=409 if "already" in str(exc) else 422, content={"detail": str(exc)})
+        message = str(exc)
+        status = (
+            404
+            if message.startswith("no user named")
+            else 409
+            if "already" in message or "last" in message
+            else 422
+        )
+        return JSONResponse(status_code=status, content={"detail": message})
 
     @app.get("/health", response_model=HealthOut)
     def health(searcher: SearcherDep) -> HealthOut:
