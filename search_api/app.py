@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer, OAuth2PasswordRequestForm
@@ -129,6 +129,8 @@ def set_audit_object(request: Request, value: str) -> None:
     request.state.audit_object = value[:4000]
 
 
+# Catalog ids are 64-bit integers: larger numbers are a 422, never a database overflow.
+RowId = Annotated[int, Path(ge=0, le=2**63 - 1)]
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 ApiSettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -383,7 +385,7 @@ def create_app(
     @app.post("/search/by-image/{image_id}", response_model=SearchResponse, responses=_ERRORS)
     async def search_by_image(
         request: Request,
-        image_id: int,
+        image_id: RowId,
         principal: PrincipalDep,
         searcher: SearcherDep,
         filters: SearchFiltersDep,
@@ -416,7 +418,7 @@ def create_app(
 
     @app.get("/images/{image_id}/render", responses=_PNG, response_class=Response)
     def render_image(
-        image_id: int,
+        image_id: RowId,
         searcher: SearcherDep,
         window_center: Annotated[float | None, Query()] = None,
         window_width: Annotated[float | None, Query(gt=0)] = None,
@@ -485,12 +487,12 @@ def create_app(
         return searcher.filter_options()
 
     @app.get("/cases/{case_id}", response_model=CaseOut, responses=_ERRORS)
-    def get_case(case_id: int, searcher: SearcherDep, principal: PrincipalDep) -> CaseOut:
+    def get_case(case_id: RowId, searcher: SearcherDep, principal: PrincipalDep) -> CaseOut:
         return redact_case(searcher.case(case_id), principal)
 
     @app.patch("/cases/{case_id}", response_model=CaseOut, responses=_ERRORS)
     def edit_case(
-        case_id: int,
+        case_id: RowId,
         update: Annotated[CaseUpdate, Body()],
         searcher: SearcherDep,
         manager: CaseManagerDep,
@@ -501,12 +503,12 @@ def create_app(
         return redact_case(searcher.case(case_id), principal)
 
     @app.get("/cases/{case_id}/history", response_model=list[CaseEditOut], responses=_ERRORS)
-    def case_history(case_id: int, manager: CaseManagerDep) -> list[CaseEditOut]:
+    def case_history(case_id: RowId, manager: CaseManagerDep) -> list[CaseEditOut]:
         """Who changed what in a case, and when (UTC)."""
         return manager.history(case_id)
 
     @app.delete("/cases/{case_id}", status_code=204, response_class=Response, responses=_ERRORS)
-    def delete_case(case_id: int, manager: CaseManagerDep, principal: PrincipalDep) -> Response:
+    def delete_case(case_id: RowId, manager: CaseManagerDep, principal: PrincipalDep) -> Response:
         """Delete a case: its rows, its vectors (they leave the index at once), thumbnails and uploads."""
         manager.delete_case(case_id, principal.username)
         return Response(status_code=204)
@@ -516,7 +518,7 @@ def create_app(
         responses=_PNG,
         response_class=Response,
     )
-    def thumbnail(image_id: int, searcher: SearcherDep) -> Response:
+    def thumbnail(image_id: RowId, searcher: SearcherDep) -> Response:
         return Response(content=searcher.thumbnail(image_id), media_type="image/png")
 
     # -- administration -------------------------------------------------------------------------
