@@ -221,20 +221,42 @@ def verify(data_dir: DataDir = None, encoder: Encoder = None, checkpoint: Checkp
 
 
 @app.command("rebuild-index")
-def rebuild_index(data_dir: DataDir = None, encoder: Encoder = None, checkpoint: Checkpoint = None) -> None:
+def rebuild_index(
+    data_dir: DataDir = None,
+    encoder: Encoder = None,
+    checkpoint: Checkpoint = None,
+    kind: Annotated[
+        str, typer.Option(help="Index kind: auto, flat, hnsw, ivf_flat, ivf_sq8 or ivf_pq")
+    ] = "auto",
+    memory_budget_gib: Annotated[
+        float | None, typer.Option(help="Memory budget for auto [default: half the RAM]")
+    ] = None,
+) -> None:
     """Rebuild the FAISS index from the embeddings stored in the catalog (no re-encoding)."""
     _setup_logging()
     from embeddings import create_encoder
     from indexer.archive import index_path
     from indexer.catalog import Catalog
+    from indexer.index_kinds import spec_for_kind
     from indexer.vector_index import VectorIndex
 
     settings = _settings(data_dir, encoder, checkpoint)
     enc = create_encoder(settings.encoder, checkpoint=settings.checkpoint)
     catalog = Catalog(settings.resolved_database_url)
-    vindex = VectorIndex.build_from_catalog(catalog, encoder=enc.name, dim=enc.dim)
+    budget = int(memory_budget_gib * 2**30) if memory_budget_gib else None
+    try:
+        spec = None
+        if kind != "auto":
+            spec = spec_for_kind(kind, int(catalog.image_ids_where(encoder=enc.name).size), enc.dim)
+        vindex = VectorIndex.build_from_catalog(
+            catalog, encoder=enc.name, dim=enc.dim, spec=spec, memory_budget_bytes=budget
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     vindex.save(index_path(settings, enc))
-    typer.echo(f"rebuilt: {len(vindex)} vectors")
+    tuning = vindex.tuning
+    detail = f", {tuning.param}={tuning.value}, recall@10 {tuning.recall_at_10:.3f}" if tuning.param else ""
+    typer.echo(f"rebuilt: {len(vindex)} vectors ({vindex.kind}{detail})")
 
 
 db_app = typer.Typer(
