@@ -244,3 +244,28 @@ def test_gpu_index_gives_the_cpu_results(clustered) -> None:  # type: ignore[no-
         got = [r.ids.tolist() for r in gpu.search(queries, k=10)]
         agree = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(want, got, strict=True)])
         assert agree >= 0.99
+
+
+def test_cli_rebuild_index_with_a_chosen_kind(tmp_path: Path, real_encoder) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from indexer.cli import app
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
+    vectors = _clustered(400, real_encoder.dim, seed=5)
+    with catalog.session() as session:
+        case = Case(case_key="k")
+        session.add(case)
+        for i, v in enumerate(vectors):
+            session.add(
+                Image(case=case, source_uri=f"file:///{i}", sha256=f"{i:064d}", format="png",
+                      encoder=real_encoder.name, embedding=v.tobytes())
+            )  # fmt: skip
+    catalog.dispose()
+    result = CliRunner().invoke(app, ["rebuild-index", "--data-dir", str(tmp_path), "--kind", "hnsw"])
+    assert result.exit_code == 0, result.output
+    assert "rebuilt: 400 vectors (hnsw, efSearch=" in result.output
+    meta = __import__("json").loads(next((tmp_path / "index").glob("*.faiss.json")).read_text())
+    assert meta["spec"]["kind"] == "hnsw" and meta["tuning"]["recall_at_10"] >= 0.95
+    bad = CliRunner().invoke(app, ["rebuild-index", "--data-dir", str(tmp_path), "--kind", "annoy"])
+    assert bad.exit_code == 2 and "unknown index kind" in bad.output
