@@ -49,17 +49,27 @@ def head_revision() -> str:
 def upgrade_database(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
     """Bring the catalog schema to `revision`; returns (before, after).
 
-    A catalog created before migrations existed (tables present, no version table) is first stamped
-    at the initial revision, whose schema is the one such catalogs were created with.
+    A catalog without migration history (tables present, no version table) is stamped first: at head
+    when its schema already equals the models (`Catalog` creates missing tables from them), else at
+    the initial revision, the schema older catalogs were created with, and upgraded from there.
     """
     from alembic import command
 
     config = _config(engine)
     before = current_revision(engine)
     if before is None and inspect(engine).has_table("images"):
-        log.warning(
-            "catalog has tables but no migration history: stamping it at revision %s", INITIAL_REVISION
-        )
-        command.stamp(config, INITIAL_REVISION)
+        baseline = "head" if not _schema_differences(engine) else INITIAL_REVISION
+        log.warning("catalog has tables but no migration history: stamping it at revision %s", baseline)
+        command.stamp(config, baseline)
     command.upgrade(config, revision)
     return before, current_revision(engine)
+
+
+def _schema_differences(engine: Engine) -> list[object]:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from indexer.catalog import Base
+
+    with engine.connect() as connection:
+        return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))

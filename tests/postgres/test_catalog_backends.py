@@ -46,8 +46,24 @@ def test_a_catalog_made_before_migrations_is_baselined(tmp_path: Path) -> None:
     engine = create_engine(url)
     assert current_revision(engine) is None
     before, after = upgrade_database(engine)
-    assert before is None and after == head_revision() and INITIAL_REVISION
+    assert before is None and after == head_revision()
     engine.dispose()
+
+
+def test_a_catalog_with_only_the_initial_schema_is_upgraded_from_it(tmp_path: Path) -> None:
+    from alembic import command
+
+    from indexer.migrations import _config
+
+    url = f"sqlite:///{tmp_path / 'v1.sqlite3'}"
+    engine = create_engine(url)
+    command.upgrade(_config(engine), INITIAL_REVISION)  # the first schema, as an older medcbir made it
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE alembic_version")  # ... before migrations existed
+    before, after = upgrade_database(engine)
+    assert before is None and after == head_revision()
+    engine.dispose()
+    assert _schema_differences(url) == []
 
 
 def test_cli_db_upgrade(tmp_path: Path) -> None:
