@@ -19,6 +19,20 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # A catalog made by Catalog() before it was versioned already has these tables (create_all):
+    # it is baselined at 0001, and this revision then only adds what is missing.
+    existing = set(sa.inspect(op.get_bind()).get_table_names())
+    if "users" not in existing:
+        _create_users()
+    if "api_keys" not in existing:
+        _create_api_keys()
+    if "audit_events" not in existing:
+        _create_audit_events()
+    if "case_edits" not in existing:
+        _create_case_edits()
+
+
+def _create_users() -> None:
     op.create_table(
         "users",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -31,6 +45,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("username"),
     )
+
+
+def _create_api_keys() -> None:
     op.create_table(
         "api_keys",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -46,6 +63,8 @@ def upgrade() -> None:
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_api_keys_user_id"), ["user_id"], unique=False)
 
+
+def _create_audit_events() -> None:
     op.create_table(
         "audit_events",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -70,6 +89,8 @@ def upgrade() -> None:
         for trigger in AUDIT_TRIGGERS:
             op.execute(trigger)
 
+
+def _create_case_edits() -> None:
     op.create_table(
         "case_edits",
         sa.Column("id", sa.Integer(), nullable=False),
