@@ -26,6 +26,8 @@ def _medcbir(*args: str, env: dict[str, str], timeout: int = 900) -> subprocess.
 def _env(data_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["MEDCBIR_DATA_DIR"] = str(data_dir)
+    # These data folders have no accounts: `serve` on 127.0.0.1 in the explicit development mode.
+    env["MEDCBIR_API_AUTH_DISABLED"] = "1"
     return env
 
 
