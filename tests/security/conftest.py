@@ -63,6 +63,18 @@ class LogCapture(logging.Handler):
         self.lines: list[str] = []
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
+    LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+    def attach(self) -> None:
+        """(Re)attach to the root and uvicorn loggers at DEBUG: a later uvicorn.Config elsewhere in the
+        session re-configures uvicorn's loggers (its handlers, levels, no propagation)."""
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            if self not in logger.handlers:
+                logger.addHandler(self)
+            logger.setLevel(logging.DEBUG)
+            logger.disabled = False
+
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
 
@@ -134,10 +146,9 @@ def build_secured_archive(root: Path) -> tuple[Archive, list[Path]]:
 def secured_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredApi]:
     """The secured API with an admin, a radiologist, a disabled user and a service account."""
     logs = LogCapture()
-    root_logger = logging.getLogger()
-    previous_level = root_logger.level
-    root_logger.addHandler(logs)
-    root_logger.setLevel(logging.DEBUG)
+    loggers = [logging.getLogger(n) for n in LogCapture.LOGGERS]
+    previous_levels = [lg.level for lg in loggers]
+    logs.attach()
     archive, files = build_secured_archive(tmp_path_factory.mktemp("secured"))
     catalog = archive.catalog
     create_user(catalog, USERS["admin"], PASSWORD, "admin")
@@ -160,5 +171,6 @@ def secured_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredApi
     finally:
         server.should_exit = True
         thread.join(timeout=15)
-        root_logger.removeHandler(logs)
-        root_logger.setLevel(previous_level)
+        for lg, level in zip(loggers, previous_levels, strict=True):
+            lg.removeHandler(logs)
+            lg.setLevel(level)

@@ -23,6 +23,7 @@ def test_canary_patient_never_reaches_the_logs(secured_api: SecuredApi) -> None:
     api = secured_api
     rad, admin = api.headers("radiologist"), api.headers("admin")
     canary_file = api.files[3].read_bytes()
+    api.logs.attach()
     start = len(api.logs.lines)
     # search with the canary's own image, view its case, thumbnail, history, edit it, fail on it
     body = httpx.post(
