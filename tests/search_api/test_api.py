@@ -12,7 +12,6 @@ from PIL import Image as PILImage
 from tests.conftest import ARCHIVE_ROWS
 from tests.helpers import dicom_testfile
 
-
 API = httpx.Client(timeout=120)  # signed in as the admin (who sees source paths) by the fixture below
 
 
