@@ -115,7 +115,12 @@ def _wait_for_results(page, count: int) -> list[str]:  # type: ignore[no-untyped
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=WAIT_MS
     )
     page.get_by_text(f"Similar cases ({count})", exact=True).wait_for()
+    # Stale cards of the previous run can linger for a moment on a loaded machine: wait them out.
+    deadline = time.monotonic() + WAIT_MS / 1000
     titles = page.get_by_text(CARD_TITLE).all_inner_texts()
+    while len(titles) != count and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+        titles = page.get_by_text(CARD_TITLE).all_inner_texts()
     assert len(titles) == count, titles
     return titles
 
