@@ -108,17 +108,42 @@ def index(
     frames: Annotated[
         str, typer.Option(help="Multi-frame policy: 'representative' (middle frame) or 'all' (every frame)")
     ] = "representative",
+    engine: Annotated[
+        str, typer.Option(help="'local' (processes on this machine) or 'ray' (Ray Data over a cluster)")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join (auto, ray://host:10001) [default: a local Ray on this machine]"
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None, typer.Option(help="Ray embedding actors [default: one per GPU, else half the CPUs]")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per embedding batch [default: MEDCBIR_BATCH_SIZE or 32]")
+    ] = None,
 ) -> None:
     """Index every image under PATH; files already indexed are skipped, bad files are recorded."""
     if frames not in ("representative", "all"):
         raise _fail(f"--frames must be 'representative' or 'all', not {frames!r}")
+    if engine not in ("local", "ray"):
+        raise _fail(f"--engine must be 'local' or 'ray', not {engine!r}")
+    if engine == "local" and (address is not None or actors is not None):
+        raise _fail("--address and --actors need --engine ray")
     _setup_logging()
     from indexer.archive import Archive
     from indexer.manifest import ManifestColumns, load_manifest
     from indexer.pipeline import ingest_path
 
     settings = _settings(data_dir, encoder, checkpoint)
+    if batch_size is not None:
+        settings.batch_size = max(1, batch_size)
     try:
+        if engine == "ray":
+            from indexer.ray_engine import import_ray
+
+            import_ray()  # before loading the model: a missing extra is said at once
         loaded = None
         if manifest is not None:
             columns = ManifestColumns(
@@ -133,14 +158,26 @@ def index(
             loaded = load_manifest(manifest, columns)
         archive = Archive.open(settings)
         try:
-            report = ingest_path(
-                archive,
-                path,
-                loaded,
-                progress=progress,
-                workers=workers,
-                frames=frames,  # type: ignore[arg-type]
-            )
+            if engine == "ray":
+                from indexer.ray_engine import RayOptions, ingest_path_ray
+
+                report = ingest_path_ray(
+                    archive,
+                    path,
+                    loaded,
+                    options=RayOptions(address=address, actors=actors),
+                    progress=progress,
+                    frames=frames,  # type: ignore[arg-type]
+                )
+            else:
+                report = ingest_path(
+                    archive,
+                    path,
+                    loaded,
+                    progress=progress,
+                    workers=workers,
+                    frames=frames,  # type: ignore[arg-type]
+                )
             _cli_audit(archive.catalog, "ingest", f"images:{report.indexed} failed:{report.failed}")
         finally:
             archive.close()

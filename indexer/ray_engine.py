@@ -1,0 +1,526 @@
+"""Distributed bulk embedding on Ray Data: decode in tasks, embed in an actor pool, write on the driver."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import pickle
+import tarfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import select
+from tqdm import tqdm
+
+from embeddings import EmbeddingsError, ImageEncoder, create_encoder
+from imaging import DecodedImage, ImageMetadata, UnsupportedFormatError
+from indexer.archive import Archive
+from indexer.catalog import Image
+from indexer.errors import IndexerError
+from indexer.manifest import Manifest
+from indexer.pipeline import (
+    _SAVE_EVERY_BATCHES,
+    FramePolicy,
+    Ingestor,
+    IngestReport,
+    _Decoded,
+    decode_for_ingest,
+)
+from indexer.settings import IndexerSettings
+from indexer.sources import (
+    SourceItem,
+    UnsafeSourceError,
+    count_items,
+    iter_folder,
+    iter_source,
+    looks_like_image,
+)
+
+log = logging.getLogger(__name__)
+
+RAY_HINT = "install the ray extra: pip install -e '.[ray]'"
+# Archive members are read on the driver and shipped through the object store; at most this many
+# bytes are held per Ray Dataset, so a large zip or tar never sits in memory whole.
+DEFAULT_WINDOW_BYTES = 512 * 1024**2
+_NO_PIXELS = np.zeros((0, 0, 3), dtype=np.float32)
+
+EncoderFactory = Callable[[], ImageEncoder]
+
+
+class RayNotInstalledError(IndexerError):
+    """`--engine ray` was asked for but Ray Data is not installed."""
+
+
+def import_ray() -> ModuleType:
+    """The `ray` module with Ray Data loaded, or an error naming the extra to install."""
+    try:
+        ray = importlib.import_module("ray")
+        importlib.import_module("ray.data")
+    except ImportError as exc:
+        raise RayNotInstalledError(f"--engine ray needs Ray Data: {RAY_HINT}") from exc
+    return ray
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How the Ray engine runs: which cluster, how many embedding actors, and batch sizes."""
+
+    address: str | None = None
+    actors: int | None = None
+    batch_size: int | None = None
+    decode_batch: int = 8
+    window_bytes: int = DEFAULT_WINDOW_BYTES
+
+
+def encoder_factory(settings: IndexerSettings, batch_size: int | None = None) -> EncoderFactory:
+    """A picklable recipe that builds, on each actor, the encoder the settings name."""
+    return partial(
+        create_encoder,
+        settings.encoder,
+        device=settings.device,
+        checkpoint=settings.checkpoint,
+        batch_size=batch_size or settings.batch_size,
+    )
+
+
+# ---------------------------------------------------------------- worker side (Ray tasks and actors)
+
+_COLUMNS = ("uri", "relative", "sha256", "status", "payload", "vector", "last")
+
+
+def _empty_columns() -> dict[str, list[Any]]:
+    return {name: [] for name in _COLUMNS}
+
+
+def _add(
+    out: dict[str, list[Any]],
+    uri: str,
+    relative: str,
+    sha256: str,
+    status: str,
+    payload: bytes = b"",
+    last: bool = True,
+) -> None:
+    for name, value in zip(_COLUMNS, (uri, relative, sha256, status, payload, b"", last), strict=True):
+        out[name].append(value)
+
+
+def _to_batch(out: dict[str, list[Any]]) -> dict[str, npt.NDArray[Any]]:
+    batch: dict[str, npt.NDArray[Any]] = {}
+    for name, values in out.items():
+        column = np.empty(len(values), dtype=bool if name == "last" else object)
+        column[:] = values
+        batch[name] = column
+    return batch
+
+
+def decode_rows(
+    batch: dict[str, npt.NDArray[Any]],
+    *,
+    stored: frozenset[bytes],
+    max_pixels: int | None,
+    frames: FramePolicy,
+) -> dict[str, npt.NDArray[Any]]:
+    """Ray task: read (folder files) and hash each file, skip stored content, decode the rest.
+
+    One output row per frame, or one per file that is stored, failed or not an image; `last`
+    marks a file's final row so the driver counts files, not frames.
+    """
+    out = _empty_columns()
+    for uri, relative, path, data in zip(
+        batch["uri"], batch["relative"], batch["path"], batch["data"], strict=True
+    ):
+        uri, relative = str(uri), str(relative)
+        if path:
+            try:
+                data = Path(str(path)).read_bytes()
+            except OSError as exc:
+                _add(out, uri, relative, "", "failed", pickle.dumps(exc))
+                continue
+        data = bytes(data)
+        digest = hashlib.sha256(data)
+        sha = digest.hexdigest()
+        if digest.digest() in stored:
+            _add(out, uri, relative, sha, "stored")
+            continue
+        result = decode_for_ingest(data, max_pixels, frames)
+        if isinstance(result, BaseException):
+            item = SourceItem(uri, relative, reader=bytes)
+            not_image = isinstance(result, UnsupportedFormatError) and not (
+                item.expected_image or looks_like_image(data[:132])
+            )
+            _add(out, uri, relative, sha, "not_image" if not_image else "failed", _pickle_error(result))
+        elif not result:
+            _add(out, uri, relative, sha, "empty")
+        else:
+            for i, frame in enumerate(result):
+                _add(out, uri, relative, sha, "decoded", pickle.dumps(frame), last=i == len(result) - 1)
+    return _to_batch(out)
+
+
+def _pickle_error(error: BaseException) -> bytes:
+    try:
+        return pickle.dumps(error)
+    except Exception:  # an exception that cannot cross processes keeps its type name and message
+        return pickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
+
+
+class EmbedRows:
+    """Ray actor: builds the encoder once, then embeds the decoded rows of each batch it is given."""
+
+    def __init__(self, factory: EncoderFactory, encoder_name: str) -> None:
+        self.encoder = factory()
+        if self.encoder.name != encoder_name:
+            raise IndexerError(
+                f"the Ray actors built encoder {self.encoder.name!r} but the archive's index is for "
+                f"{encoder_name!r}: install the same package and weights on every node"
+            )
+
+    def __call__(self, batch: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Replace each decoded row's pixels by its vector (pixels never travel back to the driver)."""
+        status = batch["status"].copy()
+        payload = batch["payload"].copy()
+        vector = np.empty(len(status), dtype=object)
+        vector[:] = [b""] * len(status)
+        rows = [i for i, s in enumerate(status) if s == "decoded"]
+        frames: list[tuple[DecodedImage, bytes, str]] = [pickle.loads(payload[i]) for i in rows]
+        results = self._embed([image.pixels for image, _, _ in frames])
+        for i, (image, thumbnail, pixel_digest), result in zip(rows, frames, results, strict=True):
+            if isinstance(result, BaseException):
+                status[i], payload[i] = "failed", _pickle_error(result)
+            else:
+                status[i] = "embedded"
+                payload[i] = pickle.dumps((image.metadata, thumbnail, pixel_digest))
+                vector[i] = np.asarray(result, dtype=np.float32).tobytes()
+        return {**batch, "status": status, "payload": payload, "vector": vector}
+
+    def _embed(self, images: list[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32] | BaseException]:
+        """Embed a batch; when it fails, embed one by one so only the bad image fails (as the local engine)."""
+        if not images:
+            return []
+        try:
+            return list(self.encoder.embed(images))
+        except EmbeddingsError:
+            log.warning("a batch of %d images failed to embed; retrying one by one", len(images))
+        results: list[npt.NDArray[np.float32] | BaseException] = []
+        for image in images:
+            try:
+                results.append(self.encoder.embed([image])[0])
+            except EmbeddingsError as exc:
+                results.append(exc)
+        return results
+
+
+# ---------------------------------------------------------------- driver side
+
+
+def _is_packed(root: Path) -> bool:
+    if not root.is_file():
+        return False
+    if zipfile.is_zipfile(root):
+        return True
+    try:
+        return tarfile.is_tarfile(root)
+    except OSError:
+        return False
+
+
+def _folder_rows(root: Path) -> list[dict[str, Any]]:
+    """References to every file under root: workers read them from the same path (a shared filesystem)."""
+    resolved = root.expanduser().resolve()
+    return [
+        {
+            "uri": item.uri,
+            "relative": item.relative,
+            "path": str(resolved if resolved.is_file() else resolved / item.relative),
+            "data": b"",
+        }
+        for item in iter_folder(resolved)
+    ]
+
+
+class RayIngestor:
+    """Runs decode and embedding as Ray Data `map_batches` and writes on the driver, as `Ingestor` does.
+
+    The driver is the single writer: it consumes the embedded rows in source order and sends them
+    through the local engine's own SOP Instance UID policy, row writer and index update, so the
+    catalog, the FAISS index, failures and re-run behaviour are the same as with `--engine local`.
+    Folders are passed to the workers as paths (every node must see them at the same path); zip and
+    tar members are read on the driver, windowed, and shipped as bytes.
+    """
+
+    def __init__(
+        self,
+        archive: Archive,
+        manifest: Manifest | None = None,
+        *,
+        options: RayOptions | None = None,
+        factory: EncoderFactory | None = None,
+        max_pixels: int | None = None,
+        frames: FramePolicy = "representative",
+    ) -> None:
+        self.archive = archive
+        self.options = options or RayOptions()
+        self.batch_size = max(1, self.options.batch_size or archive.settings.batch_size)
+        self.factory = factory or encoder_factory(archive.settings, self.batch_size)
+        self.max_pixels = max_pixels
+        self.frames = frames
+        self.writer = Ingestor(archive, manifest, workers=0, max_pixels=max_pixels, frames=frames)
+        self.writer.batch_size = self.batch_size
+
+    def run(self, root: Path, *, progress: bool = True) -> IngestReport:
+        """Ingest every file under root (folder, zip or tar, or one file); a re-run is a no-op."""
+        ray = import_ray()
+        started_here = _ensure_ray(ray, self.options.address)
+        try:
+            return self._run(ray, root, progress)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _run(self, ray: ModuleType, root: Path, progress: bool) -> IngestReport:
+        report = IngestReport()
+        start = time.perf_counter()
+        self._claimed: dict[str, str] = {}
+        self._batches_since_save = 0
+        packed = _is_packed(root.expanduser())
+        with tqdm(
+            total=count_items(root), unit="file", desc="indexing (ray)", disable=not progress, smoothing=0.05
+        ) as bar:
+            if packed:
+                for rows in self._archive_windows(root, report, bar):
+                    self._consume(ray, rows, frozenset(), report, bar)
+            else:
+                rows = _folder_rows(root)
+                if rows:
+                    self._consume(ray, rows, self._stored_digests(), report, bar)
+            bar.set_postfix(indexed=report.indexed, skipped=report.already_indexed, failed=report.failed)
+        if report.indexed:
+            self.archive.save_index()
+        report.elapsed_s = time.perf_counter() - start
+        log.info(
+            "ray ingest done: %d files, %d indexed, %d already indexed, %d not images, %d failed, %.1f files/s",
+            report.seen,
+            report.indexed,
+            report.already_indexed,
+            report.not_images,
+            report.failed,
+            report.rate,
+        )
+        return report
+
+    def _stored_digests(self) -> frozenset[bytes]:
+        """Content hashes already in the catalog, sent once to the decode tasks so stored files are not decoded."""
+        with self.archive.catalog.session() as session:
+            return frozenset(bytes.fromhex(sha) for sha in session.scalars(select(Image.sha256)))
+
+    def _archive_windows(
+        self, root: Path, report: IngestReport, bar: tqdm[Any]
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Read zip/tar members on the driver (same safety checks as local), skip stored ones, window by bytes."""
+        window: list[dict[str, Any]] = []
+        size = 0
+        for item in iter_source(root):
+            try:
+                data = item.read_bytes()
+            except (OSError, UnsafeSourceError) as exc:
+                report.seen += 1
+                report.failed += 1
+                self.archive.catalog.record_failure(item.uri, exc)
+                bar.update(1)
+                continue
+            window.append({"uri": item.uri, "relative": item.relative, "path": "", "data": data})
+            size += len(data)
+            if size >= self.options.window_bytes:
+                yield self._drop_stored(window, report, bar)
+                window, size = [], 0
+        if window:
+            yield self._drop_stored(window, report, bar)
+
+    def _drop_stored(
+        self, window: list[dict[str, Any]], report: IngestReport, bar: tqdm[Any]
+    ) -> list[dict[str, Any]]:
+        shas = [hashlib.sha256(row["data"]).hexdigest() for row in window]
+        stored = self.archive.catalog.known_sha256(shas)
+        kept = []
+        for row, sha in zip(window, shas, strict=True):
+            if sha in stored:
+                report.seen += 1
+                report.already_indexed += 1
+                bar.update(1)
+            else:
+                kept.append(row)
+        return kept
+
+    def _consume(
+        self,
+        ray: ModuleType,
+        rows: list[dict[str, Any]],
+        stored: frozenset[bytes],
+        report: IngestReport,
+        bar: tqdm[Any],
+    ) -> None:
+        if not rows:
+            return
+        dataset = self._dataset(ray, rows, stored)
+        for batch in dataset.iter_batches(
+            batch_size=self.batch_size, batch_format="numpy", prefetch_batches=2
+        ):
+            self._write(batch, report, bar)
+            if self._batches_since_save >= _SAVE_EVERY_BATCHES:
+                self.archive.save_index()
+                self._batches_since_save = 0
+
+    def _dataset(self, ray: ModuleType, rows: list[dict[str, Any]], stored: frozenset[bytes]) -> Any:
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # the same file order, hence ids, as the local engine
+        context.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        actors = self.options.actors or (int(gpus) if gpus >= 1 else max(1, int(cpus) // 2))
+        decode_blocks = max(1, min(len(rows) // self.options.decode_batch + 1, 4 * int(cpus)))
+        return (
+            ray.data.from_items(rows, override_num_blocks=decode_blocks)
+            .map_batches(
+                decode_rows,
+                batch_size=self.options.decode_batch,
+                batch_format="numpy",
+                fn_kwargs={"stored": stored, "max_pixels": self.max_pixels, "frames": self.frames},
+                num_cpus=1,
+            )
+            .map_batches(
+                EmbedRows,
+                batch_size=self.batch_size,
+                batch_format="numpy",
+                fn_constructor_kwargs={"factory": self.factory, "encoder_name": self.archive.encoder.name},
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                num_gpus=1 if gpus >= 1 else 0,
+                num_cpus=1,
+            )
+        )
+
+    def _write(self, batch: dict[str, npt.NDArray[Any]], report: IngestReport, bar: tqdm[Any]) -> None:
+        """Count, record failures, and hand the embedded frames to the local engine's writer."""
+        catalog = self.archive.catalog
+        fresh_sha = {str(s) for s in batch["sha256"] if s}
+        concurrent = catalog.known_sha256(s for s in fresh_sha if s not in self._claimed)
+        decoded: list[_Decoded] = []
+        vectors: list[npt.NDArray[np.float32]] = []
+        for uri, relative, sha, status, payload, vector, last in zip(
+            *(batch[name] for name in _COLUMNS), strict=True
+        ):
+            uri, relative, sha, status = str(uri), str(relative), str(sha), str(status)
+            verdict = self._verdict(uri, sha, status, concurrent)
+            if verdict == "duplicate":
+                if last:
+                    report.already_indexed += 1
+            elif status == "failed":
+                report.failed += 1
+                catalog.record_failure(uri, pickle.loads(payload), sha or None)
+            elif status == "not_image":
+                report.not_images += 1
+            elif status == "embedded":
+                metadata, thumbnail, pixel_digest = pickle.loads(payload)
+                item = SourceItem(uri, relative, reader=bytes)
+                image = DecodedImage(pixels=_NO_PIXELS, metadata=_metadata(metadata))
+                decoded.append(_Decoded(item, sha, image, thumbnail, pixel_digest))
+                vectors.append(np.frombuffer(vector, dtype=np.float32))
+            if last:
+                report.seen += 1
+                bar.update(1)
+        self._write_decoded(decoded, vectors, report)
+        bar.set_postfix(indexed=report.indexed, skipped=report.already_indexed, failed=report.failed)
+
+    def _verdict(self, uri: str, sha: str, status: str, concurrent: set[str]) -> str:
+        """'duplicate' for stored content or a second copy in this run (the first copy claims it), else 'new'."""
+        if status == "stored":
+            return "duplicate"
+        if not sha:
+            return "new"
+        owner = self._claimed.get(sha)
+        if owner is None:
+            if sha in concurrent:  # written by someone else since the run started
+                return "duplicate"
+            self._claimed[sha] = uri
+            return "new"
+        return "new" if owner == uri else "duplicate"
+
+    def _write_decoded(
+        self, decoded: list[_Decoded], vectors: list[npt.NDArray[np.float32]], report: IngestReport
+    ) -> None:
+        if not decoded:
+            return
+        by_frame = {id(d): v for d, v in zip(decoded, vectors, strict=True)}
+        fresh = self.writer._drop_sop_duplicates(decoded, report)
+        if not fresh:
+            return
+        matrix = np.stack([by_frame[id(d)] for d in fresh]).astype(np.float32, copy=False)
+        ids = self.writer._write_rows(fresh, matrix)
+        # row first, vector second, as the local engine
+        self.archive.index.add(np.asarray(ids, dtype=np.int64), matrix)
+        report.indexed += len(fresh)
+        self._batches_since_save += 1
+
+
+def _metadata(value: object) -> ImageMetadata:
+    if not isinstance(value, ImageMetadata):
+        raise IndexerError(
+            "a Ray worker returned unexpected metadata: run the same medcbir version on every node"
+        )
+    return value
+
+
+def _ensure_ray(ray: ModuleType, address: str | None) -> bool:
+    """Connect to the given cluster, or start a quiet local Ray on this machine's cores; True when started here."""
+    if ray.is_initialized():
+        return False
+    quiet: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+    }
+    if address:
+        ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, **quiet)
+    return True
+
+
+def ingest_path_ray(
+    archive: Archive,
+    root: Path,
+    manifest: Manifest | None = None,
+    *,
+    options: RayOptions | None = None,
+    progress: bool = True,
+    frames: FramePolicy = "representative",
+    factory: EncoderFactory | None = None,
+) -> IngestReport:
+    """Index every file under root with Ray Data into the archive's catalog and index."""
+    return RayIngestor(archive, manifest, options=options, factory=factory, frames=frames).run(
+        root, progress=progress
+    )
+
+
+__all__: Sequence[str] = [
+    "RAY_HINT",
+    "EmbedRows",
+    "RayIngestor",
+    "RayNotInstalledError",
+    "RayOptions",
+    "decode_rows",
+    "encoder_factory",
+    "import_ray",
+    "ingest_path_ray",
+]
