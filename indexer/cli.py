@@ -743,6 +743,67 @@ def reindex(
     )
 
 
+@app.command("train-head")
+def train_head_command(
+    data_dir: DataDir = None,
+    encoder: Encoder = None,
+    checkpoint: Checkpoint = None,
+    seed: Annotated[int, typer.Option(help="Seed of the patient-grouped splits")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of patients held out for validation")] = 0.2,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write both cards (head and vote) here")
+    ] = None,
+) -> None:
+    """Train a linear head on the stored embeddings and calibrate the kNN vote; saved as a new version."""
+    _setup_logging()
+    import json
+
+    from embeddings import EmbeddingsError, create_encoder
+    from indexer.catalog import Catalog
+    from indexer.heads import train_predictors
+
+    settings = _settings(data_dir, encoder, checkpoint)
+    try:
+        name = create_encoder(settings.encoder, checkpoint=settings.checkpoint, device="cpu").name
+        catalog = Catalog(settings.resolved_database_url)
+        result = train_predictors(catalog, name, settings.data_dir, seed=seed, val_fraction=val_fraction)
+    except (IndexerError, EmbeddingsError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"saved {result.directory}")
+    if result.head is None:
+        typer.echo("head: not trained (needs >= 2 diagnoses with images of >= 2 patients each)")
+    else:
+        card = result.head.card
+        typer.echo(
+            f"head: {len(result.head.labels)} classes, {card['n_train']} train / {card['n_val']} val images "
+            f"({card['n_train_patients']} / {card['n_val_patients']} patients, none shared); "
+            f"val accuracy {card['val_accuracy']:.3f} (chance {card['chance_accuracy']:.3f}); "
+            f"val ECE {card['val_ece_before']:.3f} -> {card['val_ece_after']:.3f} (T={result.head.temperature:.3g})"
+        )
+        if card["skipped_multi_label_images"] or card["left_out_classes"]:
+            typer.echo(
+                f"  left out: {card['skipped_multi_label_images']} multi-label images, "
+                f"classes with < 2 images: {', '.join(card['left_out_classes']) or 'none'}"
+            )
+    vote = result.vote
+    if "holdout_ece_after" in vote.card:
+        typer.echo(
+            f"vote: T={vote.temperature:g}, eps={vote.epsilon:g}; holdout accuracy "
+            f"{vote.card['holdout_accuracy']:.3f}; holdout ECE {vote.card['holdout_ece_before']:.3f} -> "
+            f"{vote.card['holdout_ece_after']:.3f} ({vote.card['n_holdout']} held-out images)"
+        )
+    else:
+        typer.echo(f"vote: not calibrated ({vote.card.get('note', 'too few labeled images')})")
+    typer.echo(
+        f"out of distribution below top similarity {vote.ood_similarity:.3f} "
+        f"(the {vote.card['ood_quantile']:.0%} quantile of stored images' best match to other patients)"
+    )
+    if json_path is not None:
+        json_path.write_text(
+            json.dumps({"head": result.head.card if result.head else None, "vote": vote.__dict__}, indent=2)
+        )
+
+
 # -- accounts, audit and de-identified export (indexer.accounts, indexer.export) --------------------
 
 users_app = typer.Typer(help="User accounts of the search API (no default passwords).", no_args_is_help=True)

@@ -553,9 +553,9 @@ def latest_vote_calibration(data_dir: Path, encoder: str) -> VoteCalibrationFile
     return None
 
 
-def heads_stamp(data_dir: Path) -> float:
-    """A cheap change marker of DATA_DIR/heads (its mtime; a new version folder changes it), 0 if absent."""
+def heads_stamp(data_dir: Path) -> int:
+    """A cheap change marker of DATA_DIR/heads (its mtime in ns; a new version folder changes it), 0 if absent."""
     try:
-        return (data_dir / HEADS_DIR).stat().st_mtime
+        return (data_dir / HEADS_DIR).stat().st_mtime_ns
     except FileNotFoundError:
-        return 0.0
+        return 0
