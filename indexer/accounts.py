@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from indexer.catalog import ApiKey, AuditEvent, CaseEdit, Catalog, User
+from indexer.catalog import ApiKey, AuditEvent, CaseEdit, Catalog, RevokedToken, User
 from indexer.errors import IndexerError
 
 ROLES = ("radiologist", "admin")
@@ -190,6 +190,30 @@ def account_for_api_key(catalog: Catalog, key: str) -> Account | None:
         if row is None or row.disabled:
             return None
         return Account.of(row)
+
+
+# -- signed-out tokens ---------------------------------------------------------------------------
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    # Stored times are UTC without a zone (SQLite drops it); compare like with like.
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def revoke_token(catalog: Catalog, jti: str, expires_at: datetime) -> None:
+    """Refuse the token with this id from now on (every worker reads the same catalog); entries whose
+    token has expired anyway are purged on the way."""
+    now = _naive_utc(datetime.now(UTC))
+    with catalog.session() as session:
+        session.execute(delete(RevokedToken).where(RevokedToken.expires_at < now))
+        if session.get(RevokedToken, jti) is None:
+            session.add(RevokedToken(jti=jti, expires_at=_naive_utc(expires_at), revoked_at=now))
+
+
+def is_token_revoked(catalog: Catalog, jti: str) -> bool:
+    """True when the token with this id was signed out."""
+    with catalog.session() as session:
+        return session.get(RevokedToken, jti) is not None
 
 
 # -- audit -------------------------------------------------------------------------------------

@@ -212,6 +212,16 @@ class AuditEvent(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
 
 
+class RevokedToken(Base):
+    """A signed-out JWT (its `jti`), refused until it would have expired anyway; then it may be purged."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
 class CaseEdit(Base):
     """One change to a case's report or diagnosis (or a confirmed/corrected prediction), kept after deletion."""
 
@@ -232,7 +242,7 @@ def _audit_is_append_only(_mapper: object, _connection: object, _target: object)
     raise PermissionError("audit rows are append-only: they are never updated or deleted")
 
 
-# The database refuses too (SQLite; the migration adds the same triggers).
+# The database refuses too (SQLite; migration 0002 adds the same triggers).
 AUDIT_TRIGGERS = (
     "CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events "
     "BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END",
@@ -241,6 +251,21 @@ AUDIT_TRIGGERS = (
 )
 for _trigger in AUDIT_TRIGGERS:
     event.listen(AuditEvent.__table__, "after_create", DDL(_trigger).execute_if(dialect="sqlite"))
+
+# PostgreSQL: one trigger function raising on UPDATE and DELETE (and TRUNCATE); migration 0003 adds
+# the same to catalogs whose table already exists.
+AUDIT_TRIGGERS_POSTGRES = (
+    "CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN RAISE EXCEPTION 'audit rows are append-only'; END $$",
+    "DROP TRIGGER IF EXISTS audit_events_no_change ON audit_events",
+    "CREATE TRIGGER audit_events_no_change BEFORE UPDATE OR DELETE ON audit_events "
+    "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()",
+    "DROP TRIGGER IF EXISTS audit_events_no_truncate ON audit_events",
+    "CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events "
+    "FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only()",
+)
+for _trigger in AUDIT_TRIGGERS_POSTGRES:
+    event.listen(AuditEvent.__table__, "after_create", DDL(_trigger).execute_if(dialect="postgresql"))
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,13 @@ from indexer.archive import Archive
 from indexer.pseudonym import load_or_create_key
 from indexer.settings import IndexerSettings
 from search_api.case_manager import CaseIngestError, CaseManager, DuplicateImageError
+from search_api.explanations import (
+    Explainer,
+    Explanation,
+    ExplanationUnavailableError,
+    NoHeadError,
+    UnknownLabelError,
+)
 from search_api.schemas import (
     CT_WINDOW_PRESETS,
     AuditEventOut,
@@ -129,12 +136,32 @@ def set_audit_object(request: Request, value: str) -> None:
     request.state.audit_object = value[:4000]
 
 
+def get_explainer(request: Request) -> Explainer:
+    """The explainer the lifespan built (similarity maps, Grad-CAM, the kept query images)."""
+    explainer: Explainer = request.app.state.explainer
+    return explainer
+
+
+def explanation_png(explanation: Explanation) -> Response:
+    """A PNG explanation with the score it explains (and the class, for Grad-CAM) in headers."""
+    headers = {"X-Medcbir-Score": f"{explanation.score:.6f}"}
+    if explanation.label is not None and explanation.label.isascii() and explanation.label.isprintable():
+        headers["X-Medcbir-Label"] = explanation.label
+    return Response(content=explanation.png, media_type="image/png", headers=headers)
+
+
 # Catalog ids are 64-bit integers: larger numbers are a 422, never a database overflow.
 RowId = Annotated[int, Path(ge=0, le=2**63 - 1)]
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 ApiSettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 CaseManagerDep = Annotated[CaseManager, Depends(get_case_manager)]
+ExplainerDep = Annotated[Explainer, Depends(get_explainer)]
+QueryId = Annotated[str, Path(pattern="^[0-9a-f]{32}$", description="query_id of a POST /search answer")]
+ExplainSide = Annotated[int, Query(ge=64, le=1024, description="Longest side of each panel")]
+ExplainLabel = Annotated[
+    str | None, Query(max_length=256, description="The head's class to explain; default: its top class")
+]
 _PNG = {200: {"content": {"image/png": {}}}, **_ERRORS}
 
 
@@ -268,6 +295,7 @@ def create_app(
             app.state.api_settings = limits
             app.state.searcher = Searcher(opened, max_pixels=limits.max_pixels)
             app.state.case_manager = CaseManager(opened, app.state.searcher.index_lock, limits.max_pixels)
+            app.state.explainer = Explainer(opened, limits.max_pixels)
             secret = limits.jwt_secret.get_secret_value().encode() if limits.jwt_secret else None
             if secret is not None and len(secret) < 32:
                 raise RuntimeError("MEDCBIR_API_JWT_SECRET must be at least 32 characters")
@@ -329,6 +357,18 @@ def create_app(
     async def invalid_window(_request: Request, exc: InvalidWindowError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
+    @app.exception_handler(NoHeadError)
+    async def no_head(_request: Request, exc: NoHeadError) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(UnknownLabelError)
+    async def unknown_label(_request: Request, exc: UnknownLabelError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.exception_handler(ExplanationUnavailableError)
+    async def explanation_unavailable(_request: Request, exc: ExplanationUnavailableError) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
     @app.post(
         "/token", response_model=TokenOut, responses={401: {"model": ErrorOut}, 429: {"model": ErrorOut}}
     )
@@ -379,8 +419,10 @@ def create_app(
         result = await run_in_threadpool(
             lambda: searcher.search(data, filters=filters, window=window, window_preset=preset or None)
         )
+        # The query image is kept (memory only, for its owner) so its matches can be explained later.
+        query_id = request.app.state.explainer.queries.put(principal.username, data)
         set_audit_object(request, "cases:" + ",".join(str(h.case_id) for h in result.hits))
-        return redact(result, principal)
+        return redact(result, principal).model_copy(update={"query_id": query_id})
 
     @app.post("/search/by-image/{image_id}", response_model=SearchResponse, responses=_ERRORS)
     async def search_by_image(
@@ -428,6 +470,77 @@ def create_app(
         """An archived image re-rendered from its source file with the window/level asked for."""
         png = searcher.render_image(image_id, window_center, window_width, preset or None, max_side)
         return Response(content=png, media_type="image/png")
+
+    _EXPLAIN = {**_PNG, 409: {"model": ErrorOut}}
+
+    @app.get("/queries/{query_id}/similarity/{image_id}", responses=_EXPLAIN, response_class=Response)
+    async def explain_query_similarity(
+        request: Request,
+        query_id: QueryId,
+        image_id: RowId,
+        principal: PrincipalDep,
+        explainer: ExplainerDep,
+        max_side: ExplainSide = 384,
+    ) -> Response:
+        """Why an archived image matched your search: query | image side by side, each with a heat map of
+        the regions that drove their cosine similarity (X-Medcbir-Score). Queries are kept 30 minutes."""
+        set_audit_object(request, f"query:{query_id} image:{image_id}")
+
+        def explain() -> Explanation:
+            query = explainer.query_pixels(query_id, principal.username)
+            return explainer.similarity(query, explainer.image_pixels(image_id), max_side)
+
+        return explanation_png(await run_in_threadpool(explain))
+
+    @app.get("/images/{image_id}/similarity/{other_id}", responses=_EXPLAIN, response_class=Response)
+    async def explain_image_similarity(
+        request: Request,
+        image_id: RowId,
+        other_id: RowId,
+        explainer: ExplainerDep,
+        max_side: ExplainSide = 384,
+    ) -> Response:
+        """The same for two archived images (a search by image and one of its hits)."""
+        set_audit_object(request, f"image:{image_id} image:{other_id}")
+
+        def explain() -> Explanation:
+            return explainer.similarity(
+                explainer.image_pixels(image_id), explainer.image_pixels(other_id), max_side
+            )
+
+        return explanation_png(await run_in_threadpool(explain))
+
+    @app.get("/queries/{query_id}/gradcam", responses=_EXPLAIN, response_class=Response)
+    async def explain_query_gradcam(
+        request: Request,
+        query_id: QueryId,
+        principal: PrincipalDep,
+        explainer: ExplainerDep,
+        label: ExplainLabel = None,
+        max_side: ExplainSide = 384,
+    ) -> Response:
+        """Grad-CAM of the trained head's class `label` over your query image: the regions that raise it
+        (its probability in X-Medcbir-Score). 404 when no head is trained (medcbir train-head)."""
+        set_audit_object(request, f"query:{query_id}")
+
+        def explain() -> Explanation:
+            return explainer.grad_cam(explainer.query_pixels(query_id, principal.username), label, max_side)
+
+        return explanation_png(await run_in_threadpool(explain))
+
+    @app.get("/images/{image_id}/gradcam", responses=_EXPLAIN, response_class=Response)
+    async def explain_image_gradcam(
+        image_id: RowId,
+        explainer: ExplainerDep,
+        label: ExplainLabel = None,
+        max_side: ExplainSide = 384,
+    ) -> Response:
+        """Grad-CAM of the trained head's class `label` over an archived image."""
+
+        def explain() -> Explanation:
+            return explainer.grad_cam(explainer.image_pixels(image_id), label, max_side)
+
+        return explanation_png(await run_in_threadpool(explain))
 
     @app.get("/cases", response_model=CaseList, responses=_ERRORS)
     def list_cases(

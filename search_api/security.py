@@ -77,6 +77,10 @@ ROUTE_POLICY: dict[str, Rule] = {
     "thumbnail": Rule(RADIOLOGY, "thumbnail"),
     "add_case": Rule(RADIOLOGY, "add_case"),
     "edit_case": Rule(RADIOLOGY, "edit_case"),
+    "explain_query_similarity": Rule(RADIOLOGY, "explain"),
+    "explain_image_similarity": Rule(RADIOLOGY, "explain"),
+    "explain_query_gradcam": Rule(RADIOLOGY, "explain"),
+    "explain_image_gradcam": Rule(RADIOLOGY, "explain"),
     # admins only: delete records, manage users, read the audit trail
     "delete_case": Rule(ADMIN, "delete_case"),
     "list_users": Rule(ADMIN, "list_users"),

@@ -28,3 +28,6 @@ class ApiSettings(BaseSettings):
     login_attempts_per_minute: int = 10
     cors_origins: list[str] = []  # closed by default: no cross-origin browser access
     max_case_images: int = 20
+    # POST /admin/ingest answers when the whole archive is ingested (synchronously): this caps the upload
+    # so one request stays a few minutes at most; bigger archives go through `medcbir index`.
+    max_ingest_bytes: int = 2 * 1024**3

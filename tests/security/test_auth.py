@@ -51,6 +51,11 @@ ROLE_MATRIX: list[tuple[str, str, Request, int, int]] = [
     ("GET", "/filters", lambda a: {}, 200, 200),
     ("GET", "/cases/{case_id}", lambda a: {}, 200, 200),
     ("GET", "/cases/{case_id}/history", lambda a: {}, 200, 200),
+    # explanations: nobody's query is an unknown query; the test archive's encoder has no feature maps
+    ("GET", "/queries/{query_id}/similarity/{image_id}", lambda a: {}, 404, 404),
+    ("GET", "/queries/{query_id}/gradcam", lambda a: {}, 404, 404),
+    ("GET", "/images/{image_id}/similarity/{other_id}", lambda a: {}, 409, 409),
+    ("GET", "/images/{image_id}/gradcam", lambda a: {"missing": True}, 404, 404),
     ("PATCH", "/cases/{case_id}", lambda a: {"json": {}, "missing": True}, 404, 404),
     ("DELETE", "/cases/{case_id}", lambda a: {"missing": True}, 403, 404),
     ("GET", "/users", lambda a: {}, 403, 200),
@@ -62,8 +67,10 @@ ROLE_MATRIX: list[tuple[str, str, Request, int, int]] = [
 
 def _url(api: SecuredApi, path: str, missing: bool = False) -> str:
     params = {"image_id": "1", "case_id": "1", "username": USERS["radiologist"]}
+    params |= {"other_id": "2", "query_id": "0" * 32}
     if missing:
         params = {"image_id": "999999", "case_id": "999999", "username": "nobody-at-all"}
+        params |= {"other_id": "999998", "query_id": "f" * 32}
     return api.url + path.format(**params)
 
 
