@@ -46,15 +46,15 @@ class Hit(BaseModel):
 
 
 class LabelScore(BaseModel):
-    """One label's share of the similarity-weighted neighbour vote."""
+    """One label's share of the neighbour vote, or its probability under a trained head."""
 
     label: str
-    score: float = Field(description="Share of the vote in [0, 1]; the scores of all labels sum to 1")
-    votes: int = Field(description="How many neighbours carry this label")
+    score: float = Field(description="Share of the vote (or probability) in [0, 1]; all labels sum to 1")
+    votes: int = Field(default=0, description="How many neighbours carry this label (0 for a trained head)")
 
 
 class Prediction(BaseModel):
-    """A similarity-weighted vote over the neighbours' diagnoses."""
+    """A prediction over the neighbours' diagnoses (kNN vote) or from a trained head, and how far to trust it."""
 
     label: str | None = Field(
         default=None, description="The winning label, or null when no neighbour is labeled"
@@ -63,6 +63,20 @@ class Prediction(BaseModel):
     scores: list[LabelScore] = Field(default_factory=list)
     labeled_neighbours: int = 0
     method: str = "similarity-weighted kNN vote"
+    calibrated: bool = Field(
+        default=False, description="Scores are probabilities calibrated on held-out patients (train-head)"
+    )
+    uncertain: bool = Field(
+        default=False,
+        description="No reliable match: the confidence is low or the query is far from every stored case",
+    )
+    uncertain_reason: str | None = Field(
+        default=None,
+        description='Why: "out_of_distribution: ...", "low_confidence: ..." or "no_labeled_neighbours"',
+    )
+    top_similarity: float | None = Field(
+        default=None, description="The query's best similarity to any stored image (the OOD check uses it)"
+    )
 
 
 class QueryInfo(BaseModel):
@@ -129,10 +143,8 @@ class SearchResponse(BaseModel):
     candidates: int | None = Field(
         default=None, description="How many indexed images passed the filters (null: no filter)"
     )
-    query_id: str | None = Field(
-        default=None,
-        description="POST /search only: names the query image (kept 30 minutes, for you only) in "
-        "GET /queries/{query_id}/similarity/{image_id} and /queries/{query_id}/gradcam",
+    head_prediction: Prediction | None = Field(
+        default=None, description="The trained head's prediction (null until `medcbir train-head` has run)"
     )
 
 

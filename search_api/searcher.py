@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import threading
 import time
@@ -19,6 +20,7 @@ import numpy.typing as npt
 from imaging import DecodedImage, ImageMetadata, WindowSpec, list_window_presets, load_image, render_png
 from indexer.archive import Archive
 from indexer.catalog import Case, Image
+from indexer.heads import LinearHead, VoteCalibrationFile, heads_stamp, latest_head, latest_vote_calibration
 from indexer.pseudonym import patient_reference
 from search_api.schemas import (
     CaseImage,
@@ -37,12 +39,22 @@ from search_api.schemas import (
     SearchResponse,
 )
 
+log = logging.getLogger(__name__)
+
 QUERY_PREVIEW_SIDE = 512
 EXCERPT_CHARS = 160
 # With group_by, the index is asked for this many times more neighbours per round until k groups fill.
 GROUP_FETCH_FACTOR = 4
 # Window sliders for CT span air to dense bone, so that every preset fits.
 CT_SLIDER_RANGE = (-1024.0, 3071.0)
+
+
+# Without a `medcbir train-head` calibration: a query whose best cosine similarity to the archive is
+# below this is out of distribution (ImageNet-pretrained EfficientNet features: unrelated photographs and
+# noise reach ~0.2-0.3 against medical archives, near-duplicates > 0.9), and a top share below
+# DEFAULT_MIN_CONFIDENCE is low confidence. A calibration replaces both with values fitted on the archive.
+DEFAULT_OOD_SIMILARITY = 0.5
+DEFAULT_MIN_CONFIDENCE = 0.5
 
 
 class NotFoundError(LookupError):
@@ -79,6 +91,112 @@ def vote(neighbours: Sequence[tuple[float, Sequence[str]]]) -> Prediction:
     return Prediction(
         label=scores[0].label, confidence=scores[0].score, scores=scores, labeled_neighbours=labeled
     )
+
+
+def calibrated_vote(
+    neighbours: Sequence[tuple[float, Sequence[str]]], calibration: VoteCalibrationFile
+) -> Prediction:
+    """The tempered vote of `indexer.evaluation.calibration`: weights exp((s_i - s_1) / T), mixed with eps/C.
+
+    A neighbour with several labels splits its weight over them; C counts the calibration's classes and
+    any other label among the neighbours, and every one of them is listed (the scores sum to 1).
+    """
+    labeled = [(float(s), list(labels)) for s, labels in neighbours[: calibration.k] if labels]
+    if not labeled:
+        return Prediction(method=_vote_method(calibration), calibrated=True)
+    top = max(s for s, _ in labeled)
+    weights: dict[str, float] = defaultdict(float)
+    votes: dict[str, int] = defaultdict(int)
+    for similarity, labels in labeled:
+        share = math.exp((similarity - top) / calibration.temperature) / len(labels)
+        for label in labels:
+            weights[label] += share
+            votes[label] += 1
+    classes = sorted(set(calibration.labels) | set(weights))
+    total = sum(weights.values())
+    eps = calibration.epsilon
+    scores = sorted(
+        (
+            LabelScore(
+                label=label,
+                score=(1.0 - eps) * weights.get(label, 0.0) / total + eps / len(classes),
+                votes=votes.get(label, 0),
+            )
+            for label in classes
+        ),
+        key=lambda s: (-s.score, s.label),
+    )
+    return Prediction(
+        label=scores[0].label,
+        confidence=scores[0].score,
+        scores=scores,
+        labeled_neighbours=len(labeled),
+        method=_vote_method(calibration),
+        calibrated=True,
+    )
+
+
+def _vote_method(calibration: VoteCalibrationFile) -> str:
+    return f"calibrated kNN vote (T={calibration.temperature:g}, eps={calibration.epsilon:g})"
+
+
+def head_prediction(head: LinearHead, vector: npt.NDArray[np.float32]) -> Prediction:
+    """The trained head's temperature-scaled softmax over its labels."""
+    probabilities = head.predict_proba(vector[None, :])[0]
+    scores = sorted(
+        (
+            LabelScore(label=label, score=float(p))
+            for label, p in zip(head.labels, probabilities, strict=True)
+        ),
+        key=lambda s: (-s.score, s.label),
+    )
+    return Prediction(
+        label=scores[0].label,
+        confidence=scores[0].score,
+        scores=scores,
+        method=f"linear head {head.version} (T={head.temperature:.3g})",
+        calibrated=True,
+    )
+
+
+def flag_uncertain(
+    prediction: Prediction, top_similarity: float | None, ood_similarity: float, min_confidence: float
+) -> Prediction:
+    """The prediction marked uncertain, with the reason, when it is out of distribution or low-confidence.
+
+    Out of distribution wins: a query below `ood_similarity` to every stored image gets no reliable
+    match however peaked the scores are.
+    """
+    reason: str | None = None
+    if top_similarity is None:
+        reason = "out_of_distribution: the index is empty"
+    elif top_similarity < ood_similarity:
+        reason = f"out_of_distribution: top similarity {top_similarity:.2f} < {ood_similarity:.2f}"
+    elif prediction.label is None:
+        reason = "no_labeled_neighbours"
+    elif prediction.confidence < min_confidence:
+        reason = f"low_confidence: {prediction.confidence:.2f} < {min_confidence:.2f}"
+    return prediction.model_copy(
+        update={"uncertain": reason is not None, "uncertain_reason": reason, "top_similarity": top_similarity}
+    )
+
+
+@dataclass(frozen=True)
+class Predictors:
+    """The serving encoder's newest trained head and vote calibration (either may be missing)."""
+
+    head: LinearHead | None = None
+    vote: VoteCalibrationFile | None = None
+
+    @property
+    def ood_similarity(self) -> float:
+        """The calibrated OOD threshold, or DEFAULT_OOD_SIMILARITY."""
+        return self.vote.ood_similarity if self.vote else DEFAULT_OOD_SIMILARITY
+
+    @property
+    def min_confidence(self) -> float:
+        """The calibrated low-confidence threshold, or DEFAULT_MIN_CONFIDENCE."""
+        return self.vote.min_confidence if self.vote else DEFAULT_MIN_CONFIDENCE
 
 
 @dataclass(frozen=True)
@@ -187,6 +305,9 @@ class Searcher:
         self.max_pixels = max_pixels
         # Case additions and deletions change the index while searches read it: one lock for both.
         self.index_lock = threading.RLock()
+        self._predictors = Predictors()
+        self._predictors_stamp = -1
+        self._predictors_lock = threading.Lock()
 
     def search(
         self,
@@ -211,7 +332,7 @@ class Searcher:
         patient_ref = patient_reference(self.archive.pseudonym_key, decoded.metadata.patient_id)
         hits, candidates = self._neighbours(vector, filters, patient_ref)
         query = self._query_info(data, decoded, preview_window, patient_ref)
-        return self._response(query, hits, filters, candidates, start)
+        return self._response(query, hits, filters, candidates, start, vector)
 
     def search_by_image(
         self, image_id: int, filters: SearchFilters | None = None, window: DisplayWindow | None = None
@@ -248,7 +369,7 @@ class Searcher:
                 patient_ref=row.case.patient_ref,
             )
         query = query.model_copy(update={"image_id": row.id, "case_id": row.case_id})
-        return self._response(query, hits, filters, candidates, start)
+        return self._response(query, hits, filters, candidates, start, vector, exclude_id=row.id)
 
     def render(
         self,
@@ -400,6 +521,49 @@ class Searcher:
             patient_ref=patient_ref,
         )
 
+    def predictors(self) -> Predictors:
+        """The newest head and vote calibration of the serving encoder, reloaded when DATA_DIR/heads changes."""
+        data_dir = self.archive.settings.data_dir
+        stamp = heads_stamp(data_dir)
+        with self._predictors_lock:
+            if stamp != self._predictors_stamp:
+                name = self.archive.encoder.name
+                self._predictors = Predictors(
+                    head=latest_head(data_dir, name), vote=latest_vote_calibration(data_dir, name)
+                )
+                self._predictors_stamp = stamp
+                head, calibration = self._predictors.head, self._predictors.vote
+                log.info(
+                    "predictors for %s: head %s, vote calibration %s",
+                    name,
+                    head.version if head else "none",
+                    calibration.version if calibration else "none",
+                )
+            return self._predictors
+
+    def _top_similarity(self, vector: npt.NDArray[np.float32], exclude_id: int | None) -> float | None:
+        """The query's best similarity to any stored image (unfiltered), skipping the query image itself."""
+        with self.index_lock:
+            result = self.archive.index.search(vector[None, :], 2, allowed_ids=None)[0]
+        for image_id, similarity in zip(result.ids, result.similarities, strict=True):
+            if int(image_id) != exclude_id and int(image_id) >= 0:
+                return float(similarity)
+        return None
+
+    def _predictions(
+        self, hits: list[Hit], vector: npt.NDArray[np.float32], exclude_id: int | None
+    ) -> tuple[Prediction, Prediction | None]:
+        predictors = self.predictors()
+        neighbours = [(h.similarity, h.diagnosis) for h in hits]
+        knn = calibrated_vote(neighbours, predictors.vote) if predictors.vote else vote(neighbours)
+        top = self._top_similarity(vector, exclude_id)
+        ood, floor = predictors.ood_similarity, predictors.min_confidence
+        head = predictors.head
+        return (
+            flag_uncertain(knn, top, ood, floor),
+            flag_uncertain(head_prediction(head, vector), top, ood, floor) if head else None,
+        )
+
     def _response(
         self,
         query: QueryInfo,
@@ -407,16 +571,20 @@ class Searcher:
         filters: SearchFilters,
         candidates: int | None,
         start: float,
+        vector: npt.NDArray[np.float32],
+        exclude_id: int | None = None,
     ) -> SearchResponse:
+        prediction, head = self._predictions(hits, vector, exclude_id)
         return SearchResponse(
             query=query,
             hits=hits,
-            prediction=vote([(h.similarity, h.diagnosis) for h in hits]),
+            prediction=prediction,
             encoder=self.archive.encoder.name,
             index_size=len(self.archive.index),
             took_ms=(time.perf_counter() - start) * 1000.0,
             filters=filters,
             candidates=candidates,
+            head_prediction=head,
         )
 
     def _render_decoded(
