@@ -143,6 +143,11 @@ class SearchResponse(BaseModel):
     candidates: int | None = Field(
         default=None, description="How many indexed images passed the filters (null: no filter)"
     )
+    query_id: str | None = Field(
+        default=None,
+        description="POST /search only: names the query image (kept 30 minutes, for you only) in "
+        "GET /queries/{query_id}/similarity/{image_id} and /queries/{query_id}/gradcam",
+    )
     head_prediction: Prediction | None = Field(
         default=None, description="The trained head's prediction (null until `medcbir train-head` has run)"
     )
