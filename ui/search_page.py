@@ -25,7 +25,7 @@ from ui.views import (
     modality_options,
     render_health,
     render_hits,
-    render_prediction,
+    render_predictions,
     render_query,
 )
 
@@ -216,7 +216,7 @@ def main() -> None:
 
                 render_query(result.query, f"archived image {image_id}", rendered, scope=f"image:{image_id}")
         with right:
-            render_prediction(result.prediction)
+            render_predictions(result.prediction, result.head_prediction)
             if upload is not None:
                 save_query_section(client, upload.name, data, result)
             pool = f" · {result.candidates:,} pass the filters" if result.candidates is not None else ""

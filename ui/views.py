@@ -263,19 +263,50 @@ def render_query(
 # -- prediction and neighbours -----------------------------------------------------------------
 
 
-def render_prediction(prediction: Prediction) -> None:
-    """Top label with its confidence, and a bar chart of every label's share of the vote."""
-    st.subheader("Prediction")
+def uncertainty_message(prediction: Prediction) -> str | None:
+    """The "No reliable match" warning of an uncertain prediction, with the API's reason; None when trusted."""
+    if not prediction.uncertain or prediction.uncertain_reason is None:
+        return None
+    kind, _, detail = prediction.uncertain_reason.partition(": ")
+    why = {
+        "out_of_distribution": "the query is far from every stored case",
+        "low_confidence": "the top label's probability is low",
+        "no_labeled_neighbours": "the retrieved cases carry no diagnosis",
+    }.get(kind, kind.replace("_", " "))
+    return f"No reliable match: {why}" + (f" ({detail})." if detail else ".")
+
+
+@dataclass(frozen=True)
+class PredictionLabels:
+    """Heading and metric captions of one prediction panel (distinct per panel)."""
+
+    heading: str
+    label: str
+    confidence: str
+    axis: str
+
+
+VOTE_LABELS = PredictionLabels("Prediction", "Predicted label", "Confidence", "share of the vote")
+HEAD_LABELS = PredictionLabels("Trained head", "Head label", "Head confidence", "probability")
+
+
+def render_prediction(prediction: Prediction, labels: PredictionLabels = VOTE_LABELS) -> None:
+    """Top label with its confidence, a "No reliable match" warning when uncertain, and every label's score."""
+    st.subheader(labels.heading)
+    warning = uncertainty_message(prediction)
     if prediction.label is None:
+        if warning and not (prediction.uncertain_reason or "").startswith("no_labeled_neighbours"):
+            st.warning(warning)
         st.info("No labeled neighbours: the retrieved cases carry no diagnosis to vote on.")
         return
-    st.metric("Predicted label", prediction.label)
-    st.metric("Confidence", f"{prediction.confidence:.1%}")
+    if warning:
+        st.warning(warning)
+    st.metric(labels.label, prediction.label)
+    st.metric(labels.confidence, f"{prediction.confidence:.1%}")
     st.progress(min(max(prediction.confidence, 0.0), 1.0))
-    st.caption(
-        f"{prediction.method} over {prediction.labeled_neighbours} labeled neighbour(s); "
-        "a retrieval aid, not a diagnosis."
-    )
+    over = f" over {prediction.labeled_neighbours} labeled neighbour(s)" if labels is VOTE_LABELS else ""
+    calibrated = " Probabilities calibrated on held-out patients." if prediction.calibrated else ""
+    st.caption(f"{prediction.method}{over};{calibrated} a retrieval aid, not a diagnosis.")
     if prediction.scores:
         frame = pd.DataFrame(
             {
@@ -288,7 +319,7 @@ def render_prediction(prediction: Prediction) -> None:
             alt.Chart(frame)
             .mark_bar(cornerRadiusEnd=3)
             .encode(
-                x=alt.X("score:Q", title="share of the vote", scale=alt.Scale(domain=[0, 1])),
+                x=alt.X("score:Q", title=labels.axis, scale=alt.Scale(domain=[0, 1])),
                 y=alt.Y("label:N", sort="-x", title=None),
                 color=alt.condition(
                     alt.datum.label == prediction.label, alt.value("#1f6feb"), alt.value("#9db7d5")
@@ -299,6 +330,13 @@ def render_prediction(prediction: Prediction) -> None:
             .configure_axisY(labelLimit=160, labelFontSize=12, labelOverlap=False)
         )
         st.altair_chart(chart, width="stretch")
+
+
+def render_predictions(vote: Prediction, head: Prediction | None) -> None:
+    """The kNN vote, then the trained head's prediction when the archive has one."""
+    render_prediction(vote, VOTE_LABELS)
+    if head is not None:
+        render_prediction(head, HEAD_LABELS)
 
 
 def hit_summary(hit: Hit) -> str:

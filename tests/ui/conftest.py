@@ -41,6 +41,7 @@ UNDECODABLE_PREFIX = b"UNDECODABLE"
 UNLABELED_PREFIX = b"UNLABELED"
 BROKEN_MEDIA_PREFIX = b"BROKENMEDIA"
 CT_PREFIX = b"CTQUERY"
+UNCERTAIN_PREFIX = b"UNCERTAIN"  # an out-of-distribution query, with a trained head
 UNSUPPORTED_DETAIL = "Unsupported image format: send DICOM, PNG or JPEG bytes."
 UNDECODABLE_DETAIL = "The DICOM file has no pixel data: send an image instance."
 HOSTILE_TEXT = "<script>alert(1)</script> ![track](http://evil.example/x.png) :red[boom]"
@@ -119,6 +120,7 @@ class ContractApi:
     unlabeled_prefix: ClassVar[bytes] = UNLABELED_PREFIX
     broken_media_prefix: ClassVar[bytes] = BROKEN_MEDIA_PREFIX
     ct_prefix: ClassVar[bytes] = CT_PREFIX
+    uncertain_prefix: ClassVar[bytes] = UNCERTAIN_PREFIX
     unsupported_detail: ClassVar[str] = UNSUPPORTED_DETAIL
     undecodable_detail: ClassVar[str] = UNDECODABLE_DETAIL
     hostile_text: ClassVar[str] = HOSTILE_TEXT
@@ -174,6 +176,27 @@ def create_contract_app(record: ContractApi) -> FastAPI:
                 ],
                 labeled_neighbours=len(hits),
             )
+        head_prediction = None
+        if data.startswith(UNCERTAIN_PREFIX):
+            reason = "out_of_distribution: top similarity 0.27 < 0.62"
+            prediction = prediction.model_copy(
+                update={
+                    "uncertain": True,
+                    "uncertain_reason": reason,
+                    "calibrated": True,
+                    "top_similarity": 0.27,
+                }
+            )
+            head_prediction = Prediction(
+                label="nodule",
+                confidence=0.9,
+                scores=[LabelScore(label="nodule", score=0.9), LabelScore(label="pneumonia", score=0.1)],
+                method="linear head 20260101T000000000000Z-abcdef12 (T=1.5)",
+                calibrated=True,
+                uncertain=True,
+                uncertain_reason=reason,
+                top_similarity=0.27,
+            )
         ct = data.startswith(CT_PREFIX)
         return SearchResponse(
             query=QueryInfo(
@@ -194,6 +217,7 @@ def create_contract_app(record: ContractApi) -> FastAPI:
             ),
             hits=hits,
             prediction=prediction,
+            head_prediction=head_prediction,
             encoder="fake-encoder",
             index_size=1234,
             took_ms=12.5,

@@ -248,6 +248,36 @@ def test_no_labeled_neighbours(
     assert "Diagnosis: —" in page_text(at)
 
 
+def test_uncertain_prediction_says_no_reliable_match_and_shows_the_head(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
+) -> None:
+    at = upload(start_app(monkeypatch, contract.url), contract.uncertain_prefix + png_bytes)
+    assert not at.exception, [e.value for e in at.exception]
+    warnings = [w.value for w in at.warning]
+    expected = "No reliable match: the query is far from every stored case (top similarity 0.27 < 0.62)."
+    assert warnings == [expected, expected]  # the vote's panel and the head's panel
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics == {
+        "Predicted label": "pneumonia",
+        "Confidence": "75.0%",
+        "Head label": "nodule",
+        "Head confidence": "90.0%",
+    }
+    assert [s.value for s in at.subheader if s.value in ("Prediction", "Trained head")] == [
+        "Prediction",
+        "Trained head",
+    ]
+
+
+def test_trusted_prediction_has_no_warning_and_no_head_panel(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi, png_bytes: bytes
+) -> None:
+    at = upload(start_app(monkeypatch, contract.url), png_bytes)
+    assert not at.exception
+    assert not [w.value for w in at.warning if "No reliable match" in w.value]
+    assert "Trained head" not in [s.value for s in at.subheader]
+
+
 @pytest.mark.parametrize(("kind", "status"), [("unsupported", 415), ("undecodable", 422)])
 def test_api_error_is_shown_without_traceback(
     monkeypatch: pytest.MonkeyPatch, contract: ContractApi, kind: str, status: int
