@@ -47,8 +47,9 @@ class UploadIngest:
 
 
 def upload_dir(archive: Archive) -> Path:
-    """Where uploaded archives are kept, so their images can be re-read (render, reindex, finetune)."""
-    return archive.settings.data_dir / "uploads" / "archives"
+    """Where uploaded archives are kept, so their images can be re-read (render, reindex, finetune); apart
+    from the images of cases added one by one (`uploads/`), which leave with their case."""
+    return archive.settings.data_dir / "uploaded_archives"
 
 
 def archive_suffix(path: Path) -> str:
@@ -96,6 +97,8 @@ def ingest_upload(
     ingestor = Ingestor(archive, manifest, workers=0, max_pixels=max_pixels)
     with lock:
         report = ingestor.run(iter_source(path), total=count_items(path), progress=False)
+    if report.indexed == 0:  # no image row points into it: nothing to keep
+        path.unlink(missing_ok=True)
     prefix = f"{path.resolve().as_uri()}!/"
     with catalog.session() as session:
         rows = session.scalars(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -32,12 +34,16 @@ from indexer.accounts import (
     authenticate,
     create_user,
     list_accounts,
+    revoke_token,
     set_disabled,
     set_role,
 )
 from indexer.archive import Archive
+from indexer.errors import ManifestError
+from indexer.manifest import ManifestColumns, load_manifest
 from indexer.pseudonym import load_or_create_key
 from indexer.settings import IndexerSettings
+from indexer.uploads import UploadError, ingest_upload, keep_upload, rebuild_archive_index, upload_dir
 from search_api.case_manager import CaseIngestError, CaseManager, DuplicateImageError
 from search_api.explanations import (
     Explainer,
@@ -59,7 +65,11 @@ from search_api.schemas import (
     FilterOptions,
     GroupBy,
     HealthOut,
+    IngestFailureOut,
+    IngestOut,
+    LogoutOut,
     MeOut,
+    RebuildOut,
     SearchFilters,
     SearchResponse,
     TokenOut,
@@ -400,6 +410,18 @@ def create_app(
         """Who the credentials belong to."""
         return MeOut(username=principal.username, role=principal.role, auth=principal.auth)  # type: ignore[arg-type]
 
+    @app.post("/logout", response_model=LogoutOut, responses=_ERRORS)
+    def logout(request: Request, principal: PrincipalDep) -> LogoutOut:
+        """Sign out: the presented bearer token is refused from now on, by every worker (the catalog keeps
+        its id until it would have expired). API keys stay valid until an admin revokes them."""
+        if principal.auth != "token" or principal.token_id is None or principal.token_expires is None:
+            return LogoutOut(
+                revoked=False, detail="only bearer tokens are signed out; API keys are revoked by an admin"
+            )
+        expires = datetime.fromtimestamp(principal.token_expires, UTC)
+        revoke_token(_catalog(request), principal.token_id, expires)
+        return LogoutOut(revoked=True, detail="signed out: this token is refused from now on")
+
     @app.post("/search", response_model=SearchResponse, responses=_ERRORS)
     async def search(
         request: Request,
@@ -709,6 +731,107 @@ def create_app(
                 )
                 for r in rows
             ],
+        )
+
+    @app.post(
+        "/admin/ingest",
+        name="ingest_archive",
+        response_model=IngestOut,
+        status_code=201,
+        responses={**_ERRORS, 413: {"model": ErrorOut}},
+    )
+    async def ingest_archive(
+        request: Request,
+        searcher: SearcherDep,
+        limits: ApiSettingsDep,
+        archive: Annotated[
+            UploadFile, File(description="A .zip, .tar or .tar.gz of DICOM, PNG and JPEG images")
+        ],
+        manifest: Annotated[
+            UploadFile | None,
+            File(description="Optional CSV: filename, case_id, patient_id, report, diagnosis columns"),
+        ] = None,
+    ) -> IngestOut:
+        """Ingest an uploaded archive (admin), the same ingest as `medcbir index`: files already stored are
+        skipped, bad files are counted with their reason. The answer comes when the whole archive is
+        ingested (and searchable), so the upload is capped (MEDCBIR_API_MAX_INGEST_BYTES); bigger
+        archives go through the CLI."""
+        opened = searcher.archive
+        folder = upload_dir(opened)
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = folder / f".upload-{uuid.uuid4().hex}"
+        try:
+            size = 0
+            with temporary.open("wb") as handle:
+                while chunk := await archive.read(1 << 20):
+                    size += len(chunk)
+                    if size > limits.max_ingest_bytes:
+                        raise HTTPException(
+                            413,
+                            f"the archive is larger than {limits.max_ingest_bytes} bytes; "
+                            "split it, or index it with `medcbir index` on the server",
+                        )
+                    handle.write(chunk)
+            if size == 0:
+                raise HTTPException(422, "the uploaded archive is empty")
+            loaded = None
+            if manifest is not None:
+                csv_bytes = await _read_upload(manifest, limits.max_upload_bytes)
+                csv_path = temporary.with_suffix(".csv")
+                csv_path.write_bytes(csv_bytes)
+                try:
+                    loaded = load_manifest(csv_path, ManifestColumns())
+                except ManifestError as exc:
+                    raise HTTPException(422, str(exc)) from exc
+                finally:
+                    csv_path.unlink(missing_ok=True)
+            try:
+                kept = await run_in_threadpool(keep_upload, opened, temporary)
+            except UploadError as exc:
+                raise HTTPException(415, str(exc)) from exc
+        finally:
+            temporary.unlink(missing_ok=True)
+        result = await run_in_threadpool(
+            lambda: ingest_upload(opened, kept, loaded, searcher.index_lock, max_pixels=limits.max_pixels)
+        )
+        report = result.report
+        set_audit_object(request, f"archive:{kept.stem[:16]} added:{report.indexed} failed:{report.failed}")
+        return IngestOut(
+            seen=report.seen,
+            added=report.indexed,
+            skipped=report.already_indexed,
+            not_images=report.not_images,
+            failed=report.failed,
+            failures=[
+                IngestFailureOut(member=f.member, error_type=f.error_type, reason=f.reason)
+                for f in result.failures
+            ],
+            index_size=len(opened.index),
+            elapsed_s=round(report.elapsed_s, 2),
+        )
+
+    @app.post("/admin/rebuild-index", response_model=RebuildOut, responses=_ERRORS)
+    async def rebuild_index(
+        request: Request,
+        searcher: SearcherDep,
+        kind: Annotated[
+            Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_sq8", "ivf_pq"],
+            Query(description="Index kind; auto picks one from the size and memory"),
+        ] = "auto",
+    ) -> RebuildOut:
+        """Rebuild the FAISS index from the embeddings the catalog stores (admin); no image is re-encoded.
+        Searches wait while the new index is built and swapped in."""
+        started = time.perf_counter()
+        index = await run_in_threadpool(rebuild_archive_index, searcher.archive, searcher.index_lock, kind)
+        tuning = index.tuning
+        set_audit_object(request, f"index:{index.kind} size:{len(index)}")
+        return RebuildOut(
+            size=len(index),
+            kind=index.kind,
+            tuning_param=tuning.param or None,
+            tuning_value=tuning.value if tuning.param else None,
+            recall_at_10=tuning.recall_at_10,
+            elapsed_s=round(time.perf_counter() - started, 2),
         )
 
     return app

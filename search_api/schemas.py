@@ -325,3 +325,47 @@ class AuditPage(BaseModel):
     offset: int
     limit: int
     events: list[AuditEventOut] = Field(default_factory=list)
+
+
+class LogoutOut(BaseModel):
+    """What POST /logout did: a bearer token is refused from now on; API keys are revoked by an admin."""
+
+    revoked: bool
+    detail: str
+
+
+# -- administration: ingest and rebuild ------------------------------------------------------------
+
+
+class IngestFailureOut(BaseModel):
+    """A file of an uploaded archive that was not added: its member name and the reason (no patient text)."""
+
+    member: str
+    error_type: str
+    reason: str
+
+
+class IngestOut(BaseModel):
+    """What POST /admin/ingest did with an uploaded archive (the same ingest as `medcbir index`)."""
+
+    seen: int
+    added: int
+    skipped: int = Field(
+        description="Already in the archive (same bytes, or same SOP Instance UID and pixels)"
+    )
+    not_images: int
+    failed: int
+    failures: list[IngestFailureOut] = Field(default_factory=list)
+    index_size: int
+    elapsed_s: float
+
+
+class RebuildOut(BaseModel):
+    """The FAISS index as POST /admin/rebuild-index rebuilt it from the catalog's stored embeddings."""
+
+    size: int
+    kind: str
+    tuning_param: str | None
+    tuning_value: int | None
+    recall_at_10: float = Field(description="Measured recall@10 against exact search (1.0 for exact kinds)")
+    elapsed_s: float

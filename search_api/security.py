@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.accounts import Account, account_for_api_key, get_account, record_audit
+from indexer.accounts import Account, account_for_api_key, get_account, is_token_revoked, record_audit
 from indexer.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,15 @@ ROUTE_POLICY: dict[str, Rule] = {
     "explain_image_similarity": Rule(RADIOLOGY, "explain"),
     "explain_query_gradcam": Rule(RADIOLOGY, "explain"),
     "explain_image_gradcam": Rule(RADIOLOGY, "explain"),
+    "logout": Rule(RADIOLOGY, "logout"),
     # admins only: delete records, manage users, read the audit trail
     "delete_case": Rule(ADMIN, "delete_case"),
     "list_users": Rule(ADMIN, "list_users"),
     "create_user": Rule(ADMIN, "create_user"),
     "update_user": Rule(ADMIN, "update_user"),
     "read_audit": Rule(ADMIN, "read_audit"),
+    "ingest_archive": Rule(ADMIN, "ingest"),
+    "rebuild_index": Rule(ADMIN, "rebuild_index"),
 }
 
 
@@ -97,6 +100,8 @@ class Principal:
     username: str
     role: str
     auth: Literal["token", "api_key", "dev"]
+    token_id: str | None = None  # the JWT's jti (what POST /logout revokes)
+    token_expires: int | None = None  # the JWT's exp, seconds since the epoch
 
     @property
     def is_admin(self) -> bool:
@@ -131,6 +136,11 @@ def issue_token(secret: bytes, account: Account, minutes: int, now: datetime | N
 
 def token_subject(secret: bytes, token: str) -> str:
     """The username of a valid token; anything else (forged, expired, other algorithm, alg none) raises."""
+    return str(token_claims(secret, token)["sub"])
+
+
+def token_claims(secret: bytes, token: str) -> dict[str, Any]:
+    """The claims of a valid token (sub, jti and exp present); anything else raises AuthError."""
     try:
         claims = jwt.decode(
             token,
@@ -138,7 +148,7 @@ def token_subject(secret: bytes, token: str) -> str:
             algorithms=[JWT_ALGORITHM],
             audience=JWT_AUDIENCE,
             issuer=JWT_ISSUER,
-            options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+            options={"require": ["exp", "iat", "sub", "aud", "iss", "jti"]},
             leeway=5,
         )
     except jwt.ExpiredSignatureError as exc:
@@ -148,7 +158,9 @@ def token_subject(secret: bytes, token: str) -> str:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise AuthError("the token names no user")
-    return subject
+    if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+        raise AuthError("the token has no id; sign in again (POST /token)")
+    return claims
 
 
 # -- login rate limit ---------------------------------------------------------------------------
@@ -305,11 +317,13 @@ class SecurityMiddleware:
         authorization = headers.get("authorization", "")
         api_key = headers.get(API_KEY_HEADER, "")
         if authorization[:7].lower() == "bearer " and authorization[7:].strip():
-            username = token_subject(state.jwt_secret, authorization[7:].strip())
-            account = get_account(catalog, username)
+            claims = token_claims(state.jwt_secret, authorization[7:].strip())
+            if is_token_revoked(catalog, claims["jti"]):
+                raise AuthError("this token was signed out (POST /logout); sign in again (POST /token)")
+            account = get_account(catalog, claims["sub"])
             if account is None or account.disabled:
                 raise AuthError("the account of this token is unknown or disabled")
-            return Principal(account.username, account.role, "token")
+            return Principal(account.username, account.role, "token", claims["jti"], int(claims["exp"]))
         if api_key:
             account = account_for_api_key(catalog, api_key.strip())
             if account is None:

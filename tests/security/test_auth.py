@@ -36,6 +36,18 @@ def _file(api: SecuredApi, index: int = 0) -> dict[str, Any]:
     return {"files": {"file": ("q.dcm", api.files[index].read_bytes())}, "data": {"k": "2"}}
 
 
+def _stored_files_zip(api: SecuredApi) -> dict[str, Any]:
+    """The archive's own files, zipped: an admin ingest of them adds nothing (all already stored)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in api.files:
+            archive.writestr(path.name, path.read_bytes())
+    return {"files": {"archive": ("stored.zip", buffer.getvalue())}}
+
+
 Request = Callable[[SecuredApi], dict[str, Any]]
 # (method, path, request, status for a radiologist, status for an admin). Anonymous callers get 401
 # everywhere; service accounts (API key, radiologist role) get the radiologist column.
@@ -62,6 +74,10 @@ ROLE_MATRIX: list[tuple[str, str, Request, int, int]] = [
     ("POST", "/users", lambda a: {"json": {}}, 403, 422),
     ("PATCH", "/users/{username}", lambda a: {"json": {"role": "admin"}, "missing": True}, 403, 404),
     ("GET", "/audit", lambda a: {}, 403, 200),
+    # signs out a fresh token of the caller, never the shared session tokens
+    ("POST", "/logout", lambda a: {"fresh_token": True}, 200, 200),
+    ("POST", "/admin/ingest", _stored_files_zip, 403, 201),
+    ("POST", "/admin/rebuild-index", lambda a: {}, 403, 200),
 ]
 
 
@@ -79,6 +95,11 @@ def _call(
 ) -> httpx.Response:
     kwargs = dict(request(api))
     missing = kwargs.pop("missing", False)
+    if kwargs.pop("fresh_token", False) and headers.get("Authorization", "").startswith("Bearer "):
+        subject = jwt.decode(headers["Authorization"][7:], options={"verify_signature": False})["sub"]
+        account = get_account(api.archive.catalog, subject)
+        assert account is not None
+        headers = {"Authorization": f"Bearer {issue_token(api.app.state.jwt_secret, account, 5)}"}
     return httpx.request(method, _url(api, path, missing), headers=headers, timeout=60, **kwargs)
 
 
