@@ -147,6 +147,25 @@ class ApiClient:
         params = {"window_center": f"{center:g}", "window_width": f"{width:g}", "max_side": str(max_side)}
         return self._image(self._request("GET", f"/images/{image_id}/render", params=params))
 
+    def explain_similarity(self, query_id: str | None, query_image_id: int | None, image_id: int) -> bytes:
+        """Why `image_id` matched: GET /queries/{query_id}/similarity/{image_id} for an uploaded query,
+        GET /images/{query_image_id}/similarity/{image_id} for an archived one. A PNG: query | neighbour
+        with the regions that drove their similarity."""
+        if query_id:
+            return self._image(self._request("GET", f"/queries/{query_id}/similarity/{image_id}"))
+        if query_image_id is not None:
+            return self._image(self._request("GET", f"/images/{query_image_id}/similarity/{image_id}"))
+        raise ApiError("This search answer names no query to explain; search again.")
+
+    def explain_gradcam(self, query_id: str | None, query_image_id: int | None, label: str | None) -> bytes:
+        """Grad-CAM of the trained head's class `label` over the query (uploaded or archived), as a PNG."""
+        params = {"label": label} if label else {}
+        if query_id:
+            return self._image(self._request("GET", f"/queries/{query_id}/gradcam", params=params))
+        if query_image_id is not None:
+            return self._image(self._request("GET", f"/images/{query_image_id}/gradcam", params=params))
+        raise ApiError("This search answer names no query to explain; search again.")
+
     def cases(self, limit: int = 50, offset: int = 0) -> CaseList:
         """GET /cases: one page of the archive's cases, to pick a query from."""
         params = {"limit": str(limit), "offset": str(offset)}

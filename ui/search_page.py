@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import streamlit as st
 
@@ -23,6 +24,7 @@ from ui.views import (
     chosen,
     label_options,
     modality_options,
+    render_head_gradcam,
     render_health,
     render_hits,
     render_predictions,
@@ -116,6 +118,17 @@ def cached_search(key: str, run: object) -> SearchResponse:
         st.session_state["search_key"], st.session_state["search_result"] = key, result
     result_: SearchResponse = st.session_state["search_result"]
     return result_
+
+
+def cached_explanation(key: str, fetch: Callable[[], bytes]) -> bytes:
+    """Fetch an explanation PNG once per search; reruns (other widgets) reuse it."""
+    if st.session_state.get("explanations_scope") != st.session_state.get("search_key"):
+        st.session_state["explanations_scope"] = st.session_state.get("search_key")
+        st.session_state["explanations"] = {}
+    store: dict[str, bytes] = st.session_state["explanations"]
+    if key not in store:
+        store[key] = fetch()
+    return store[key]
 
 
 def save_query_section(client: ApiClient, name: str, data: bytes, result: SearchResponse) -> None:
@@ -217,6 +230,13 @@ def main() -> None:
                 render_query(result.query, f"archived image {image_id}", rendered, scope=f"image:{image_id}")
         with right:
             render_predictions(result.prediction, result.head_prediction)
+            query_id, query_image_id = result.query_id, result.query.image_id
+            render_head_gradcam(
+                result.head_prediction,
+                lambda label: cached_explanation(
+                    f"gradcam:{label}", lambda: client.explain_gradcam(query_id, query_image_id, label)
+                ),
+            )
             if upload is not None:
                 save_query_section(client, upload.name, data, result)
             pool = f" · {result.candidates:,} pass the filters" if result.candidates is not None else ""
@@ -229,6 +249,10 @@ def main() -> None:
                 result.hits,
                 thumbnail_fetcher(client, settings),
                 query_patient=result.query.patient_ref,
+                explain=lambda hit: cached_explanation(
+                    f"similarity:{hit.image_id}",
+                    lambda: client.explain_similarity(query_id, query_image_id, hit.image_id),
+                ),
             )
 
 

@@ -339,6 +339,19 @@ def render_predictions(vote: Prediction, head: Prediction | None) -> None:
         render_prediction(head, HEAD_LABELS)
 
 
+def render_head_gradcam(head: Prediction | None, fetch: Callable[[str], bytes]) -> None:
+    """A toggle showing the Grad-CAM of the trained head's predicted class over the query."""
+    if head is None or head.label is None:
+        return
+    if st.checkbox("Where does the head look? (Grad-CAM)", key="head_gradcam"):
+        label = head.label
+        render_explanation(
+            lambda: fetch(label),
+            "Grad-CAM",
+            "Grad-CAM of the head's predicted class: warm colours raise its score.",
+        )
+
+
 def hit_summary(hit: Hit) -> str:
     """The plain-text lines of a neighbour card: diagnosis, modality and body part, case, study/series."""
     kind = " · ".join(v for v in (hit.modality, hit.body_part) if v) or "—"
@@ -352,10 +365,27 @@ def hit_summary(hit: Hit) -> str:
     return "\n".join(lines)
 
 
+def render_explanation(fetch: Callable[[], bytes], what: str, caption: str) -> None:
+    """Fetch an explanation PNG from the API and show it, or say why it is not available."""
+    try:
+        with st.spinner(f"Computing the {what}…"):
+            data = fetch()
+    except ApiError as exc:
+        st.warning(f"No {what}: {exc.message}")
+        return
+    show_image(data, caption, what)
+    st.caption(caption)
+
+
 def render_hit(
-    hit: Hit, thumbnail: Callable[[str], bytes], query_patient: str | None = None, link: bool = True
+    hit: Hit,
+    thumbnail: Callable[[str], bytes],
+    query_patient: str | None = None,
+    link: bool = True,
+    explain: Callable[[Hit], bytes] | None = None,
 ) -> None:
-    """One neighbour card: thumbnail, similarity, labels, modality, study/series, report, case link."""
+    """One neighbour card: thumbnail, similarity, labels, modality, study/series, report, case link, and
+    (when `explain` is given) a "Why similar?" toggle showing the similarity maps of query and neighbour."""
     with st.container(border=True):
         try:
             data = thumbnail(hit.thumbnail_url)
@@ -368,6 +398,12 @@ def render_hit(
         st.text(hit_summary(hit))
         if query_patient and hit.patient_ref == query_patient:
             st.caption(":orange[Same patient as the query]")
+        if explain is not None and st.checkbox("Why similar?", key=f"why_similar_{hit.rank}_{hit.image_id}"):
+            render_explanation(
+                lambda: explain(hit),
+                "similarity map",
+                "Query | neighbour: warm colours mark the regions that drove this similarity.",
+            )
         if hit.report:
             st.text(excerpt(hit.report, CARD_EXCERPT_CHARS))
         else:
@@ -393,6 +429,7 @@ def render_hits(
     query_patient: str | None = None,
     link: bool = True,
     empty_hint: str = "No neighbours: the index is empty, or nothing matches the filters.",
+    explain: Callable[[Hit], bytes] | None = None,
 ) -> None:
     """The neighbours in a grid, best first, `columns` per row."""
     st.subheader(f"Similar cases ({len(hits)})")
@@ -403,7 +440,7 @@ def render_hits(
         row = st.columns(columns)
         for column, hit in zip(row, hits[start : start + columns], strict=False):
             with column:
-                render_hit(hit, thumbnail, query_patient, link)
+                render_hit(hit, thumbnail, query_patient, link, explain)
 
 
 # -- case view ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from PIL import Image as PILImage
 
+from embeddings import ImageEncoder
 from indexer.accounts import create_user
 from indexer.archive import Archive
 from indexer.heads import train_predictors
@@ -64,10 +65,11 @@ class ExplainedApi:
     headers: dict[str, dict[str, str]]  # per user
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory, real_encoder) -> Iterator[ExplainedApi]:  # type: ignore[no-untyped-def]
-    """Eight grey images (a textured disc and a real CT patch, each at four places, one patient each)."""
-    root = tmp_path_factory.mktemp("explain")
+def build_explained_archive(
+    root: Path, encoder: ImageEncoder
+) -> tuple[Archive, dict[str, int], dict[str, bytes]]:
+    """Eight grey PNGs (a textured disc and a real CT patch, each at four places, one patient each, labeled
+    "disc" or "ct") indexed with `encoder`; the archive, image ids and file bytes by name ("disc-left")."""
     source = root / "source"
     source.mkdir()
     sources: dict[str, bytes] = {}
@@ -80,14 +82,19 @@ def api(tmp_path_factory: pytest.TempPathFactory, real_encoder) -> Iterator[Expl
                 sources[name] = _png(patch, place)
                 (source / f"{name}.png").write_bytes(sources[name])
                 writer.writerow([f"{name}.png", name, f"P-{name}", "Synthetic.", kind])
-    data_dir = root / "data"
-    archive = Archive.open(IndexerSettings(data_dir=data_dir), encoder=real_encoder)
+    archive = Archive.open(IndexerSettings(data_dir=root / "data"), encoder=encoder)
     manifest = load_manifest(source / "manifest.csv", ManifestColumns())
     report = ingest_path(archive, source, manifest, progress=False, workers=0)
     assert report.indexed == len(sources), report
-    image_ids = {}
-    for summary in archive.catalog.list_cases(limit=50)[1]:
-        image_ids[summary.case_key] = summary.images[0].id
+    image_ids = {case.case_key: case.images[0].id for case in archive.catalog.list_cases(limit=50)[1]}
+    return archive, image_ids, sources
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, real_encoder) -> Iterator[ExplainedApi]:  # type: ignore[no-untyped-def]
+    """The explained archive behind a live API, with two radiologists."""
+    root = tmp_path_factory.mktemp("explain")
+    archive, image_ids, sources = build_explained_archive(root, real_encoder)
     for user in ("alice", "bob"):
         create_user(archive.catalog, user, PASSWORD, "radiologist")
     try:
@@ -96,7 +103,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, real_encoder) -> Iterator[Expl
             for user in ("alice", "bob"):
                 token = httpx.post(f"{url}/token", data={"username": user, "password": PASSWORD}).json()
                 headers[user] = {"Authorization": f"Bearer {token['access_token']}"}
-            yield ExplainedApi(url, archive, data_dir, image_ids, sources, headers)
+            yield ExplainedApi(url, archive, root / "data", image_ids, sources, headers)
     finally:
         archive.close()
 
