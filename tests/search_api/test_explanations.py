@@ -16,7 +16,7 @@ import pytest
 from PIL import Image as PILImage
 
 from embeddings import ImageEncoder
-from indexer.accounts import create_user
+from indexer.accounts import audit_records, create_user
 from indexer.archive import Archive
 from indexer.heads import train_predictors
 from indexer.manifest import ManifestColumns, load_manifest
@@ -198,6 +198,13 @@ def test_queries_belong_to_their_user(api: ExplainedApi) -> None:
     assert httpx.get(path, headers=api.headers["alice"], timeout=120).status_code == 200
     other = httpx.get(path, headers=api.headers["bob"], timeout=120)
     assert other.status_code == 404 and "search again" in other.json()["detail"]
+    # both are audited as explanations of that query and image, the refusal as rejected
+    _, rows = audit_records(api.archive.catalog, action="explain", limit=5)
+    mine = [r for r in rows if r.object == f"query:{body['query_id']} image:{image_id}"]
+    assert [(r.username, r.outcome, r.status) for r in mine[:2]] == [
+        ("bob", "rejected", 404),
+        ("alice", "success", 200),
+    ]
     assert httpx.get(path, timeout=120).status_code == 401
     unknown_image = httpx.get(
         f"{api.url}/queries/{body['query_id']}/similarity/999999", headers=api.headers["alice"], timeout=120
