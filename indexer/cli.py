@@ -610,8 +610,19 @@ def eval_command(
 @app.command()
 def finetune(
     data: Annotated[
-        Path, typer.Option(help="Labeled data: a folder per class, a folder + --manifest, or a .npz")
-    ],
+        Path | None,
+        typer.Option(
+            help="Labeled data: a folder per class, a folder + --manifest, or a .npz [default: --from-catalog]"
+        ),
+    ] = None,
+    from_catalog: Annotated[
+        bool,
+        typer.Option(
+            "--from-catalog",
+            help="Train on the catalog's images labeled with their case diagnosis (single-label cases), "
+            "held out by patient; the default without --data",
+        ),
+    ] = False,
     manifest: Annotated[
         Path | None, typer.Option(help="CSV naming each file's label (and patient, split)")
     ] = None,
@@ -649,7 +660,11 @@ def finetune(
         Path | None, typer.Option("--json", help="Write the card (with test scores) here")
     ] = None,
 ) -> None:
-    """Fine-tune the encoder on labeled data (metric learning), validate on held-out patients, save it."""
+    """Fine-tune the encoder on labeled data (metric learning), validate on held-out patients, save it.
+
+    Without --data it trains on the catalog itself (--from-catalog): every image of a case with exactly
+    one diagnosis label, re-decoded from its source; multi-label and unlabeled cases, and images whose
+    source is gone, are left out and counted in the card."""
     _setup_logging()
     import json
 
@@ -659,9 +674,15 @@ def finetune(
     from indexer.evaluation.finetuning import run_finetune
     from indexer.evaluation.runner import EvaluationConfig
 
+    if data is not None and from_catalog:
+        raise _fail("pass either --data or --from-catalog, not both")
     settings = _settings(data_dir, encoder, checkpoint)
+    catalog_url = settings.resolved_database_url if data is None else None
+    if catalog_url is not None and manifest is not None:
+        raise _fail("--manifest goes with --data; the catalog already knows its labels")
     eval_config = EvaluationConfig(
-        data=data,
+        data=data if data is not None else settings.data_dir,
+        from_catalog=catalog_url,
         manifest=manifest,
         spec=ManifestSpec(
             path_column=path_column,
@@ -708,6 +729,12 @@ def finetune(
         f"held-out test mAP@10: {card['test_map@10_before']:.4f} before -> {card['test_map@10_after']:.4f} after "
         f"(val mAP@10 {card['val_map@10_before']:.4f} -> {card['val_map@10']:.4f}, best epoch {card['best_epoch']})"
     )
+    if "used_images" in card:
+        typer.echo(
+            f"catalog: {card['used_images']} of {card['catalog_images']} images used; left out "
+            f"{card['left_out_multi_label']} of multi-label cases, {card['left_out_unlabeled']} unlabeled, "
+            f"{card['left_out_source_missing']} whose source is gone"
+        )
     typer.echo(f"checkpoint: {report.checkpoint}")
     typer.echo(f"use it: medcbir reindex --encoder {eval_config.encoder} --checkpoint {report.checkpoint}")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -33,11 +35,45 @@ class ReindexResult:
 
 
 def read_source(uri: str) -> bytes:
-    """The bytes behind a catalog `source_uri` (a `file://` path); other schemes cannot be re-read."""
+    """The bytes behind a catalog `source_uri`: a `file://` path, or a member of a zip or tar archive
+    (`file:///archive.zip!/member`, as indexer.sources names them); other schemes cannot be re-read."""
     parsed = urlparse(uri)
     if parsed.scheme not in ("file", ""):
         raise IndexerError(f"cannot re-read {uri!r}: only file:// sources can be re-embedded; re-index it")
-    return Path(unquote(parsed.path)).read_bytes()
+    path = unquote(parsed.path)
+    if "!/" not in path or Path(path).is_file():
+        return Path(path).read_bytes()
+    container, member = path.split("!/", 1)
+    return read_archive_member(Path(container), member)
+
+
+def read_archive_member(container: Path, member: str) -> bytes:
+    """One member of a zip or tar archive (OSError when the archive or the member is gone)."""
+    if zipfile.is_zipfile(container):
+        with zipfile.ZipFile(container) as archive:
+            try:
+                return archive.read(member)
+            except KeyError as exc:
+                raise FileNotFoundError(f"{container.name} has no member {member!r}") from exc
+    try:
+        with tarfile.open(container, mode="r:*") as archive:
+            handle = archive.extractfile(member)
+            if handle is None:
+                raise FileNotFoundError(f"{container.name}: member {member!r} is not a regular file")
+            return handle.read()
+    except KeyError as exc:
+        raise FileNotFoundError(f"{container.name} has no member {member!r}") from exc
+    except tarfile.TarError as exc:
+        raise OSError(f"{container.name} is not a readable zip or tar archive") from exc
+
+
+def source_exists(uri: str) -> bool:
+    """True when the file behind a `file://` source (or the archive holding it) is still there."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("file", ""):
+        return False
+    path = unquote(parsed.path)
+    return Path(path).is_file() or ("!/" in path and Path(path.split("!/", 1)[0]).is_file())
 
 
 def reindex_catalog(

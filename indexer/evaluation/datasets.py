@@ -10,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy import func, select
 
 from imaging import load_image
+from indexer.catalog import Case, Catalog, Diagnosis, Image
 from indexer.errors import IndexerError
+from indexer.reindex import read_source, source_exists
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".dcm", ".dicom", ".dic", ".ima", ""})
 SPLITS = ("train", "val", "test")
@@ -63,6 +66,8 @@ class LabeledDataset:
     patients: list[str] | None = None
     splits: list[str] | None = None
     _reader: Callable[[int], npt.NDArray[np.float32]] | None = field(default=None, repr=False)
+    # How the images were chosen (e.g. what a catalog dataset left out, and why); goes into model cards.
+    provenance: dict[str, int | str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -100,6 +105,7 @@ class LabeledDataset:
             patients=[self.patients[i] for i in chosen] if self.patients is not None else None,
             splits=[self.splits[i] for i in chosen] if self.splits is not None else None,
             _reader=read,
+            provenance=dict(self.provenance),
         )
 
     def class_counts(self) -> dict[str, int]:
@@ -298,6 +304,85 @@ def load_npz_dataset(path: Path, class_names: Sequence[str] | None = None) -> La
         uris=[f"{s}/{i}" for s, arr in zip(present, images, strict=True) for i in range(len(arr))],
         splits=splits,
         _reader=read,
+    )
+
+
+def load_catalog_dataset(database_url: str) -> LabeledDataset:
+    """The catalog's images labeled with their case's diagnosis, grouped by (pseudonymous) patient.
+
+    Only cases with exactly one diagnosis label are used: multi-label and unlabeled cases are left
+    out, and so are images whose source file (or archive) is gone; `provenance` counts each. Pixels
+    are re-decoded from the source, as at ingest. A case without a patient reference is its own
+    patient. Images are named `image:<id>`, never by path.
+    """
+    catalog = Catalog(database_url)
+    try:
+        with catalog.session() as session:
+            # per case: how many labels, and the label (the only one, when there is one)
+            per_case = session.execute(
+                select(Diagnosis.case_id, func.count(), func.min(Diagnosis.label)).group_by(Diagnosis.case_id)
+            ).all()
+            counts = {int(case_id): int(n) for case_id, n, _ in per_case}
+            single = {int(case_id): str(label) for case_id, _, label in per_case}
+            rows = session.execute(
+                select(
+                    Image.id,
+                    Image.case_id,
+                    Image.source_uri,
+                    Image.frame_index,
+                    Image.sha256,
+                    Case.patient_ref,
+                )
+                .join(Case, Case.id == Image.case_id)
+                .order_by(Image.id)
+            ).all()
+    finally:
+        catalog.dispose()
+    left_out = {"unlabeled": 0, "multi_label": 0, "source_missing": 0}
+    ids: list[int] = []
+    uris: list[str] = []
+    frames: list[int] = []
+    names: list[str] = []
+    patients: list[str] = []
+    keys: list[str] = []
+    for image_id, case_id, uri, frame, sha256, patient_ref in rows:
+        labels = counts.get(case_id, 0)
+        if labels == 0:
+            left_out["unlabeled"] += 1
+        elif labels > 1:
+            left_out["multi_label"] += 1
+        elif not source_exists(uri):
+            left_out["source_missing"] += 1
+        else:
+            ids.append(int(image_id))
+            uris.append(str(uri))
+            frames.append(int(frame or 0))
+            names.append(str(single[case_id]))
+            patients.append(f"ref:{patient_ref}" if patient_ref else f"case:{case_id}")
+            keys.append(f"{sha256}:{frame or 0}")
+    if not ids:
+        raise DatasetError(
+            f"the catalog has no image of a single-label case with a reachable source ({len(rows)} images, "
+            f"left out: {left_out}); index labeled cases (a manifest with a diagnosis column) first"
+        )
+    label_ids, classes = _encode_labels(names)
+
+    def read(index: int) -> npt.NDArray[np.float32]:
+        return load_image(read_source(uris[index]), frame=frames[index]).pixels
+
+    return LabeledDataset(
+        name="catalog",
+        labels=label_ids,
+        class_names=classes,
+        content_keys=keys,
+        uris=[f"image:{i}" for i in ids],
+        patients=patients,
+        _reader=read,
+        provenance={
+            "catalog_images": len(rows),
+            "used_images": len(ids),
+            **{f"left_out_{reason}": count for reason, count in left_out.items()},
+        },
     )
 
 

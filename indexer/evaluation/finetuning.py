@@ -75,6 +75,21 @@ def training_split(dataset: LabeledDataset, *, seed: int, val_fraction: float = 
     )
 
 
+def split_groups(dataset: LabeledDataset, split: Split) -> dict[str, int]:
+    """Patients (or content groups) per part, and how many sit in two parts (0 for a held-out split)."""
+    groups = group_keys(dataset)
+    parts = {
+        name: {groups[int(i)] for i in positions}
+        for name, positions in (("train", split.train), ("val", split.val), ("test", split.test))
+    }
+    return {
+        **{name: len(members) for name, members in parts.items()},
+        "shared_train_test": len(parts["train"] & parts["test"]),
+        "shared_train_val": len(parts["train"] & parts["val"]),
+        "shared_val_test": len(parts["val"] & parts["test"]),
+    }
+
+
 def map_score(k: int = VAL_K) -> Any:
     """A ScoreFunction: mAP@k of the queries against the database by exact inner product."""
 
@@ -130,12 +145,13 @@ def run_finetune(
         "base_encoder": eval_config.encoder,
         "base_weights": base_name,
         "load_with": f"create_encoder({eval_config.encoder!r}, checkpoint=FILE)",
-        "data": str(eval_config.data),
+        "data": "catalog of " + str(eval_config.data) if eval_config.from_catalog else str(eval_config.data),
         "manifest": str(eval_config.manifest) if eval_config.manifest else None,
         "dataset": dataset.name,
         "dataset_identity": dataset.identity(),
         "classes": dataset.class_names,
         "split": split.how,
+        "split_groups": split_groups(dataset, split),
         "train_images": len(split.train),
         "val_images": len(split.val),
         "test_images": len(split.test),
@@ -151,6 +167,7 @@ def run_finetune(
         "machine": f"{platform.machine()} {platform.processor() or ''}, torch threads {torch.get_num_threads()}, "
         f"device {encoder.device}",
     }
+    card.update(dataset.provenance)  # e.g. what a catalog dataset left out, and why
     path = None
     if output_dir is not None:
         stem = f"{eval_config.encoder}-ft-{dataset.name}"

@@ -15,6 +15,7 @@ from indexer.evaluation.datasets import (
     ManifestSpec,
     drop_exact_duplicates,
     drop_rare_classes,
+    load_catalog_dataset,
     load_dataset,
 )
 from indexer.evaluation.protocol import (
@@ -48,11 +49,17 @@ class EvaluationConfig:
     cache_dir: Path | None = None
     device: str | None = None
     batch_size: int = 32
+    # A catalog database URL: the dataset is the catalog's single-label cases (then `data` only names
+    # the data folder in reports).
+    from_catalog: str | None = None
 
 
 def prepare_dataset(config: EvaluationConfig) -> LabeledDataset:
     """The dataset as evaluated: loaded, optionally de-duplicated, rare classes optionally dropped."""
-    dataset = load_dataset(config.data, config.manifest, config.spec)
+    if config.from_catalog is not None:
+        dataset = load_catalog_dataset(config.from_catalog)
+    else:
+        dataset = load_dataset(config.data, config.manifest, config.spec)
     if config.dedupe:
         before = len(dataset)
         dataset = drop_exact_duplicates(dataset)
