@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from indexer.archive import Archive
-from indexer.catalog import IngestFailure
+from indexer.catalog import Image, IngestFailure
 from indexer.errors import IndexerError
 from indexer.index_kinds import spec_for_kind
 from indexer.manifest import Manifest
@@ -97,9 +97,13 @@ def ingest_upload(
     ingestor = Ingestor(archive, manifest, workers=0, max_pixels=max_pixels)
     with lock:
         report = ingestor.run(iter_source(path), total=count_items(path), progress=False)
-    if report.indexed == 0:  # no image row points into it: nothing to keep
-        path.unlink(missing_ok=True)
     prefix = f"{path.resolve().as_uri()}!/"
+    with catalog.session() as session:
+        referenced = session.scalar(
+            select(Image.id).where(Image.source_uri.startswith(prefix, autoescape=True)).limit(1)
+        )
+    if referenced is None:  # no image row points into it (e.g. every file was already stored)
+        path.unlink(missing_ok=True)
     with catalog.session() as session:
         rows = session.scalars(
             select(IngestFailure)

@@ -22,6 +22,7 @@ from indexer.archive import Archive
 from indexer.catalog import Case, Image
 from indexer.heads import LinearHead, VoteCalibrationFile, heads_stamp, latest_head, latest_vote_calibration
 from indexer.pseudonym import patient_reference
+from indexer.reindex import read_source, source_exists
 from search_api.schemas import (
     CaseImage,
     CaseList,
@@ -593,11 +594,19 @@ class Searcher:
         return render_png(windowed(source, decoded, window, self.max_pixels).pixels, max_side)
 
     @staticmethod
-    def _source_path(row: Image) -> Path | None:
-        """The archived image's source file, or None when it is not a reachable local file."""
+    def _source_path(row: Image) -> Path | bytes | None:
+        """The archived image's source file (or, for a member of a zip/tar archive such as an
+        `/admin/ingest` upload, its bytes), or None when it is not reachable."""
         parsed = urlparse(row.source_uri)
         source = Path(url2pathname(parsed.path))
-        return source if parsed.scheme == "file" and source.is_file() else None
+        if parsed.scheme == "file" and source.is_file():
+            return source
+        if parsed.scheme == "file" and source_exists(row.source_uri):
+            try:
+                return read_source(row.source_uri)
+            except OSError:
+                return None
+        return None
 
     def case(self, case_id: int) -> CaseOut:
         """A stored case with its images."""

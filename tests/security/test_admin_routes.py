@@ -149,16 +149,27 @@ def test_admin_ingest_adds_searchable_cases_and_reports_failures_without_names(a
     # The manifest named the photo's case and diagnosis.
     labels = api.client.get("/filters", headers=admin).json()["labels"]
     assert {"upload-finding", "upload-photo"} <= {entry["label"] for entry in labels}
-    # The same images again, as a tar.gz: the same ingest, nothing added twice.
+    # The same zip again: nothing added, and the kept archive its images are re-read from stays.
+    kept = sorted((api.archive.settings.data_dir / "uploaded_archives").rglob("*.zip"))
+    assert len(kept) == 1
+    same = api.client.post("/admin/ingest", files={"archive": ("same.zip", _zip(_members()))}, headers=admin)
+    assert same.status_code == 201 and (same.json()["added"], same.json()["skipped"]) == (0, 3)
+    assert kept[0].is_file()
+    image_id = top["image_id"]
+    assert api.client.get(f"/images/{image_id}/thumbnail", headers=admin).status_code == 200
+    rendered = api.client.get(f"/images/{image_id}/render", params={"preset": "lung"}, headers=admin)
+    assert rendered.status_code == 200 and rendered.content.startswith(b"\x89PNG")  # re-read from the zip
+    # The same images again, as a tar.gz: the same ingest, nothing added twice, nothing kept.
     again = api.client.post(
         "/admin/ingest", files={"archive": ("again.tar.gz", _tar_gz(_members()))}, headers=admin
     )
     assert again.status_code == 201, again.text
     assert (again.json()["added"], again.json()["skipped"]) == (0, 3)
     assert len(api.archive.index) == before + 3
+    assert not list((api.archive.settings.data_dir / "uploaded_archives").rglob("*.tar"))
     rows = _audit(api, "ingest")
-    assert [(u, o) for u, o, _ in rows[:2]] == [("adm-admin", "success")] * 2
-    assert rows[1][2] is not None and "added:3" in rows[1][2] and PHI_NAME not in rows[1][2]
+    assert [(u, o) for u, o, _ in rows[:3]] == [("adm-admin", "success")] * 3
+    assert rows[2][2] is not None and "added:3" in rows[2][2] and PHI_NAME not in rows[2][2]
 
 
 def test_admin_ingest_refuses_too_big_non_archives_and_radiologists(admin_api: AdminApi) -> None:
