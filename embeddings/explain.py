@@ -130,30 +130,38 @@ def similarity_maps(
     )
 
 
+def grad_cam_of_features(
+    features: npt.NDArray[np.float32], class_weight: npt.NDArray[np.floating], bias: float = 0.0
+) -> npt.NDArray[np.float32]:
+    """Grad-CAM (h x w, in [0, 1]) of a linear head's logit `w . normalize(mean(features)) + bias` from an
+    (h, w, C) feature map of `spatial_features`: the head sees only this map, so no model is needed.
+
+    Channel weights are the spatially averaged gradients of the logit with respect to the map; the map
+    is the ReLU of their weighted sum over channels.
+    """
+    weight = np.asarray(class_weight, dtype=np.float32).reshape(-1)
+    values = np.asarray(features, dtype=np.float32)
+    if values.ndim != 3 or weight.shape[0] != values.shape[2]:
+        raise EmbeddingsError(
+            f"the class weight has {weight.shape[0]} values but the features are {values.shape} "
+            f"({values.shape[-1]}-d); use a head trained on this encoder's vectors"
+        )
+    with torch.enable_grad():
+        activations = torch.from_numpy(values.copy()).requires_grad_(True)
+        vector = F.normalize(activations.mean(dim=(0, 1)), p=2.0, dim=0, eps=1e-12)
+        logit = (vector * torch.from_numpy(weight)).sum() + float(bias)
+        (gradient,) = torch.autograd.grad(logit, activations)
+    channel_weights = gradient.mean(dim=(0, 1))
+    cam = torch.relu((activations.detach() * channel_weights).sum(dim=2))
+    return normalise_map(cam.numpy())
+
+
 def grad_cam(
     encoder: Encoder,
     image: npt.NDArray[np.float32],
     class_weight: npt.NDArray[np.floating],
     bias: float = 0.0,
 ) -> npt.NDArray[np.float32]:
-    """Grad-CAM (h x w, in [0, 1]) of a linear head's logit `w . normalize(pool(features)) + bias`.
-
-    The gradient flows into the last conv feature map only (the model stays frozen, in eval mode);
-    channel weights are the spatially averaged gradients, and the map is the ReLU of their weighted sum.
-    """
-    weight = np.asarray(class_weight, dtype=np.float32).reshape(-1)
-    with torch.inference_mode():
-        features = _spatial(encoder, _batch(encoder, [image]))
-    if weight.shape[0] != features.shape[1]:
-        raise EmbeddingsError(
-            f"the class weight has {weight.shape[0]} values but {encoder.name} gives {features.shape[1]}-d "
-            "features; use a head trained on this encoder's vectors"
-        )
-    activations = features.clone().requires_grad_(True)
-    with torch.enable_grad():
-        vector = F.normalize(activations.mean(dim=(2, 3)), p=2.0, dim=1, eps=1e-12)
-        logit = (vector[0] * torch.from_numpy(weight).to(activations.device)).sum() + float(bias)
-        (gradient,) = torch.autograd.grad(logit, activations)
-    channel_weights = gradient.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((channel_weights * activations.detach()).sum(dim=1))[0]
-    return normalise_map(cam.cpu().numpy())
+    """Grad-CAM (h x w, in [0, 1]) of a linear head's logit `w . normalize(pool(features)) + bias` over
+    one image, at the encoder's last conv feature map (the model stays frozen, in eval mode)."""
+    return grad_cam_of_features(spatial_features(encoder, [image])[0], class_weight, bias)

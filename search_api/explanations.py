@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from embeddings import EmbeddingsError
 from embeddings.encoder import Encoder
-from embeddings.explain import feature_box, grad_cam, similarity_maps, spatial_features
+from embeddings.explain import feature_box, grad_cam_of_features, similarity_maps, spatial_features
 from imaging import load_image
 from imaging.overlay import encode_png, overlay_heatmap, side_by_side
 from indexer.archive import Archive
@@ -186,7 +186,8 @@ class Explainer:
         """Grad-CAM of the head's class `label` (default: its top class for this image) over the image."""
         encoder = self._encoder()
         head = self.head()
-        pooled = self._features(encoder, [pixels])[0].mean(axis=(0, 1))
+        features = self._features(encoder, [pixels])[0]
+        pooled = features.mean(axis=(0, 1))
         vector = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
         probabilities = head.predict_proba(vector)[0]
         if label is None:
@@ -198,7 +199,7 @@ class Explainer:
                 f"the head (version {head.version}) does not predict {label!r}; "
                 f"choose one of: {', '.join(head.labels)}"
             )
-        heat = grad_cam(encoder, pixels, head.weight[index], float(head.bias[index]))
+        heat = grad_cam_of_features(features, head.weight[index], float(head.bias[index]))
         png = encode_png(overlay_heatmap(pixels, heat, feature_box(encoder, *pixels.shape[:2]), max_side))
         return Explanation(png=png, score=float(probabilities[index]), label=head.labels[index])
 

@@ -8,7 +8,14 @@ import pydicom
 import pytest
 
 from embeddings import EmbeddingsError, Encoder
-from embeddings.explain import feature_box, grad_cam, normalise_map, similarity_maps, spatial_features
+from embeddings.explain import (
+    feature_box,
+    grad_cam,
+    grad_cam_of_features,
+    normalise_map,
+    similarity_maps,
+    spatial_features,
+)
 from tests.helpers import dicom_testfile
 
 Image = npt.NDArray[np.float32]
@@ -158,3 +165,15 @@ def test_feature_box_is_the_centre_crop(lite0: Encoder) -> None:
 def test_normalise_map_keeps_the_positive_part() -> None:
     np.testing.assert_allclose(normalise_map(np.array([[-2.0, 0.0], [1.0, 4.0]])), [[0, 0], [0.25, 1]])
     assert not normalise_map(np.full((3, 3), -1.0)).any()
+
+
+def test_grad_cam_of_features_matches_the_closed_form() -> None:
+    # d/dA of w . normalize(mean(A)) is (I - v v^T) w / (|p| h w) at every location, p = mean(A), v = p / |p|
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((5, 6, 32)).astype(np.float32)
+    weight = rng.standard_normal(32).astype(np.float32)
+    pooled = features.astype(np.float64).mean(axis=(0, 1))
+    unit = pooled / np.linalg.norm(pooled)
+    direction = weight - unit * (unit @ weight)
+    expected = normalise_map(features.astype(np.float64) @ direction)
+    np.testing.assert_allclose(grad_cam_of_features(features, weight, bias=5.0), expected, atol=1e-5)
