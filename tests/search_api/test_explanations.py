@@ -7,6 +7,8 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import httpx
 import numpy as np
@@ -23,7 +25,7 @@ from indexer.manifest import ManifestColumns, load_manifest
 from indexer.pipeline import ingest_path
 from indexer.settings import IndexerSettings
 from search_api.app import create_app
-from search_api.explanations import QueryStore
+from search_api.explanations import Explainer, QueryStore
 from search_api.searcher import NotFoundError
 from tests.helpers import dicom_testfile, serve_app
 
@@ -288,3 +290,28 @@ def test_query_store_bounds_entries_bytes_and_age() -> None:
     with pytest.raises(NotFoundError):
         store.get(third, "a")  # expired
     assert len(store) == 0
+
+
+def test_an_image_whose_source_is_gone_is_explained_from_its_thumbnail(api: ExplainedApi) -> None:
+    image_id = api.image_ids["ct-top"]
+    row = api.archive.catalog.image(image_id)
+    assert row is not None and row.thumbnail_path
+    source = Path(url2pathname(urlparse(row.source_uri).path))
+    thumbnail = api.archive.settings.thumbnail_dir / row.thumbnail_path
+    explainer = Explainer(api.archive)
+    moved = source.with_suffix(".moved")
+    source.rename(moved)
+    try:
+        pixels = explainer.image_pixels(image_id)
+        assert pixels.shape == (SIZE, SIZE, 3)
+        other = explainer.image_pixels(api.image_ids["ct-bottom"])
+        assert explainer.similarity(pixels, other).score > 0.5
+        hidden = thumbnail.with_suffix(".hidden")
+        thumbnail.rename(hidden)
+        try:
+            with pytest.raises(NotFoundError, match="source file and thumbnail are gone"):
+                explainer.image_pixels(image_id)
+        finally:
+            hidden.rename(thumbnail)
+    finally:
+        moved.rename(source)
