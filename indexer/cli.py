@@ -131,6 +131,8 @@ def index(
         raise _fail(f"--engine must be 'local' or 'ray', not {engine!r}")
     if engine == "local" and (address is not None or actors is not None):
         raise _fail("--address and --actors need --engine ray")
+    if engine == "ray" and workers is not None:
+        raise _fail("--workers is for --engine local: with --engine ray, Ray schedules the decode tasks")
     _setup_logging()
     from indexer.archive import Archive
     from indexer.manifest import ManifestColumns, load_manifest
@@ -807,6 +809,8 @@ def train_head_command(
             f"val accuracy {card['val_accuracy']:.3f} (chance {card['chance_accuracy']:.3f}); "
             f"val ECE {card['val_ece_before']:.3f} -> {card['val_ece_after']:.3f} (T={result.head.temperature:.3g})"
         )
+        if card["val_accuracy"] <= card["chance_accuracy"] + 0.01:
+            typer.echo("  warning: the head is no better than always answering the most frequent label")
         if card["skipped_multi_label_images"] or card["left_out_classes"]:
             typer.echo(
                 f"  left out: {card['skipped_multi_label_images']} multi-label images, "
@@ -816,7 +820,8 @@ def train_head_command(
     if "holdout_ece_after" in vote.card:
         typer.echo(
             f"vote: T={vote.temperature:g}, eps={vote.epsilon:g}; holdout accuracy "
-            f"{vote.card['holdout_accuracy']:.3f}; holdout ECE {vote.card['holdout_ece_before']:.3f} -> "
+            f"{vote.card['holdout_accuracy_before']:.3f} -> {vote.card['holdout_accuracy']:.3f}; "
+            f"holdout ECE {vote.card['holdout_ece_before']:.3f} -> "
             f"{vote.card['holdout_ece_after']:.3f} ({vote.card['n_holdout']} held-out images)"
         )
     else:

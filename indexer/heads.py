@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from indexer.catalog import Case, Catalog, Diagnosis, Image
 from indexer.errors import IndexerError
-from indexer.evaluation.calibration import fit_vote_calibration, product_vote, tempered_vote
+from indexer.evaluation.calibration import EPSILONS, TEMPERATURES, product_vote, tempered_vote
 from indexer.evaluation.metrics import expected_calibration_error
 
 log = logging.getLogger(__name__)
@@ -401,6 +401,33 @@ def _top_neighbours(
     return positions, sims
 
 
+def fit_vote_by_ece(
+    true: npt.NDArray[np.int64],
+    neighbor_labels: npt.NDArray[np.int64],
+    neighbor_sims: FloatArray,
+    n_classes: int,
+    k: int,
+) -> tuple[float, float]:
+    """The (T, eps) of the calibration grids with the lowest ECE + 0.1 * NLL on these (fit) queries.
+
+    NLL alone lets the few queries of rare classes (no neighbour of their class: p = eps / C) push eps up
+    until every confidence is flattened; on the imbalanced COVID-19 collection that made the held-out ECE
+    worse than the uncalibrated vote's (0.10 -> 0.14). ECE alone picks eps = 0 and confident mistakes
+    (held-out NLL 0.7-1.0 on brain MRI). The sum lowered the held-out ECE on both, over three seeds.
+    """
+    best: tuple[float, float, float] | None = None
+    for temperature in TEMPERATURES:
+        for epsilon in EPSILONS:
+            probabilities = tempered_vote(
+                neighbor_labels, neighbor_sims, n_classes, k, temperature=temperature, epsilon=epsilon
+            )
+            loss = expected_calibration_error(true, probabilities) + 0.1 * _nll(true, probabilities)
+            if best is None or loss < best[0] - 1e-12:
+                best = (loss, temperature, epsilon)
+    assert best is not None
+    return best[1], best[2]
+
+
 def fit_vote(
     catalog: Catalog,
     encoder_name: str,
@@ -444,10 +471,9 @@ def fit_vote(
         fit_part = ~holdout
         if holdout.any() and fit_part.any():
             labels_u, sims_u, true_u = neighbour_classes[usable], sims[usable], true[usable]
-            fitted = fit_vote_calibration(
+            temperature, epsilon = fit_vote_by_ece(
                 true_u[fit_part], labels_u[fit_part], sims_u[fit_part], n_classes, k
             )
-            temperature, epsilon = fitted.temperature, fitted.epsilon
             before = product_vote(labels_u[holdout], sims_u[holdout], n_classes, k)
             after = tempered_vote(
                 labels_u[holdout], sims_u[holdout], n_classes, k, temperature=temperature, epsilon=epsilon
@@ -455,6 +481,8 @@ def fit_vote(
             card.update(
                 n_fit=int(fit_part.sum()),
                 n_holdout=int(holdout.sum()),
+                selection="lowest ECE + 0.1 * NLL on the fit patients",
+                holdout_accuracy_before=float((before.argmax(axis=1) == true_u[holdout]).mean()),
                 holdout_accuracy=float((after.argmax(axis=1) == true_u[holdout]).mean()),
                 holdout_ece_before=expected_calibration_error(true_u[holdout], before),
                 holdout_ece_after=expected_calibration_error(true_u[holdout], after),
