@@ -52,6 +52,7 @@ RAY_HINT = "install the ray extra: pip install -e '.[ray]'"
 # Archive members are read on the driver and shipped through the object store; at most this many
 # bytes are held per Ray Dataset, so a large zip or tar never sits in memory whole.
 DEFAULT_WINDOW_BYTES = 512 * 1024**2
+EMBED_ACTOR_MEMORY = 1024**3
 _NO_PIXELS = np.zeros((0, 0, 3), dtype=np.float32)
 
 EncoderFactory = Callable[[], ImageEncoder]
@@ -389,7 +390,8 @@ class RayIngestor:
         gpus = float(ray.cluster_resources().get("GPU", 0))
         cpus = float(ray.cluster_resources().get("CPU", 1))
         actors = self.options.actors or (int(gpus) if gpus >= 1 else max(1, int(cpus) // 2))
-        decode_blocks = max(1, min(len(rows) // self.options.decode_batch + 1, 4 * int(cpus)))
+        # small blocks keep every decode slot busy from the start (order is preserved block by block)
+        decode_blocks = max(1, min(len(rows) // (2 * self.options.decode_batch) + 1, 2000))
         return (
             ray.data.from_items(rows, override_num_blocks=decode_blocks)
             .map_batches(
@@ -407,6 +409,9 @@ class RayIngestor:
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
                 num_gpus=1 if gpus >= 1 else 0,
                 num_cpus=1,
+                # room for the model and a batch; a resource the decode tasks do not ask for, which
+                # also keeps Ray from fusing decode into the actors (decoding would scale with actors only)
+                memory=EMBED_ACTOR_MEMORY,
             )
         )
 

@@ -3,9 +3,11 @@
 The corpus is the bundled demo archive (real DICOM from pydicom/pydicom-data, PNG/JPEG from scikit-image)
 replicated to N distinct files (each copy has one pixel nudged and, for DICOM, a new SOP Instance UID, so
 none is a duplicate). The encoder-only rate embeds the same decoded images in the same process.
-Ends by printing one JSON line.
+Ends by printing one JSON line. `--engine ray` runs the same ingest on a local Ray (Ray Data decode
+tasks and an embedding actor pool; needs the `ray` extra); Ray's start-up is timed apart.
 
     python scripts/bench_ingest.py --files 5000
+    python scripts/bench_ingest.py --files 300 --engine ray --actors 1
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="decode workers (default: the pipeline's)")
     parser.add_argument("--encoder-sample", type=int, default=256, help="images for the encoder-only rate")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    parser.add_argument(
+        "--actors", type=int, default=None, help="Ray embedding actors (default: the engine's)"
+    )
     args = parser.parse_args()
 
     from embeddings import create_encoder
@@ -99,15 +105,40 @@ def main() -> None:
 
         settings = IndexerSettings(data_dir=root / "data", batch_size=args.batch)
         archive = Archive.open(settings, encoder=encoder)
-        t = time.perf_counter()
-        report = ingest_path(archive, root / "corpus", progress=False, workers=args.workers)
-        elapsed = time.perf_counter() - t
+        ray_init_s = None
+        if args.engine == "ray":
+            from functools import partial
+
+            import ray
+
+            from indexer.ray_engine import RayOptions, ingest_path_ray
+
+            t = time.perf_counter()
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            ray_init_s = round(time.perf_counter() - t, 1)
+            factory = partial(create_encoder, "efficientnet_lite0", device="cpu", batch_size=args.batch)
+            t = time.perf_counter()
+            report = ingest_path_ray(
+                archive,
+                root / "corpus",
+                options=RayOptions(actors=args.actors, batch_size=args.batch),
+                progress=False,
+                factory=factory,
+            )
+            elapsed = time.perf_counter() - t
+            ray.shutdown()
+        else:
+            t = time.perf_counter()
+            report = ingest_path(archive, root / "corpus", progress=False, workers=args.workers)
+            elapsed = time.perf_counter() - t
         archive.close()
         ingest_rate = report.indexed / elapsed
         print(
             json.dumps(
                 {
                     "bench": "ingest",
+                    "engine": args.engine,
+                    "ray_init_s": ray_init_s,
                     "files": len(corpus),
                     "distinct_sources": len(sources),
                     "by_format": kinds,

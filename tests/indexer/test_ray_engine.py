@@ -18,10 +18,10 @@ from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.manifest import ManifestColumns, load_manifest
 from indexer.pipeline import IngestReport, ingest_path
-from indexer.ray_engine import RayNotInstalledError, RayOptions, import_ray, ingest_path_ray
+from indexer.ray_engine import RayIngestor, RayNotInstalledError, RayOptions, import_ray, ingest_path_ray
 from indexer.settings import IndexerSettings
 from tests.conftest import ARCHIVE_ROWS
-from tests.helpers import dicom_testfile
+from tests.helpers import ThumbnailEncoder, dicom_testfile
 
 # Ray Data's own context copies deprecated fields; that is not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
@@ -198,6 +198,28 @@ def test_cli_engine_ray_indexes_a_zip_into_the_same_catalog(
     rerun = CliRunner().invoke(app, args)
     assert rerun.exit_code == 0, rerun.output
     assert "indexed 0, already indexed 8" in rerun.output
+
+    for bad, message in (
+        (["--engine", "spark"], "--engine must be 'local' or 'ray'"),
+        (["--actors", "2"], "--address and --actors need --engine ray"),
+        (["--engine", "ray", "--workers", "2"], "--workers is for --engine local"),
+    ):
+        refused = CliRunner().invoke(app, ["index", str(packed), "--data-dir", str(tmp_path / "x"), *bad])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+
+
+def test_decode_runs_in_tasks_apart_from_the_embedding_actors(ray_local: Any, tmp_path: Path) -> None:
+    # the encoder is not under test here: the small fake one keeps this fast
+    archive = Archive.open(_settings(tmp_path / "data"), encoder=ThumbnailEncoder())
+    ingestor = RayIngestor(archive, options=RayOptions(actors=1), factory=ThumbnailEncoder)
+    path = dicom_testfile("CT_small.dcm")
+    rows = [{"uri": path.as_uri(), "relative": path.name, "path": str(path), "data": b""}]
+    dataset = ingestor._dataset(ray_local, rows, frozenset())
+    assert [r["status"] for r in dataset.take_all()] == ["embedded"]
+    stats = dataset.stats()
+    assert "MapBatches(decode_rows)" in stats and "MapBatches(EmbedRows)" in stats
+    assert "decode_rows)->MapBatches(EmbedRows" not in stats  # not fused into the actors
+    archive.close()
 
 
 def test_engine_ray_without_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
