@@ -231,6 +231,13 @@ class HealthOut(BaseModel):
     catalog_ok: bool
     catalog_images: int
     modalities: list[str] = Field(default_factory=list)
+    head_version: str | None = Field(
+        default=None, description="The trained head the API serves (`medcbir train-head`), null when none"
+    )
+    vote_calibration_version: str | None = Field(
+        default=None,
+        description="The kNN vote calibration the API serves, null when the vote is uncalibrated",
+    )
 
 
 class ErrorOut(BaseModel):

@@ -100,7 +100,8 @@ def calibrated_vote(
     """The tempered vote of `indexer.evaluation.calibration`: weights exp((s_i - s_1) / T), mixed with eps/C.
 
     A neighbour with several labels splits its weight over them; C counts the calibration's classes and
-    any other label among the neighbours, and every one of them is listed (the scores sum to 1).
+    any other label among the neighbours, and every one of them is listed (the scores sum to 1). Only the
+    first `calibration.k` neighbours vote (the k it was fitted with), whatever k the search asked for.
     """
     labeled = [(float(s), list(labels)) for s, labels in neighbours[: calibration.k] if labels]
     if not labeled:
@@ -639,6 +640,7 @@ class Searcher:
         catalog_ok = self.archive.catalog.ping()
         stats = self.archive.catalog.stats() if catalog_ok else None
         encoder = self.archive.encoder
+        predictors = self.predictors()
         return HealthOut(
             status="ok" if catalog_ok else "degraded",
             encoder=encoder.name,
@@ -648,6 +650,8 @@ class Searcher:
             catalog_ok=catalog_ok,
             catalog_images=stats.images if stats else 0,
             modalities=self.archive.catalog.modalities() if catalog_ok else [],
+            head_version=predictors.head.version if predictors.head else None,
+            vote_calibration_version=predictors.vote.version if predictors.vote else None,
         )
 
     @staticmethod

@@ -85,6 +85,7 @@ def test_train_head_cli_then_api_returns_calibrated_vote_head_and_ood_flags(labe
 
     # Before train-head: the plain vote, no head, and the default OOD threshold still flags a photo.
     before = _search(api, in_archive)
+    assert httpx.get(f"{api[0]}/health", headers=api[1]).json()["head_version"] is None
     assert before["head_prediction"] is None
     assert before["prediction"]["calibrated"] is False
     assert before["prediction"]["method"] == "similarity-weighted kNN vote"
@@ -100,6 +101,9 @@ def test_train_head_cli_then_api_returns_calibrated_vote_head_and_ood_flags(labe
 
     # The running server picks the new version up without a restart.
     trusted = _search(api, in_archive)
+    saved = sorted(p.name for p in (archive.settings.data_dir / "heads").iterdir())
+    health = httpx.get(f"{api[0]}/health", headers=api[1]).json()
+    assert health["head_version"] == health["vote_calibration_version"] == saved[-1]
     vote, head = trusted["prediction"], trusted["head_prediction"]
     assert head is not None, "the API did not load the trained head"
     assert vote["calibrated"] is True and vote["method"].startswith("calibrated kNN vote (T=")
