@@ -208,6 +208,42 @@ def test_cli_engine_ray_indexes_a_zip_into_the_same_catalog(
         assert refused.exit_code == 2 and message in refused.output, refused.output
 
 
+def test_every_frame_policy_matches_the_local_engine(ray_local: Any, tmp_path: Path) -> None:
+    # 10 frames span several batches of 4; a same-bytes copy and a big-endian re-encoding (same SOP
+    # Instance UID, same pixels) are duplicates; the encoder is not under test: the fake one is used
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copyfile(dicom_testfile("emri_small.dcm"), folder / "a_emri.dcm")
+    shutil.copyfile(dicom_testfile("emri_small.dcm"), folder / "b_emri_copy.dcm")
+    shutil.copyfile(dicom_testfile("emri_small_big_endian.dcm"), folder / "c_emri_big_endian.dcm")
+    results = {}
+    for engine in ("local", "ray"):
+        archive = Archive.open(_settings(tmp_path / engine), encoder=ThumbnailEncoder())
+        if engine == "local":
+            report = ingest_path(archive, folder, progress=False, workers=1, frames="all")
+        else:
+            options = RayOptions(actors=1, batch_size=BATCH, decode_batch=1)
+            report = ingest_path_ray(
+                archive, folder, options=options, progress=False, frames="all", factory=ThumbnailEncoder
+            )
+        rows = archive.catalog.images_by_ids([int(i) for i in archive.index.ids()]).values()
+        frames = sorted(
+            (Path(r.source_uri).name, r.frame_index, r.pixel_digest, r.vector().tobytes()) for r in rows
+        )
+        results[engine] = (_counts(report), frames)
+        _assert_index_equals_catalog(archive)
+        if engine == "ray":
+            again = ingest_path_ray(
+                archive, folder, options=options, progress=False, frames="all", factory=ThumbnailEncoder
+            )
+            assert (again.indexed, again.already_indexed) == (0, 1 + 1 + 10)
+        archive.close()
+    assert results["ray"] == results["local"]
+    counts, frames = results["ray"]
+    assert counts == (3, 10, 1 + 10, 0, 0)  # the copy as one file; the re-encoding frame by frame
+    assert [(name, index) for name, index, _, _ in frames] == [("a_emri.dcm", i) for i in range(10)]
+
+
 def test_decode_runs_in_tasks_apart_from_the_embedding_actors(ray_local: Any, tmp_path: Path) -> None:
     # the encoder is not under test here: the small fake one keeps this fast
     archive = Archive.open(_settings(tmp_path / "data"), encoder=ThumbnailEncoder())
