@@ -244,6 +244,38 @@ def test_every_frame_policy_matches_the_local_engine(ray_local: Any, tmp_path: P
     assert [(name, index) for name, index, _, _ in frames] == [("a_emri.dcm", i) for i in range(10)]
 
 
+def test_a_zip_read_in_several_windows_matches_the_local_engine(
+    ray_local: Any, mixed_folder: Path, tmp_path: Path
+) -> None:
+    packed = tmp_path / "archive.zip"
+    members = sorted(p for p in mixed_folder.rglob("*") if p.is_file())
+    with zipfile.ZipFile(packed, "w") as zf:
+        for path in members:
+            zf.write(path, path.relative_to(mixed_folder).as_posix())
+    # 2 MB windows: [.. MR2_UNCI 2.1 MB], [MR_small, RG1_UNCI 7.2 MB], [the rest]: three datasets
+    window = 2_000_000
+    manifest = load_manifest(mixed_folder / "manifest.csv", ManifestColumns())
+    local = Archive.open(_settings(tmp_path / "local"), encoder=ThumbnailEncoder())
+    local_report = ingest_path(local, packed, manifest, progress=False, workers=1)
+    archive = Archive.open(_settings(tmp_path / "ray"), encoder=ThumbnailEncoder())
+    options = RayOptions(actors=1, batch_size=BATCH, window_bytes=window)
+    report = ingest_path_ray(
+        archive, packed, manifest, options=options, progress=False, factory=ThumbnailEncoder
+    )
+    assert _counts(report) == _counts(local_report)
+    assert report.indexed == len(ARCHIVE_ROWS) and report.already_indexed == 1
+    assert {r.source_uri: r.sha256 for r in _rows(archive).values()} == {
+        r.source_uri: r.sha256 for r in _rows(local).values()
+    }
+    _assert_index_equals_catalog(archive)
+    again = ingest_path_ray(
+        archive, packed, manifest, options=options, progress=False, factory=ThumbnailEncoder
+    )
+    assert (again.indexed, again.already_indexed) == (0, len(ARCHIVE_ROWS) + 1)
+    local.close()
+    archive.close()
+
+
 def test_decode_runs_in_tasks_apart_from_the_embedding_actors(ray_local: Any, tmp_path: Path) -> None:
     # the encoder is not under test here: the small fake one keeps this fast
     archive = Archive.open(_settings(tmp_path / "data"), encoder=ThumbnailEncoder())
