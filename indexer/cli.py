@@ -114,7 +114,7 @@ def index(
     address: Annotated[
         str | None,
         typer.Option(
-            help="Ray cluster to join (auto, ray://host:10001) [default: a local Ray on this machine]"
+            help="Ray cluster to join: auto (from a cluster node) or HEAD:6379 [default: a local Ray here]"
         ),
     ] = None,
     actors: Annotated[

@@ -72,6 +72,10 @@ def import_ray() -> ModuleType:
     return ray
 
 
+class RayClusterError(IndexerError):
+    """The Ray cluster named by --address cannot be used."""
+
+
 @dataclass(frozen=True)
 class RayOptions:
     """How the Ray engine runs: which cluster, how many embedding actors, and batch sizes."""
@@ -488,6 +492,12 @@ def _metadata(value: object) -> ImageMetadata:
 
 def _ensure_ray(ray: ModuleType, address: str | None) -> bool:
     """Connect to the given cluster, or start a quiet local Ray on this machine's cores; True when started here."""
+    if address and address.startswith("ray://"):
+        # Ray Data's executor needs a driver inside the cluster (tried with Ray 2.60: it fails over Ray Client)
+        raise RayClusterError(
+            f"--engine ray cannot drive Ray Data over Ray Client ({address}): run `medcbir index ... "
+            "--engine ray --address auto` on the head node (or submit it there with `ray job submit`)"
+        )
     if ray.is_initialized():
         return False
     quiet: dict[str, Any] = {
@@ -496,9 +506,17 @@ def _ensure_ray(ray: ModuleType, address: str | None) -> bool:
         "log_to_driver": False,
     }
     if address:
-        ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+        try:
+            ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+        except ConnectionError as exc:
+            raise RayClusterError(
+                f"cannot join the Ray cluster at {address}: is `ray start --head` running there? A cluster "
+                "with token authentication also needs RAY_AUTH_MODE=token and its token on this machine "
+                "(or use --address auto on a cluster node)"
+            ) from exc
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, **quiet)
+        # "local": never join a cluster that `ray start` left registered on this machine
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, **quiet)
     return True
 
 
@@ -521,6 +539,7 @@ def ingest_path_ray(
 __all__: Sequence[str] = [
     "RAY_HINT",
     "EmbedRows",
+    "RayClusterError",
     "RayIngestor",
     "RayNotInstalledError",
     "RayOptions",

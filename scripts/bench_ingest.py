@@ -114,7 +114,7 @@ def main() -> None:
             from indexer.ray_engine import RayOptions, ingest_path_ray
 
             t = time.perf_counter()
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             ray_init_s = round(time.perf_counter() - t, 1)
             factory = partial(create_encoder, "efficientnet_lite0", device="cpu", batch_size=args.batch)
             t = time.perf_counter()

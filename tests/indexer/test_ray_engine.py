@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from functools import partial
@@ -21,7 +25,7 @@ from indexer.pipeline import IngestReport, ingest_path
 from indexer.ray_engine import RayIngestor, RayNotInstalledError, RayOptions, import_ray, ingest_path_ray
 from indexer.settings import IndexerSettings
 from tests.conftest import ARCHIVE_ROWS
-from tests.helpers import ThumbnailEncoder, dicom_testfile
+from tests.helpers import ThumbnailEncoder, dicom_testfile, free_port
 
 # Ray Data's own context copies deprecated fields; that is not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
@@ -39,7 +43,13 @@ BAD_FILES = {
 def ray_local() -> Iterator[Any]:
     """One local Ray for the module (2 CPUs), shut down after."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=400 * 1024**2)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=400 * 1024**2,
+    )
     yield ray
     ray.shutdown()
 
@@ -274,6 +284,67 @@ def test_a_zip_read_in_several_windows_matches_the_local_engine(
     assert (again.indexed, again.already_indexed) == (0, len(ARCHIVE_ROWS) + 1)
     local.close()
     archive.close()
+
+
+def _stop(head: subprocess.Popen[bytes]) -> None:
+    """Stop a `ray start --block` head: it shuts its processes down on the second signal."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        head.send_signal(sig)
+        try:
+            head.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    os.killpg(head.pid, signal.SIGKILL)  # its own session, started below
+    head.wait(timeout=30)
+
+
+def test_cli_joins_a_running_ray_cluster_with_address(
+    mixed_folder: Path, real_encoder, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """`ray start --head` in its own processes, then `medcbir index --engine ray --address` as another driver."""
+    ray = pytest.importorskip("ray")
+    names = ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port")
+    ports = {name: free_port() for name in (*names, "metrics-export-port")}
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--num-cpus=2"]
+        + ["--include-dashboard=false", "--disable-usage-stats", f"--object-store-memory={300 * 1024**2}"]
+        + [f"--{name}={port}" for name, port in ports.items()],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        data_dir = tmp_path / "data"
+        address = f"{ray.util.get_node_ip_address()}:{ports['port']}"
+        command = [str(Path(sys.executable).with_name("medcbir")), "index", str(mixed_folder)]
+        command += ["--engine", "ray", "--address", address, "--actors", "1", "--batch-size", str(BATCH)]
+        command += ["--data-dir", str(data_dir), "--no-progress"]
+        env = {**os.environ, "RAY_AUTH_MODE": "token"}  # `ray start` turns token authentication on
+        deadline = time.monotonic() + 90
+        while True:  # the head takes a few seconds to accept drivers
+            result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+            if result.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"indexed {len(ARCHIVE_ROWS)}, already indexed 1, failed {len(BAD_FILES)}" in result.stdout
+        archive = Archive.open(_settings(data_dir), encoder=real_encoder)
+        assert archive.catalog.stats().images == len(ARCHIVE_ROWS)
+        _assert_index_equals_catalog(archive)
+        archive.close()
+    finally:
+        _stop(head)
+
+
+def test_ray_client_addresses_are_refused_with_the_way_to_run(mixed_folder: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from indexer.cli import app
+
+    args = ["index", str(mixed_folder), "--engine", "ray", "--address", "ray://127.0.0.1:10001"]
+    result = CliRunner().invoke(app, [*args, "--data-dir", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 2 and "--address auto` on the head node" in result.output, result.output
 
 
 def test_decode_runs_in_tasks_apart_from_the_embedding_actors(ray_local: Any, tmp_path: Path) -> None:
