@@ -282,6 +282,8 @@ class RayIngestor:
         self.frames = frames
         self.writer = Ingestor(archive, manifest, workers=0, max_pixels=max_pixels, frames=frames)
         self.writer.batch_size = self.batch_size
+        self._claimed: dict[str, str] = {}  # content sha256 -> the uri that first carried it in this run
+        self._batches_since_save = 0
 
     def run(self, root: Path, *, progress: bool = True) -> IngestReport:
         """Ingest every file under root (folder, zip or tar, or one file); a re-run is a no-op."""
@@ -296,7 +298,7 @@ class RayIngestor:
     def _run(self, ray: ModuleType, root: Path, progress: bool) -> IngestReport:
         report = IngestReport()
         start = time.perf_counter()
-        self._claimed: dict[str, str] = {}
+        self._claimed = {}
         self._batches_since_save = 0
         packed = _is_packed(root.expanduser())
         with tqdm(
