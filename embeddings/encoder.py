@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from embeddings.onnx_runtime import BACKENDS, OnnxForward
 from embeddings.preprocessing import Preprocessing, validate_image
 from embeddings.types import EmbeddingsError
+
+log = logging.getLogger(__name__)
 
 
 def choose_device(device: str | torch.device | None = None) -> torch.device:
@@ -86,15 +89,29 @@ class Encoder:
         self._model = model.eval().to(self._device).to(memory_format=self._memory_format)
         for parameter in self._model.parameters():
             parameter.requires_grad_(False)
-        # Opt-in CPU backend (read when the encoder is built): ONNX Runtime gives the same vectors faster.
-        self._backend = backend or os.environ.get("MEDCBIR_EMBEDDINGS_BACKEND", "torch")
+        # CPU backend (read when the encoder is built): ONNX Runtime gives the same vectors faster. "auto"
+        # (what `medcbir serve` uses) takes it on CPU when it is installed and agrees with torch, else torch.
+        asked = backend or os.environ.get("MEDCBIR_EMBEDDINGS_BACKEND", "torch")
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self._model
-        if self._backend not in BACKENDS:
-            raise EmbeddingsError(f"unknown backend {self._backend!r}; choose one of {', '.join(BACKENDS)}")
-        if self._backend == "onnxruntime":
+        self._backend = "torch"
+        if asked not in BACKENDS:
+            raise EmbeddingsError(f"unknown backend {asked!r}; choose one of {', '.join(BACKENDS)}")
+        if asked == "onnxruntime":
             if on_cuda:
                 raise EmbeddingsError("the onnxruntime backend runs on CPU; leave it unset on CUDA")
             self._forward = OnnxForward(self._model, self._preprocess.input_size)
+            self._backend = "onnxruntime"
+        elif asked == "auto" and not on_cuda:
+            try:
+                self._forward = OnnxForward(self._model, self._preprocess.input_size)
+                self._backend = "onnxruntime"
+            except EmbeddingsError as exc:
+                log.info("encoder forward pass on torch (ONNX Runtime not used: %s)", exc)
+
+    @property
+    def backend(self) -> str:
+        """The forward pass in use: "torch" or "onnxruntime"."""
+        return self._backend
 
     @property
     def name(self) -> str:

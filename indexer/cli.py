@@ -356,6 +356,9 @@ def _api_env(settings: IndexerSettings) -> dict[str, str]:
     env = dict(os.environ)
     env["MEDCBIR_DATA_DIR"] = str(settings.data_dir)
     env["MEDCBIR_ENCODER"] = settings.encoder
+    # Serving takes the fastest forward pass that gives the same vectors (ONNX Runtime on CPU when the
+    # `onnx` extra is installed; measured in benchmarks/RESULTS.md); an explicit setting wins.
+    env.setdefault("MEDCBIR_EMBEDDINGS_BACKEND", "auto")
     if settings.checkpoint is not None:
         env["MEDCBIR_CHECKPOINT"] = str(settings.checkpoint)
     return env

@@ -227,6 +227,7 @@ class HealthOut(BaseModel):
     encoder: str
     dim: int
     device: str
+    backend: str = Field(default="torch", description="The encoder's forward pass: torch or onnxruntime")
     index_size: int
     catalog_ok: bool
     catalog_images: int

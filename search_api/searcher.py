@@ -646,6 +646,7 @@ class Searcher:
             encoder=encoder.name,
             dim=encoder.dim,
             device=str(getattr(encoder, "device", "cpu")),
+            backend=str(getattr(encoder, "backend", "torch")),
             index_size=len(self.archive.index),
             catalog_ok=catalog_ok,
             catalog_images=stats.images if stats else 0,

@@ -29,3 +29,32 @@ def test_onnxruntime_backend_matches_torch(real_encoder, monkeypatch: pytest.Mon
     monkeypatch.setenv("MEDCBIR_EMBEDDINGS_BACKEND", "tensorrt")
     with pytest.raises(EmbeddingsError, match="unknown backend"):
         Encoder(real_encoder.model, name="x", model_name="y", device="cpu")
+
+
+def test_auto_backend_takes_onnxruntime_on_cpu_with_the_same_vectors(real_encoder) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("onnxruntime", reason='needs the onnx extra: pip install "medcbir[onnx]"')
+    pytest.importorskip("onnx", reason='needs the onnx extra: pip install "medcbir[onnx]"')
+    from embeddings.encoder import Encoder
+
+    auto = Encoder(
+        real_encoder.model,
+        name=real_encoder.name,
+        model_name=real_encoder.model_name,
+        device="cpu",
+        backend="auto",
+    )
+    assert auto.backend == "onnxruntime" and real_encoder.backend == "torch"
+    rng = np.random.default_rng(1)
+    images = [rng.random((224, 224, 3), dtype=np.float32) for _ in range(2)]
+    assert float(np.min(np.sum(real_encoder.embed(images) * auto.embed(images), axis=1))) >= 0.999
+
+
+def test_serve_defaults_to_the_auto_backend_unless_one_is_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from indexer.cli import _api_env, _settings
+
+    monkeypatch.delenv("MEDCBIR_EMBEDDINGS_BACKEND", raising=False)
+    assert _api_env(_settings(tmp_path))["MEDCBIR_EMBEDDINGS_BACKEND"] == "auto"
+    monkeypatch.setenv("MEDCBIR_EMBEDDINGS_BACKEND", "torch")
+    assert _api_env(_settings(tmp_path))["MEDCBIR_EMBEDDINGS_BACKEND"] == "torch"
