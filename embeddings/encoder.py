@@ -180,8 +180,14 @@ class Encoder:
 
     @torch.inference_mode()
     def _embed_batch(self, arrays: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+        on_cuda = self._device.type == "cuda"
+        # On CUDA the decoded pixels go through pinned (page-locked) memory so the copy is truly asynchronous.
         tensors = [
-            self._preprocess(torch.from_numpy(array).to(self._device, non_blocking=True).permute(2, 0, 1))
+            self._preprocess(
+                (torch.from_numpy(array).pin_memory() if on_cuda else torch.from_numpy(array))
+                .to(self._device, non_blocking=True)
+                .permute(2, 0, 1)
+            )
             for array in arrays
         ]
         batch = torch.stack(tensors).contiguous(memory_format=self._memory_format)
