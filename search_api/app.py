@@ -10,7 +10,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -104,6 +104,23 @@ def _status_for(exc: ImagingError) -> int:
     if isinstance(exc, CorruptImageError | MissingCodecError):
         return 422
     return 422
+
+
+# Errors whose message is the answer, by the status they map to (ImagingError and AccountError need more).
+_ERROR_STATUS: dict[type[Exception], int] = {
+    NotFoundError: 404,
+    NoHeadError: 404,
+    InvalidWindowError: 422,
+    UnknownLabelError: 422,
+    ExplanationUnavailableError: 409,
+}
+
+
+def _detail_handler(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handler(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"detail": str(exc)})
+
+    return handler
 
 
 def get_searcher(request: Request) -> Searcher:
@@ -305,7 +322,9 @@ def create_app(
             app.state.api_settings = limits
             app.state.searcher = Searcher(opened, max_pixels=limits.max_pixels)
             app.state.case_manager = CaseManager(opened, app.state.searcher.index_lock, limits.max_pixels)
-            app.state.explainer = Explainer(opened, limits.max_pixels)
+            app.state.explainer = Explainer(
+                opened, limits.max_pixels, head_source=lambda: app.state.searcher.predictors().head
+            )
             secret = limits.jwt_secret.get_secret_value().encode() if limits.jwt_secret else None
             if secret is not None and len(secret) < 32:
                 raise RuntimeError("MEDCBIR_API_JWT_SECRET must be at least 32 characters")
@@ -343,10 +362,6 @@ def create_app(
     async def imaging_error(_request: Request, exc: ImagingError) -> JSONResponse:
         return JSONResponse(status_code=_status_for(exc), content={"detail": str(exc)})
 
-    @app.exception_handler(NotFoundError)
-    async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
-
     @app.exception_handler(AccountError)
     async def account_error(_request: Request, exc: AccountError) -> JSONResponse:
         message = str(exc)
@@ -363,21 +378,8 @@ def create_app(
     def health(searcher: SearcherDep) -> HealthOut:
         return searcher.health()
 
-    @app.exception_handler(InvalidWindowError)
-    async def invalid_window(_request: Request, exc: InvalidWindowError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
-
-    @app.exception_handler(NoHeadError)
-    async def no_head(_request: Request, exc: NoHeadError) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
-
-    @app.exception_handler(UnknownLabelError)
-    async def unknown_label(_request: Request, exc: UnknownLabelError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
-
-    @app.exception_handler(ExplanationUnavailableError)
-    async def explanation_unavailable(_request: Request, exc: ExplanationUnavailableError) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": str(exc)})
+    for error, status in _ERROR_STATUS.items():
+        app.add_exception_handler(error, _detail_handler(status))
 
     @app.post(
         "/token", response_model=TokenOut, responses={401: {"model": ErrorOut}, 429: {"model": ErrorOut}}

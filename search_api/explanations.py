@@ -9,8 +9,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import numpy as np
 import numpy.typing as npt
@@ -21,8 +19,8 @@ from embeddings.explain import feature_box, grad_cam_of_features, similarity_map
 from imaging import load_image
 from imaging.overlay import encode_png, overlay_heatmap, side_by_side
 from indexer.archive import Archive
-from indexer.heads import LinearHead, heads_stamp, latest_head
-from search_api.searcher import NotFoundError
+from indexer.heads import LinearHead, latest_head
+from search_api.searcher import NotFoundError, stored_source
 
 QUERY_ENTRIES = 256
 QUERY_BYTES = 256 * 1024 * 1024
@@ -122,21 +120,23 @@ class Explanation:
     label: str | None = None
 
 
-def _source_path(source_uri: str) -> Path | None:
-    parsed = urlparse(source_uri)
-    path = Path(url2pathname(parsed.path))
-    return path if parsed.scheme == "file" and path.is_file() else None
-
-
 class Explainer:
     """Computes explanations for the served encoder over an open archive; knows nothing of HTTP."""
 
-    def __init__(self, archive: Archive, max_pixels: int | None = None, queries: QueryStore | None = None):
+    def __init__(
+        self,
+        archive: Archive,
+        max_pixels: int | None = None,
+        queries: QueryStore | None = None,
+        head_source: Callable[[], LinearHead | None] | None = None,
+    ):
         self.archive = archive
         self.max_pixels = max_pixels
         self.queries = queries or QueryStore()
-        self._head: tuple[float, LinearHead | None] | None = None
-        self._head_lock = threading.Lock()
+        # The API passes the Searcher's cached predictors, so one head is loaded and reloaded, not two.
+        self._head_source = head_source or (
+            lambda: latest_head(archive.settings.data_dir, archive.encoder.name)
+        )
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -149,7 +149,7 @@ class Explainer:
         row = self.archive.catalog.image(image_id)
         if row is None:
             raise NotFoundError(f"image {image_id} does not exist")
-        source = _source_path(row.source_uri)
+        source = stored_source(row.source_uri)
         if source is not None:
             return load_image(source, max_pixels=self.max_pixels, frame=row.frame_index).pixels
         thumbnail = self.archive.settings.thumbnail_dir / Path(row.thumbnail_path or "")
@@ -158,13 +158,8 @@ class Explainer:
         raise NotFoundError(f"image {image_id}: its source file and thumbnail are gone")
 
     def head(self) -> LinearHead:
-        """The newest head trained on the served encoder (re-read when DATA_DIR/heads changes)."""
-        data_dir = self.archive.settings.data_dir
-        stamp = heads_stamp(data_dir)
-        with self._head_lock:
-            if self._head is None or self._head[0] != stamp:
-                self._head = (stamp, latest_head(data_dir, self.archive.encoder.name))
-            head = self._head[1]
+        """The newest head trained on the served encoder."""
+        head = self._head_source()
         if head is None:
             raise NoHeadError(NO_HEAD)
         return head

@@ -201,6 +201,21 @@ class Predictors:
         return self.vote.min_confidence if self.vote else DEFAULT_MIN_CONFIDENCE
 
 
+def stored_source(source_uri: str) -> Path | bytes | None:
+    """An archived image's source file (or, for a member of a zip/tar archive such as an
+    `/admin/ingest` upload, its bytes), or None when it is not reachable."""
+    parsed = urlparse(source_uri)
+    source = Path(url2pathname(parsed.path))
+    if parsed.scheme == "file" and source.is_file():
+        return source
+    if parsed.scheme == "file" and source_exists(source_uri):
+        try:
+            return read_source(source_uri)
+        except OSError:
+            return None
+    return None
+
+
 @dataclass(frozen=True)
 class WindowScale:
     """The units a window is given in, and a sensible range for window sliders in those units."""
@@ -350,7 +365,7 @@ class Searcher:
                 f"{self.archive.encoder.name}; pick one from GET /cases"
             )
         hits, candidates = self._neighbours(vector, filters, row.case.patient_ref, exclude_id=row.id)
-        source = self._source_path(row)
+        source = stored_source(row.source_uri)
         if source is not None:
             decoded = load_image(source, max_pixels=self.max_pixels, frame=row.frame_index)
             query = self._query_info(source, decoded, window, row.case.patient_ref)
@@ -398,7 +413,7 @@ class Searcher:
         row = self.archive.catalog.image(image_id)
         if row is None:
             raise NotFoundError(f"image {image_id} does not exist")
-        source = self._source_path(row)
+        source = stored_source(row.source_uri)
         if source is None:
             raise NotFoundError(
                 f"image {image_id}: the source file is no longer reachable; only its thumbnail is available"
@@ -553,12 +568,17 @@ class Searcher:
         return None
 
     def _predictions(
-        self, hits: list[Hit], vector: npt.NDArray[np.float32], exclude_id: int | None
+        self,
+        hits: list[Hit],
+        vector: npt.NDArray[np.float32],
+        exclude_id: int | None,
+        unfiltered: bool,
     ) -> tuple[Prediction, Prediction | None]:
         predictors = self.predictors()
         neighbours = [(h.similarity, h.diagnosis) for h in hits]
         knn = calibrated_vote(neighbours, predictors.vote) if predictors.vote else vote(neighbours)
-        top = self._top_similarity(vector, exclude_id)
+        # Unfiltered hits already start with the best match; only filtered ones need another look.
+        top = hits[0].similarity if unfiltered and hits else self._top_similarity(vector, exclude_id)
         ood, floor = predictors.ood_similarity, predictors.min_confidence
         head = predictors.head
         return (
@@ -576,7 +596,7 @@ class Searcher:
         vector: npt.NDArray[np.float32],
         exclude_id: int | None = None,
     ) -> SearchResponse:
-        prediction, head = self._predictions(hits, vector, exclude_id)
+        prediction, head = self._predictions(hits, vector, exclude_id, unfiltered=candidates is None)
         return SearchResponse(
             query=query,
             hits=hits,
@@ -593,21 +613,6 @@ class Searcher:
         self, source: bytes | Path, decoded: DecodedImage, window: DisplayWindow | None, max_side: int
     ) -> bytes:
         return render_png(windowed(source, decoded, window, self.max_pixels).pixels, max_side)
-
-    @staticmethod
-    def _source_path(row: Image) -> Path | bytes | None:
-        """The archived image's source file (or, for a member of a zip/tar archive such as an
-        `/admin/ingest` upload, its bytes), or None when it is not reachable."""
-        parsed = urlparse(row.source_uri)
-        source = Path(url2pathname(parsed.path))
-        if parsed.scheme == "file" and source.is_file():
-            return source
-        if parsed.scheme == "file" and source_exists(row.source_uri):
-            try:
-                return read_source(row.source_uri)
-            except OSError:
-                return None
-        return None
 
     def case(self, case_id: int) -> CaseOut:
         """A stored case with its images."""
