@@ -56,6 +56,19 @@ class IngestReport:
         """Files handled per second."""
         return self.seen / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    def log_done(self, what: str = "ingest") -> None:
+        """One log line with the counts (never file names or header text)."""
+        log.info(
+            "%s done: %d files, %d indexed, %d already indexed, %d not images, %d failed, %.1f files/s",
+            what,
+            self.seen,
+            self.indexed,
+            self.already_indexed,
+            self.not_images,
+            self.failed,
+            self.rate,
+        )
+
 
 @dataclass
 class _Decoded:
@@ -189,15 +202,7 @@ class Ingestor:
         if report.indexed:
             self.archive.save_index()
         report.elapsed_s = time.perf_counter() - start
-        log.info(
-            "ingest done: %d files, %d indexed, %d already indexed, %d not images, %d failed, %.1f files/s",
-            report.seen,
-            report.indexed,
-            report.already_indexed,
-            report.not_images,
-            report.failed,
-            report.rate,
-        )
+        report.log_done()
         return report
 
     def _submit(self, pool: Executor, chunk: list[SourceItem], report: IngestReport) -> list[_Pending]:

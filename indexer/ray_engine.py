@@ -315,15 +315,7 @@ class RayIngestor:
         if report.indexed:
             self.archive.save_index()
         report.elapsed_s = time.perf_counter() - start
-        log.info(
-            "ray ingest done: %d files, %d indexed, %d already indexed, %d not images, %d failed, %.1f files/s",
-            report.seen,
-            report.indexed,
-            report.already_indexed,
-            report.not_images,
-            report.failed,
-            report.rate,
-        )
+        report.log_done("ray ingest")
         return report
 
     def _stored_digests(self) -> frozenset[bytes]:
