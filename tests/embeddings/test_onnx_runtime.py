@@ -8,18 +8,25 @@ import pytest
 from embeddings import EmbeddingsError
 
 
-def test_onnxruntime_backend_matches_torch(real_encoder, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def _with_backend(real_encoder, backend: str):  # type: ignore[no-untyped-def]
+    """The session's real encoder rebuilt on another backend (skipped without the onnx extra)."""
     pytest.importorskip("onnxruntime", reason='needs the onnx extra: pip install "medcbir[onnx]"')
     pytest.importorskip("onnx", reason='needs the onnx extra: pip install "medcbir[onnx]"')
     from embeddings.encoder import Encoder
 
-    onnx = Encoder(
+    return Encoder(
         real_encoder.model,
         name=real_encoder.name,
         model_name=real_encoder.model_name,
         device="cpu",
-        backend="onnxruntime",
+        backend=backend,
     )
+
+
+def test_onnxruntime_backend_matches_torch(real_encoder, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from embeddings.encoder import Encoder
+
+    onnx = _with_backend(real_encoder, "onnxruntime")
     rng = np.random.default_rng(0)
     images = [rng.random((300, 260, 3), dtype=np.float32) for _ in range(3)]
     want = real_encoder.embed(images)
@@ -32,17 +39,7 @@ def test_onnxruntime_backend_matches_torch(real_encoder, monkeypatch: pytest.Mon
 
 
 def test_auto_backend_takes_onnxruntime_on_cpu_with_the_same_vectors(real_encoder) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("onnxruntime", reason='needs the onnx extra: pip install "medcbir[onnx]"')
-    pytest.importorskip("onnx", reason='needs the onnx extra: pip install "medcbir[onnx]"')
-    from embeddings.encoder import Encoder
-
-    auto = Encoder(
-        real_encoder.model,
-        name=real_encoder.name,
-        model_name=real_encoder.model_name,
-        device="cpu",
-        backend="auto",
-    )
+    auto = _with_backend(real_encoder, "auto")
     assert auto.backend == "onnxruntime" and real_encoder.backend == "torch"
     rng = np.random.default_rng(1)
     images = [rng.random((224, 224, 3), dtype=np.float32) for _ in range(2)]
