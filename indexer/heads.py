@@ -20,7 +20,13 @@ from sqlalchemy import select
 
 from indexer.catalog import Case, Catalog, Diagnosis, Image
 from indexer.errors import IndexerError
-from indexer.evaluation.calibration import EPSILONS, TEMPERATURES, product_vote, tempered_vote
+from indexer.evaluation.calibration import (
+    EPSILONS,
+    TEMPERATURES,
+    negative_log_likelihood,
+    product_vote,
+    tempered_vote,
+)
 from indexer.evaluation.metrics import expected_calibration_error
 
 log = logging.getLogger(__name__)
@@ -53,14 +59,9 @@ def _softmax(logits: FloatArray) -> FloatArray:
     return result
 
 
-def _nll(true: npt.NDArray[np.int64], probabilities: FloatArray) -> float:
-    picked = probabilities[np.arange(len(true)), true]
-    return float(-np.log(np.clip(picked, 1e-12, None)).mean())
-
-
 def fit_temperature(logits: FloatArray, true: npt.NDArray[np.int64]) -> float:
     """The temperature of a log-spaced grid with the lowest NLL of softmax(logits / T)."""
-    losses = [_nll(true, _softmax(logits / t)) for t in TEMPERATURE_GRID]
+    losses = [negative_log_likelihood(true, _softmax(logits / t)) for t in TEMPERATURE_GRID]
     return TEMPERATURE_GRID[int(np.argmin(losses))]
 
 
@@ -325,7 +326,7 @@ def train_head(
         weight, bias = _fit_logistic(z[train], y_all[train], n_classes, l2, max_iter)
         logits = z[val] @ weight.T + bias
         accuracy = float((logits.argmax(axis=1) == y_all[val]).mean())
-        nll = _nll(y_all[val], _softmax(logits))
+        nll = negative_log_likelihood(y_all[val], _softmax(logits))
         log.info("head l2=%g: val accuracy %.3f, val NLL %.3f", l2, accuracy, nll)
         if best is None or (accuracy, -nll) > (best[1], -best[2]):
             best = (l2, accuracy, nll, weight, bias)
@@ -356,7 +357,7 @@ def train_head(
         "val_accuracy": accuracy,
         "val_nll_before": nll,
         "temperature": temperature,
-        "val_nll_after": _nll(y_all[val], _softmax(val_logits / temperature)),
+        "val_nll_after": negative_log_likelihood(y_all[val], _softmax(val_logits / temperature)),
         "val_ece_before": expected_calibration_error(y_all[val], _softmax(val_logits)),
         "val_ece_after": expected_calibration_error(y_all[val], _softmax(val_logits / temperature)),
         "val_ece_after_crossfit": _crossfit_ece(val_logits, y_all[val], val_groups, seed),
@@ -421,7 +422,9 @@ def fit_vote_by_ece(
             probabilities = tempered_vote(
                 neighbor_labels, neighbor_sims, n_classes, k, temperature=temperature, epsilon=epsilon
             )
-            loss = expected_calibration_error(true, probabilities) + 0.1 * _nll(true, probabilities)
+            loss = expected_calibration_error(true, probabilities) + 0.1 * negative_log_likelihood(
+                true, probabilities
+            )
             if best is None or loss < best[0] - 1e-12:
                 best = (loss, temperature, epsilon)
     assert best is not None
@@ -486,8 +489,8 @@ def fit_vote(
                 holdout_accuracy=float((after.argmax(axis=1) == true_u[holdout]).mean()),
                 holdout_ece_before=expected_calibration_error(true_u[holdout], before),
                 holdout_ece_after=expected_calibration_error(true_u[holdout], after),
-                holdout_nll_before=_nll(true_u[holdout], before),
-                holdout_nll_after=_nll(true_u[holdout], after),
+                holdout_nll_before=negative_log_likelihood(true_u[holdout], before),
+                holdout_nll_after=negative_log_likelihood(true_u[holdout], after),
             )
     else:
         card["note"] = "too few labeled images for a vote calibration: only the OOD threshold was fitted"
