@@ -8,9 +8,9 @@ from pathlib import Path
 
 from embeddings import ImageEncoder, create_encoder
 from indexer.catalog import Catalog
-from indexer.pseudonym import load_or_create_key
+from indexer.governance.pseudonym import load_or_create_key
 from indexer.settings import IndexerSettings
-from indexer.vector_index import VectorIndex
+from indexer.vectors.index import VectorIndex
 
 log = logging.getLogger(__name__)
 

@@ -17,3 +17,7 @@ class IndexCorruptError(IndexerError):
 
 class EncoderMismatchError(IndexerError):
     """The catalog holds vectors from another encoder than the one asked for; re-index or pick that encoder."""
+
+
+class NotFoundError(IndexerError, LookupError):
+    """The requested case or image does not exist."""

@@ -85,8 +85,8 @@ def main() -> None:
 
     from embeddings import create_encoder
     from indexer.archive import Archive
-    from indexer.demo import build_demo_archive
-    from indexer.pipeline import ingest_path
+    from indexer.cli.demo import build_demo_archive
+    from indexer.ingest.local import ingest_path
     from indexer.settings import IndexerSettings
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -79,8 +79,8 @@ def main() -> None:
     from embeddings import create_encoder
     from imaging import load_image
     from indexer.archive import Archive
-    from indexer.demo import build_demo_archive
-    from indexer.pipeline import ingest_path
+    from indexer.cli.demo import build_demo_archive
+    from indexer.ingest.local import ingest_path
     from indexer.settings import IndexerSettings
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +111,7 @@ def main() -> None:
 
             import ray
 
-            from indexer.ray_engine import RayOptions, ingest_path_ray
+            from indexer.ingest.ray import RayOptions, ingest_path_ray
 
             t = time.perf_counter()
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)

@@ -20,8 +20,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer.index_kinds import choose_index_kind, default_memory_budget, spec_for_kind
-from indexer.vector_index import VectorIndex
+from indexer.vectors.index import VectorIndex
+from indexer.vectors.kinds import choose_index_kind, default_memory_budget, spec_for_kind
 
 
 def clustered_vectors(n: int, dim: int, clusters: int, seed: int, spread: float) -> np.ndarray:

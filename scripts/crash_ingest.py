@@ -79,7 +79,7 @@ def check(data_dir: Path, encoder: str, n: int) -> dict[str, object]:
     from indexer.archive import index_path
     from indexer.catalog import Catalog, Image
     from indexer.settings import IndexerSettings
-    from indexer.vector_index import VectorIndex
+    from indexer.vectors.index import VectorIndex
 
     settings = IndexerSettings(data_dir=data_dir, encoder=encoder)
     enc = create_encoder(encoder)

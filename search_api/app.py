@@ -28,9 +28,11 @@ from imaging import (
     MissingCodecError,
     UnsupportedFormatError,
 )
-from indexer.accounts import (
+from indexer.archive import Archive
+from indexer.cases import CaseIngestError, CaseManager, DuplicateImageError
+from indexer.errors import ManifestError
+from indexer.governance.accounts import (
     AccountError,
-    audit_records,
     authenticate,
     create_user,
     list_accounts,
@@ -38,13 +40,11 @@ from indexer.accounts import (
     set_disabled,
     set_role,
 )
-from indexer.archive import Archive
-from indexer.errors import ManifestError
-from indexer.manifest import ManifestColumns, load_manifest
-from indexer.pseudonym import load_or_create_key
+from indexer.governance.audit import audit_records
+from indexer.governance.pseudonym import load_or_create_key
+from indexer.ingest.manifest import ManifestColumns, load_manifest
+from indexer.ingest.uploads import UploadError, ingest_upload, keep_upload, rebuild_archive_index, upload_dir
 from indexer.settings import IndexerSettings
-from indexer.uploads import UploadError, ingest_upload, keep_upload, rebuild_archive_index, upload_dir
-from search_api.case_manager import CaseIngestError, CaseManager, DuplicateImageError
 from search_api.explanations import (
     Explainer,
     Explanation,
@@ -636,13 +636,24 @@ def create_app(
         principal: PrincipalDep,
     ) -> CaseOut:
         """Change a case's report and/or diagnosis labels (a corrected diagnosis); kept in its history."""
-        manager.edit_case(case_id, update, principal.username)
+        manager.edit_case(
+            case_id, report=update.report, diagnosis=update.diagnosis, username=principal.username
+        )
         return redact_case(searcher.case(case_id), principal)
 
     @app.get("/cases/{case_id}/history", response_model=list[CaseEditOut], responses=_ERRORS)
     def case_history(case_id: RowId, manager: CaseManagerDep) -> list[CaseEditOut]:
         """Who changed what in a case, and when (UTC)."""
-        return manager.history(case_id)
+        return [
+            CaseEditOut(
+                at=(e.at if e.at.tzinfo else e.at.replace(tzinfo=UTC)).isoformat(),
+                username=e.username,
+                field=e.field,
+                old_value=e.old_value,
+                new_value=e.new_value,
+            )
+            for e in manager.history(case_id)
+        ]
 
     @app.delete("/cases/{case_id}", status_code=204, response_class=Response, responses=_ERRORS)
     def delete_case(case_id: RowId, manager: CaseManagerDep, principal: PrincipalDep) -> Response:

@@ -19,7 +19,7 @@ from embeddings.explain import feature_box, grad_cam_of_features, similarity_map
 from imaging import load_image
 from imaging.overlay import encode_png, overlay_heatmap, side_by_side
 from indexer.archive import Archive
-from indexer.heads import LinearHead, latest_head
+from indexer.prediction.heads import LinearHead, latest_head
 from search_api.searcher import NotFoundError, stored_source
 
 QUERY_ENTRIES = 256

@@ -20,9 +20,16 @@ import numpy.typing as npt
 from imaging import DecodedImage, ImageMetadata, WindowSpec, list_window_presets, load_image, render_png
 from indexer.archive import Archive
 from indexer.catalog import Case, Image
-from indexer.heads import LinearHead, VoteCalibrationFile, heads_stamp, latest_head, latest_vote_calibration
-from indexer.pseudonym import patient_reference
-from indexer.reindex import read_source, source_exists
+from indexer.errors import NotFoundError
+from indexer.governance.pseudonym import patient_reference
+from indexer.ingest.reindex import read_source, source_exists
+from indexer.prediction.heads import (
+    LinearHead,
+    VoteCalibrationFile,
+    heads_stamp,
+    latest_head,
+    latest_vote_calibration,
+)
 from search_api.schemas import (
     CaseImage,
     CaseList,
@@ -56,10 +63,6 @@ CT_SLIDER_RANGE = (-1024.0, 3071.0)
 # DEFAULT_MIN_CONFIDENCE is low confidence. A calibration replaces both with values fitted on the archive.
 DEFAULT_OOD_SIMILARITY = 0.5
 DEFAULT_MIN_CONFIDENCE = 0.5
-
-
-class NotFoundError(LookupError):
-    """The requested case or image does not exist."""
 
 
 class InvalidWindowError(ValueError):
@@ -97,7 +100,7 @@ def vote(neighbours: Sequence[tuple[float, Sequence[str]]]) -> Prediction:
 def calibrated_vote(
     neighbours: Sequence[tuple[float, Sequence[str]]], calibration: VoteCalibrationFile
 ) -> Prediction:
-    """The tempered vote of `indexer.evaluation.calibration`: weights exp((s_i - s_1) / T), mixed with eps/C.
+    """The tempered vote of `indexer.prediction.calibration`: weights exp((s_i - s_1) / T), mixed with eps/C.
 
     A neighbour with several labels splits its weight over them; C counts the calibration's classes and
     any other label among the neighbours, and every one of them is listed (the scores sum to 1). Only the

@@ -28,8 +28,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.accounts import Account, account_for_api_key, get_account, is_token_revoked, record_audit
 from indexer.catalog import Catalog
+from indexer.governance.accounts import Account, account_for_api_key, get_account, is_token_revoked
+from indexer.governance.audit import record_audit
 
 log = logging.getLogger(__name__)
 

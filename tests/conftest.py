@@ -76,8 +76,8 @@ def small_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 def indexed_archive(tmp_path_factory: pytest.TempPathFactory, small_archive: tuple[Path, Path], real_encoder):  # type: ignore[no-untyped-def]
     """The small archive indexed with the real encoder into a fresh data folder."""
     from indexer.archive import Archive
-    from indexer.manifest import ManifestColumns, load_manifest
-    from indexer.pipeline import ingest_path
+    from indexer.ingest.local import ingest_path
+    from indexer.ingest.manifest import ManifestColumns, load_manifest
     from indexer.settings import IndexerSettings
 
     folder, manifest = small_archive
@@ -96,7 +96,7 @@ TEST_USERS = {"radiologist": "test-radiologist", "admin": "test-admin"}
 @pytest.fixture(scope="session")
 def live_api_url(indexed_archive) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A real uvicorn server serving the real app over the indexed small archive, with test accounts."""
-    from indexer.accounts import create_user
+    from indexer.governance.accounts import create_user
     from search_api.app import create_app
 
     for role, username in TEST_USERS.items():

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from imaging import load_image
 from indexer.catalog import Case, Catalog, Diagnosis, Image
 from indexer.errors import IndexerError
-from indexer.reindex import read_source, source_exists
+from indexer.ingest.reindex import read_source, source_exists
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".dcm", ".dicom", ".dic", ".ima", ""})
 SPLITS = ("train", "val", "test")

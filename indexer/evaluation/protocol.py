@@ -313,7 +313,7 @@ def _add_calibration(
     k: int,
 ) -> None:
     """Fit the tempered vote on the val queries; ECE of the product vote and the calibrated one on test."""
-    from indexer.evaluation import calibration
+    from indexer.prediction import calibration
 
     n_classes = len(dataset.class_names)
     as_queries = Split(train=split.train, test=split.val, val=split.val, how=split.how)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.evaluation import calibration, metrics
+from indexer.evaluation import metrics
+from indexer.prediction import calibration
 
 
 def test_tempered_vote_by_hand() -> None:

@@ -1,4 +1,4 @@
-"""indexer.heads: the linear head, its patient-grouped split and versions, and the kNN vote's calibration."""
+"""indexer.prediction.heads: the linear head, its patient-grouped split and versions, and the kNN vote's calibration."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.heads import (
+from indexer.prediction.heads import (
     HeadError,
     LinearHead,
     fit_vote,
@@ -25,8 +25,8 @@ from tests.prediction_archive import CLASSES, build_labeled_archive
 def labeled_archive(tmp_path_factory: pytest.TempPathFactory, real_encoder):  # type: ignore[no-untyped-def]
     """Three classes of real medical pictures, 6 patients each, 2 images per patient, real encoder."""
     from indexer.archive import Archive
-    from indexer.manifest import ManifestColumns, load_manifest
-    from indexer.pipeline import ingest_path
+    from indexer.ingest.local import ingest_path
+    from indexer.ingest.manifest import ManifestColumns, load_manifest
     from indexer.settings import IndexerSettings
 
     source = tmp_path_factory.mktemp("labeled")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.index_kinds import (
+from indexer.vectors.kinds import (
     INDEX_KINDS,
     IndexBudgetError,
     IndexSpec,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from indexer.errors import ManifestError
-from indexer.manifest import ManifestColumns, load_manifest, split_labels
+from indexer.ingest.manifest import ManifestColumns, load_manifest, split_labels
 
 
 def test_split_labels() -> None:

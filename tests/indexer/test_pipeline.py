@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from indexer.archive import Archive
-from indexer.manifest import ManifestColumns, load_manifest
-from indexer.pipeline import ingest_path
+from indexer.ingest.local import ingest_path
+from indexer.ingest.manifest import ManifestColumns, load_manifest
 from indexer.settings import IndexerSettings
-from indexer.vector_index import VectorIndex
+from indexer.vectors.index import VectorIndex
 from tests.conftest import ARCHIVE_ROWS
 from tests.helpers import ThumbnailEncoder, dicom_testfile
 

@@ -20,9 +20,9 @@ import pytest
 from embeddings import create_encoder
 from indexer.archive import Archive
 from indexer.catalog import Image
-from indexer.manifest import ManifestColumns, load_manifest
-from indexer.pipeline import IngestReport, ingest_path
-from indexer.ray_engine import RayIngestor, RayNotInstalledError, RayOptions, import_ray, ingest_path_ray
+from indexer.ingest.local import IngestReport, ingest_path
+from indexer.ingest.manifest import ManifestColumns, load_manifest
+from indexer.ingest.ray import RayIngestor, RayNotInstalledError, RayOptions, import_ray, ingest_path_ray
 from indexer.settings import IndexerSettings
 from tests.conftest import ARCHIVE_ROWS
 from tests.helpers import ThumbnailEncoder, dicom_testfile, free_port

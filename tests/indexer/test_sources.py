@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from indexer.archive import Archive
-from indexer.pipeline import ingest_path
+from indexer.ingest.local import ingest_path
 from indexer.settings import IndexerSettings
-from indexer.sources import UnsafeSourceError, iter_source, safe_member_name
+from indexer.storage.sources import UnsafeSourceError, iter_source, safe_member_name
 from tests.helpers import ThumbnailEncoder, dicom_testfile
 
 

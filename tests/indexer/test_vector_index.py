@@ -9,7 +9,7 @@ import pytest
 
 from indexer.catalog import Case, Catalog, Image
 from indexer.errors import IndexCorruptError
-from indexer.vector_index import VectorIndex
+from indexer.vectors.index import VectorIndex
 
 
 def _unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -129,7 +129,7 @@ def _clustered(n: int, dim: int, clusters: int = 64, seed: int = 0) -> np.ndarra
 
 
 def _spec(kind: str, n: int, dim: int):  # type: ignore[no-untyped-def]
-    from indexer.index_kinds import IndexSpec, spec_for_kind
+    from indexer.vectors.kinds import IndexSpec, spec_for_kind
 
     spec = spec_for_kind(kind, n, dim)
     if kind == "ivf_pq":  # 8-dim sub-vectors keep the test's codebook training quick
@@ -204,7 +204,7 @@ def test_rare_and_common_filters_stay_correct(kind: str, clustered) -> None:  # 
 
 
 def test_filters_larger_than_the_rare_limit_use_the_index(clustered, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import indexer.vector_index as vi
+    import indexer.vectors.index as vi
 
     monkeypatch.setattr(vi, "RARE_FILTER_MAX", 10)
     ids, vectors, queries = clustered
@@ -251,7 +251,7 @@ def test_open_rebuilds_in_the_saved_kind(tmp_path: Path, caplog: pytest.LogCaptu
 
 @pytest.mark.gpu
 def test_gpu_index_gives_the_cpu_results(clustered) -> None:  # type: ignore[no-untyped-def]
-    from indexer.vector_index import gpu_available
+    from indexer.vectors.index import gpu_available
 
     if not gpu_available():
         pytest.skip("needs faiss with GPU support (pip install '.[gpu]') and a CUDA device")

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from indexer.accounts import audit_records, record_audit
 from indexer.catalog import Catalog
-from indexer.migrations import upgrade_database
+from indexer.catalog.migrations import upgrade_database
+from indexer.governance.audit import audit_records, record_audit
 
 
 def _raw_changes_are_refused(url: str) -> None:
@@ -63,7 +63,7 @@ def test_postgres_catalog_made_by_create_all_is_append_only_too(postgres_url: st
 def test_postgres_migration_0003_adds_the_trigger_to_an_existing_audit_table(postgres_url: str) -> None:
     from alembic import command
 
-    from indexer.migrations import _config
+    from indexer.catalog.migrations import _config
 
     engine = create_engine(postgres_url)
     command.upgrade(_config(engine), "0002")  # a catalog migrated before 0003: no trigger yet

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from indexer.catalog import Base, Catalog
-from indexer.migrations import INITIAL_REVISION, current_revision, head_revision, upgrade_database
+from indexer.catalog.migrations import INITIAL_REVISION, current_revision, head_revision, upgrade_database
 
 
 def _schema_differences(url: str) -> list[object]:
@@ -53,7 +53,7 @@ def test_a_catalog_made_before_migrations_is_baselined(tmp_path: Path) -> None:
 def test_a_catalog_with_only_the_initial_schema_is_upgraded_from_it(tmp_path: Path) -> None:
     from alembic import command
 
-    from indexer.migrations import _config
+    from indexer.catalog.migrations import _config
 
     url = f"sqlite:///{tmp_path / 'v1.sqlite3'}"
     engine = create_engine(url)
@@ -88,10 +88,10 @@ def test_postgres_catalog_ingests_searches_and_rebuilds(
     postgres_url: str, small_archive: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from indexer.archive import Archive
-    from indexer.manifest import ManifestColumns, load_manifest
-    from indexer.pipeline import ingest_path
+    from indexer.ingest.local import ingest_path
+    from indexer.ingest.manifest import ManifestColumns, load_manifest
     from indexer.settings import IndexerSettings
-    from indexer.vector_index import VectorIndex
+    from indexer.vectors.index import VectorIndex
     from tests.conftest import ARCHIVE_ROWS
     from tests.helpers import ThumbnailEncoder
 

@@ -18,11 +18,12 @@ import pytest
 from PIL import Image as PILImage
 
 from embeddings import ImageEncoder
-from indexer.accounts import audit_records, create_user
 from indexer.archive import Archive
-from indexer.heads import train_predictors
-from indexer.manifest import ManifestColumns, load_manifest
-from indexer.pipeline import ingest_path
+from indexer.governance.accounts import create_user
+from indexer.governance.audit import audit_records
+from indexer.ingest.local import ingest_path
+from indexer.ingest.manifest import ManifestColumns, load_manifest
+from indexer.prediction.heads import train_predictors
 from indexer.settings import IndexerSettings
 from search_api.app import create_app
 from search_api.explanations import Explainer, QueryStore

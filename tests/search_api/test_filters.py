@@ -10,9 +10,9 @@ import pydicom
 import pytest
 
 from indexer.archive import Archive
-from indexer.manifest import ManifestColumns, load_manifest
-from indexer.pipeline import ingest_path
-from indexer.pseudonym import patient_reference
+from indexer.governance.pseudonym import patient_reference
+from indexer.ingest.local import ingest_path
+from indexer.ingest.manifest import ManifestColumns, load_manifest
 from indexer.settings import IndexerSettings
 from search_api.schemas import SearchFilters
 from search_api.searcher import NotFoundError, Searcher

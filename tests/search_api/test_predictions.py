@@ -43,8 +43,8 @@ def noise_png() -> bytes:
 def labeled(tmp_path_factory: pytest.TempPathFactory, real_encoder):  # type: ignore[no-untyped-def]
     """(archive, source folder): three classes of real medical pictures by patient, indexed for real."""
     from indexer.archive import Archive
-    from indexer.manifest import ManifestColumns, load_manifest
-    from indexer.pipeline import ingest_path
+    from indexer.ingest.local import ingest_path
+    from indexer.ingest.manifest import ManifestColumns, load_manifest
     from indexer.settings import IndexerSettings
 
     source = tmp_path_factory.mktemp("labeled-api")
@@ -60,7 +60,7 @@ def labeled(tmp_path_factory: pytest.TempPathFactory, real_encoder):  # type: ig
 @pytest.fixture(scope="module")
 def api(labeled) -> Iterator[tuple[str, dict[str, str]]]:  # type: ignore[no-untyped-def]
     """(url, auth headers) of a live API over the labeled archive, started before any head exists."""
-    from indexer.accounts import create_user
+    from indexer.governance.accounts import create_user
     from search_api.app import create_app
 
     archive, _ = labeled
@@ -153,9 +153,9 @@ def test_flag_uncertain_reasons() -> None:
 def test_calibration_on_real_brain_mri(tmp_path: Path, real_encoder) -> None:  # type: ignore[no-untyped-def]
     """A real 4-class MRI subsample: the calibrated vote is no worse calibrated than the plain vote."""
     from indexer.archive import Archive
-    from indexer.heads import train_predictors
-    from indexer.manifest import ManifestColumns, load_manifest
-    from indexer.pipeline import ingest_path
+    from indexer.ingest.local import ingest_path
+    from indexer.ingest.manifest import ManifestColumns, load_manifest
+    from indexer.prediction.heads import train_predictors
     from indexer.settings import IndexerSettings
     from search_api.searcher import Searcher
 

@@ -17,10 +17,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from indexer.accounts import create_api_key, create_user
 from indexer.archive import Archive
-from indexer.manifest import ManifestColumns, load_manifest
-from indexer.pipeline import ingest_path
+from indexer.governance.accounts import create_api_key, create_user
+from indexer.ingest.local import ingest_path
+from indexer.ingest.manifest import ManifestColumns, load_manifest
 from indexer.settings import IndexerSettings
 from search_api.app import create_app
 from search_api.settings import ApiSettings

@@ -15,8 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 
-from indexer.accounts import audit_records, create_api_key, create_user, set_disabled
 from indexer.archive import Archive
+from indexer.governance.accounts import create_api_key, create_user, set_disabled
+from indexer.governance.audit import audit_records
 from search_api.app import create_app
 from search_api.settings import ApiSettings
 from tests.helpers import dicom_testfile

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from sqlalchemy import select, text, update
 
-from indexer.accounts import audit_records
 from indexer.catalog import AuditEvent
+from indexer.governance.audit import audit_records
 from tests.helpers import dicom_testfile
 from tests.security.conftest import PASSWORD, USERS, SecuredApi
 

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import Route
 
-from indexer.accounts import Account, create_user, get_account, set_disabled
+from indexer.governance.accounts import Account, create_user, get_account, set_disabled
 from search_api.app import create_app
 from search_api.security import ROUTE_POLICY, issue_token
 from search_api.settings import ApiSettings

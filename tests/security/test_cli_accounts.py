@@ -6,9 +6,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from indexer.accounts import authenticate
 from indexer.catalog import Catalog
 from indexer.cli import app
+from indexer.governance.accounts import authenticate
 from indexer.settings import IndexerSettings
 
 PASSWORD = "first admin password 1"

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from indexer.cli import app as cli
-from indexer.export import BurnedInAnnotationError, Deidentifier
+from indexer.governance.export import BurnedInAnnotationError, Deidentifier
 from tests.helpers import dicom_testfile
 from tests.security.conftest import CANARY_ID, CANARY_NAME, CANARY_REPORT, SecuredApi
 
@@ -131,7 +131,7 @@ def test_cli_export_deidentify(tmp_path: Path) -> None:
     _phi_dataset(source / "b.dcm", burned_in="YES", study="1.2.3.9", sop="1.2.3.9.1")
     data = tmp_path / "data"
     from indexer.archive import Archive
-    from indexer.pipeline import ingest_path
+    from indexer.ingest.local import ingest_path
     from indexer.settings import IndexerSettings
     from tests.helpers import ThumbnailEncoder
 

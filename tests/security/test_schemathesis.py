@@ -12,7 +12,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from indexer.accounts import create_user  # noqa: E402
+from indexer.governance.accounts import create_user  # noqa: E402
 from search_api.app import create_app  # noqa: E402
 from search_api.settings import ApiSettings  # noqa: E402
 from tests.helpers import serve_app  # noqa: E402

@@ -14,8 +14,8 @@ from embeddings import create_encoder
 from indexer.archive import Archive
 from indexer.cli import app
 from indexer.evaluation.datasets import DatasetError, load_catalog_dataset
-from indexer.manifest import ManifestColumns, load_manifest
-from indexer.pipeline import ingest_path
+from indexer.ingest.local import ingest_path
+from indexer.ingest.manifest import ManifestColumns, load_manifest
 from indexer.settings import IndexerSettings
 from tests.evaluation.conftest import SHARED_DATASETS
 from tests.helpers import ThumbnailEncoder

@@ -10,9 +10,9 @@ import numpy.typing as npt
 
 from indexer.archive import index_path
 from indexer.catalog import Case, Catalog, Image
-from indexer.reindex import reindex_catalog
+from indexer.ingest.reindex import reindex_catalog
 from indexer.settings import IndexerSettings
-from indexer.vector_index import VectorIndex
+from indexer.vectors.index import VectorIndex
 from tests.evaluation.conftest import write_png
 from tests.helpers import ThumbnailEncoder
 

@@ -1,4 +1,4 @@
-"""Alembic environment for the catalog: runs against the engine handed in by indexer.migrations."""
+"""Alembic environment for the catalog: runs against the engine handed in by indexer.catalog.migrations."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def _create_audit_events() -> None:
         batch_op.create_index(batch_op.f("ix_audit_events_at"), ["at"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_events_username"), ["username"], unique=False)
     if op.get_bind().dialect.name == "sqlite":
-        from indexer.catalog import AUDIT_TRIGGERS
+        from indexer.catalog.models import AUDIT_TRIGGERS
 
         for trigger in AUDIT_TRIGGERS:
             op.execute(trigger)

@@ -18,7 +18,7 @@ from indexer.archive import index_path
 from indexer.catalog import Catalog
 from indexer.errors import IndexerError
 from indexer.settings import IndexerSettings
-from indexer.vector_index import VectorIndex
+from indexer.vectors.index import VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class ReindexResult:
 
 def read_source(uri: str) -> bytes:
     """The bytes behind a catalog `source_uri`: a `file://` path, or a member of a zip or tar archive
-    (`file:///archive.zip!/member`, as indexer.sources names them); other schemes cannot be re-read."""
+    (`file:///archive.zip!/member`, as indexer.storage.sources names them); other schemes cannot be re-read."""
     parsed = urlparse(uri)
     if parsed.scheme not in ("file", ""):
         raise IndexerError(f"cannot re-read {uri!r}: only file:// sources can be re-embedded; re-index it")

@@ -27,8 +27,7 @@ from imaging import DecodedImage, ImageMetadata, UnsupportedFormatError
 from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.errors import IndexerError
-from indexer.manifest import Manifest
-from indexer.pipeline import (
+from indexer.ingest.local import (
     _SAVE_EVERY_BATCHES,
     FramePolicy,
     Ingestor,
@@ -36,8 +35,9 @@ from indexer.pipeline import (
     _Decoded,
     decode_for_ingest,
 )
+from indexer.ingest.manifest import Manifest
 from indexer.settings import IndexerSettings
-from indexer.sources import (
+from indexer.storage.sources import (
     SourceItem,
     UnsafeSourceError,
     count_items,

@@ -15,11 +15,11 @@ from sqlalchemy import func, select
 from indexer.archive import Archive
 from indexer.catalog import Image, IngestFailure
 from indexer.errors import IndexerError
-from indexer.index_kinds import spec_for_kind
-from indexer.manifest import Manifest
-from indexer.pipeline import Ingestor, IngestReport
-from indexer.sources import count_items, iter_source
-from indexer.vector_index import VectorIndex
+from indexer.ingest.local import Ingestor, IngestReport
+from indexer.ingest.manifest import Manifest
+from indexer.storage.sources import count_items, iter_source
+from indexer.vectors.index import VectorIndex
+from indexer.vectors.kinds import spec_for_kind
 
 # Failures listed in an answer; the rest are counted (and all of them are in `medcbir failures`).
 MAX_LISTED_FAILURES = 100

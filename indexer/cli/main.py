@@ -135,15 +135,15 @@ def index(
         raise _fail("--workers is for --engine local: with --engine ray, Ray schedules the decode tasks")
     _setup_logging()
     from indexer.archive import Archive
-    from indexer.manifest import ManifestColumns, load_manifest
-    from indexer.pipeline import ingest_path
+    from indexer.ingest.local import ingest_path
+    from indexer.ingest.manifest import ManifestColumns, load_manifest
 
     settings = _settings(data_dir, encoder, checkpoint)
     if batch_size is not None:
         settings.batch_size = max(1, batch_size)
     try:
         if engine == "ray":
-            from indexer.ray_engine import import_ray
+            from indexer.ingest.ray import import_ray
 
             import_ray()  # before loading the model: a missing extra is said at once
         loaded = None
@@ -161,7 +161,7 @@ def index(
         archive = Archive.open(settings)
         try:
             if engine == "ray":
-                from indexer.ray_engine import RayOptions, ingest_path_ray
+                from indexer.ingest.ray import RayOptions, ingest_path_ray
 
                 report = ingest_path_ray(
                     archive,
@@ -237,7 +237,7 @@ def verify(data_dir: DataDir = None, encoder: Encoder = None, checkpoint: Checkp
     from embeddings import create_encoder
     from indexer.archive import index_path
     from indexer.catalog import Catalog
-    from indexer.vector_index import VectorIndex
+    from indexer.vectors.index import VectorIndex
 
     settings = _settings(data_dir, encoder, checkpoint)
     enc = create_encoder(settings.encoder, checkpoint=settings.checkpoint)
@@ -276,8 +276,8 @@ def rebuild_index(
     from embeddings import create_encoder
     from indexer.archive import index_path
     from indexer.catalog import Catalog
-    from indexer.index_kinds import spec_for_kind
-    from indexer.vector_index import VectorIndex
+    from indexer.vectors.index import VectorIndex
+    from indexer.vectors.kinds import spec_for_kind
 
     settings = _settings(data_dir, encoder, checkpoint)
     enc = create_encoder(settings.encoder, checkpoint=settings.checkpoint)
@@ -314,7 +314,7 @@ def db_upgrade(
     from sqlalchemy import create_engine
 
     from indexer.catalog import postgres_driver_url
-    from indexer.migrations import upgrade_database
+    from indexer.catalog.migrations import upgrade_database
 
     settings = _settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -334,7 +334,7 @@ def db_current(data_dir: DataDir = None) -> None:
     from sqlalchemy import create_engine
 
     from indexer.catalog import postgres_driver_url
-    from indexer.migrations import current_revision, head_revision
+    from indexer.catalog.migrations import current_revision, head_revision
 
     engine = create_engine(postgres_driver_url(_settings(data_dir).resolved_database_url))
     try:
@@ -365,8 +365,8 @@ def _api_env(settings: IndexerSettings) -> dict[str, str]:
 
 
 def _accounts(settings: IndexerSettings) -> list[object]:
-    from indexer.accounts import list_accounts
     from indexer.catalog import Catalog
+    from indexer.governance.accounts import list_accounts
 
     catalog = Catalog(settings.resolved_database_url)
     try:
@@ -456,9 +456,9 @@ def demo(
     """Build and index the embedded demo archive (or --data), then serve the API and the UI."""
     _setup_logging()
     from indexer.archive import Archive
-    from indexer.demo import build_demo_archive
-    from indexer.manifest import ManifestColumns, load_manifest
-    from indexer.pipeline import ingest_path
+    from indexer.cli.demo import build_demo_archive
+    from indexer.ingest.local import ingest_path
+    from indexer.ingest.manifest import ManifestColumns, load_manifest
 
     settings = _settings(data_dir)
     root = data
@@ -755,7 +755,7 @@ def reindex(
     """Re-embed every catalog image with ENCODER into its own index; the serving index is untouched until done."""
     _setup_logging()
     from embeddings import create_encoder
-    from indexer.reindex import reindex_catalog
+    from indexer.ingest.reindex import reindex_catalog
 
     settings = _settings(data_dir, encoder, checkpoint)
     enc = create_encoder(
@@ -792,7 +792,7 @@ def train_head_command(
 
     from embeddings import EmbeddingsError, create_encoder
     from indexer.catalog import Catalog
-    from indexer.heads import train_predictors
+    from indexer.prediction.heads import train_predictors
 
     settings = _settings(data_dir, encoder, checkpoint)
     try:
@@ -839,7 +839,7 @@ def train_head_command(
         )
 
 
-# -- accounts, audit and de-identified export (indexer.accounts, indexer.export) --------------------
+# -- accounts, audit and de-identified export (indexer.governance.accounts, indexer.governance.export) --------------------
 
 users_app = typer.Typer(help="User accounts of the search API (no default passwords).", no_args_is_help=True)
 app.add_typer(users_app, name="users")
@@ -856,7 +856,7 @@ def _catalog_of(data_dir: Path | None):  # type: ignore[no-untyped-def]
 def _cli_audit(catalog, action: str, obj: str | None, outcome: str = "success") -> None:  # type: ignore[no-untyped-def]
     import getpass
 
-    from indexer.accounts import record_audit
+    from indexer.governance.audit import record_audit
 
     try:
         operator = getpass.getuser()
@@ -886,7 +886,7 @@ def users_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create a user; the password is read from a prompt, or from standard input when not a terminal."""
-    from indexer.accounts import AccountError, create_api_key, create_user
+    from indexer.governance.accounts import AccountError, create_api_key, create_user
 
     catalog = _catalog_of(data_dir)
     try:
@@ -907,7 +907,7 @@ def users_create(
 @users_app.command("list")
 def users_list(data_dir: DataDir = None) -> None:
     """List the accounts."""
-    from indexer.accounts import list_accounts
+    from indexer.governance.accounts import list_accounts
 
     catalog = _catalog_of(data_dir)
     for account in list_accounts(catalog):
@@ -918,7 +918,7 @@ def users_list(data_dir: DataDir = None) -> None:
 
 
 def _user_change(data_dir: Path | None, action: str, username: str, change) -> None:  # type: ignore[no-untyped-def]
-    from indexer.accounts import AccountError
+    from indexer.governance.accounts import AccountError
 
     catalog = _catalog_of(data_dir)
     try:
@@ -934,7 +934,7 @@ def _user_change(data_dir: Path | None, action: str, username: str, change) -> N
 @users_app.command("disable")
 def users_disable(username: str, data_dir: DataDir = None) -> None:
     """Disable a user: their tokens and API keys stop working at once."""
-    from indexer.accounts import set_disabled
+    from indexer.governance.accounts import set_disabled
 
     _user_change(data_dir, "disable_user", username, lambda c: set_disabled(c, username, True))
 
@@ -942,7 +942,7 @@ def users_disable(username: str, data_dir: DataDir = None) -> None:
 @users_app.command("enable")
 def users_enable(username: str, data_dir: DataDir = None) -> None:
     """Enable a disabled user."""
-    from indexer.accounts import set_disabled
+    from indexer.governance.accounts import set_disabled
 
     _user_change(data_dir, "enable_user", username, lambda c: set_disabled(c, username, False))
 
@@ -950,7 +950,7 @@ def users_enable(username: str, data_dir: DataDir = None) -> None:
 @users_app.command("set-role")
 def users_set_role(username: str, role: str, data_dir: DataDir = None) -> None:
     """Change a user's role (radiologist or admin)."""
-    from indexer.accounts import set_role
+    from indexer.governance.accounts import set_role
 
     _user_change(data_dir, "set_role", username, lambda c: set_role(c, username, role))
 
@@ -958,7 +958,7 @@ def users_set_role(username: str, role: str, data_dir: DataDir = None) -> None:
 @users_app.command("set-password")
 def users_set_password(username: str, data_dir: DataDir = None) -> None:
     """Replace a user's password (prompt, or standard input when not a terminal)."""
-    from indexer.accounts import AccountError, set_password
+    from indexer.governance.accounts import AccountError, set_password
 
     catalog = _catalog_of(data_dir)
     try:
@@ -974,7 +974,7 @@ def users_set_password(username: str, data_dir: DataDir = None) -> None:
 @users_app.command("api-key")
 def users_api_key(username: str, data_dir: DataDir = None) -> None:
     """Issue a new API key for a (service) account; it is printed once and stored only as a hash."""
-    from indexer.accounts import AccountError, create_api_key
+    from indexer.governance.accounts import AccountError, create_api_key
 
     catalog = _catalog_of(data_dir)
     try:
@@ -997,7 +997,7 @@ def audit_command(
     data_dir: DataDir = None,
 ) -> None:
     """Print the audit trail: UTC time, user, role, action, object, outcome, client, request id."""
-    from indexer.accounts import audit_records
+    from indexer.governance.audit import audit_records
 
     catalog = _catalog_of(data_dir)
     total, rows = audit_records(catalog, limit=limit, username=user, action=action)
@@ -1024,8 +1024,8 @@ def export_command(
 ) -> None:
     """Export archived DICOM images de-identified (names, ids, dates, UIDs, institutions, private tags)."""
     _setup_logging()
-    from indexer.export import export_deidentified
-    from indexer.pseudonym import load_or_create_key
+    from indexer.governance.export import export_deidentified
+    from indexer.governance.pseudonym import load_or_create_key
 
     if not deidentify:
         raise _fail("medcbir only exports de-identified data: add --deidentify")

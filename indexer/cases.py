@@ -8,7 +8,6 @@ import os
 import threading
 import uuid
 from collections.abc import Sequence
-from datetime import UTC
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,13 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import selectinload
 
 from imaging import load_image
-from indexer.accounts import case_edits, record_case_edit
 from indexer.archive import Archive
 from indexer.catalog import Case, CaseEdit, Diagnosis, Image, ImageEmbedding
-from indexer.manifest import CaseInfo, Manifest
-from indexer.pipeline import Ingestor
-from indexer.sources import SourceItem
-from search_api.schemas import CaseEditOut, CaseUpdate
-from search_api.searcher import NotFoundError
+from indexer.errors import NotFoundError
+from indexer.governance.audit import case_edits, record_case_edit
+from indexer.ingest.local import Ingestor
+from indexer.ingest.manifest import CaseInfo, Manifest
+from indexer.storage.sources import SourceItem
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +111,9 @@ class CaseManager:
             uri=path.resolve().as_uri(), relative=digest, reader=path.read_bytes, size=len(data)
         )
 
-    def edit_case(self, case_id: int, update: CaseUpdate, username: str) -> None:
+    def edit_case(
+        self, case_id: int, *, report: str | None, diagnosis: list[str] | None, username: str
+    ) -> None:
         """Replace the report and/or diagnosis labels; every change is kept in the edit history."""
         with self.archive.catalog.session() as session:
             case = session.scalars(
@@ -121,16 +121,16 @@ class CaseManager:
             ).first()
             if case is None:
                 raise NotFoundError(f"case {case_id} does not exist")
-            if update.report is not None and update.report != (case.report or ""):
-                record_case_edit(session, case_id, username, "report", case.report, update.report)
-                case.report = update.report or None
-            if update.diagnosis is not None:
-                wanted = clean_labels(update.diagnosis)
+            if report is not None and report != (case.report or ""):
+                record_case_edit(session, case_id, username, "report", case.report, report)
+                case.report = report or None
+            if diagnosis is not None:
+                wanted = clean_labels(diagnosis)
                 old = case.labels
                 if wanted != old:
                     record_case_edit(session, case_id, username, "diagnosis", _joined(old), _joined(wanted))
-                    for diagnosis in [d for d in case.diagnoses if d.label not in wanted]:
-                        case.diagnoses.remove(diagnosis)
+                    for stale in [d for d in case.diagnoses if d.label not in wanted]:
+                        case.diagnoses.remove(stale)
                     session.flush()
                     for label in wanted:
                         if label not in old:
@@ -166,18 +166,9 @@ class CaseManager:
         log.info("deleted case %d with %d images", case_id, len(ids))
         return len(ids)
 
-    def history(self, case_id: int) -> list[CaseEditOut]:
+    def history(self, case_id: int) -> list[CaseEdit]:
         """The case's recorded changes, oldest first (kept after the case is deleted)."""
         edits: list[CaseEdit] = case_edits(self.archive.catalog, case_id)
         if not edits and self.archive.catalog.case(case_id) is None:
             raise NotFoundError(f"case {case_id} does not exist")
-        return [
-            CaseEditOut(
-                at=(e.at if e.at.tzinfo else e.at.replace(tzinfo=UTC)).isoformat(),
-                username=e.username,
-                field=e.field,
-                old_value=e.old_value,
-                new_value=e.new_value,
-            )
-            for e in edits
-        ]
+        return edits

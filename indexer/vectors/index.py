@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from indexer.catalog import Catalog, Image, ImageEmbedding
 from indexer.errors import IndexCorruptError
-from indexer.index_kinds import IndexSpec, choose_index_kind, default_memory_budget, spec_for_kind
+from indexer.vectors.kinds import IndexSpec, choose_index_kind, default_memory_budget, spec_for_kind
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from imaging import (
 from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.errors import IndexerError
-from indexer.manifest import CaseInfo, Manifest
-from indexer.pseudonym import patient_reference
-from indexer.sources import SourceItem, UnsafeSourceError, count_items, iter_source, looks_like_image
+from indexer.governance.pseudonym import patient_reference
+from indexer.ingest.manifest import CaseInfo, Manifest
+from indexer.storage.sources import SourceItem, UnsafeSourceError, count_items, iter_source, looks_like_image
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ from sqlalchemy import select
 
 from indexer.catalog import Case, Catalog, Diagnosis, Image
 from indexer.errors import IndexerError
-from indexer.evaluation.calibration import (
+from indexer.evaluation.metrics import expected_calibration_error
+from indexer.prediction.calibration import (
     EPSILONS,
     TEMPERATURES,
     negative_log_likelihood,
     product_vote,
     tempered_vote,
 )
-from indexer.evaluation.metrics import expected_calibration_error
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from indexer.catalog import Catalog, Image
 from indexer.errors import IndexerError
-from indexer.pseudonym import patient_reference
+from indexer.governance.pseudonym import patient_reference
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ def upgrade() -> None:
         with op.batch_alter_table("revoked_tokens", schema=None) as batch_op:
             batch_op.create_index(batch_op.f("ix_revoked_tokens_expires_at"), ["expires_at"], unique=False)
     if bind.dialect.name == "postgresql":
-        from indexer.catalog import AUDIT_TRIGGERS_POSTGRES
+        from indexer.catalog.models import AUDIT_TRIGGERS_POSTGRES
 
         for statement in AUDIT_TRIGGERS_POSTGRES:  # idempotent: CREATE OR REPLACE, DROP ... IF EXISTS
             op.execute(statement)

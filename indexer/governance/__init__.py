@@ -1,0 +1,1 @@
+"""Governance: accounts, audit trail, pseudonymous patient references and de-identified export."""
