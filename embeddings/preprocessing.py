@@ -22,6 +22,10 @@ _INTERPOLATIONS = {
 }
 # Values outside [0, 1] by less than this are rounding noise from upstream float maths, clipped silently.
 _RANGE_TOLERANCE = 1e-3
+# An aspect-preserving resize larger than this many times the model's scale area (aspect ratios beyond
+# ~4:1) is never materialised: the part the centre crop keeps is cut from the source first. A 100000x1
+# image would otherwise be resized to 256 x 25.6M pixels (~80 GB) only to keep 224 x 224 of it.
+MAX_RESIZE_AREA_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,34 @@ class Preprocessing:
         new_short, new_long = scale_h, int(scale_h * long / short)
         return (new_short, new_long) if height <= width else (new_long, new_short)
 
+    def resize_is_bounded(self, height: int, width: int) -> bool:
+        """True when the timm resize of an image this size stays within MAX_RESIZE_AREA_FACTOR x scale area."""
+        new_h, new_w = self.resize_shape(height, width)
+        scale_h, scale_w = self.scale_size
+        return new_h * new_w <= MAX_RESIZE_AREA_FACTOR * scale_h * scale_w
+
+    def source_crop(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, rows, columns) of the source that the resize + centre crop keeps, rounded outwards."""
+        new_h, new_w = self.resize_shape(height, width)
+        crop_h, crop_w = self.input_size
+        rows = min(height, max(1, math.ceil(min(crop_h, new_h) * height / new_h)))
+        columns = min(width, max(1, math.ceil(min(crop_w, new_w) * width / new_w)))
+        return (height - rows) // 2, (width - columns) // 2, rows, columns
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """Turn one 3 x H x W float [0, 1] tensor into a normalised 3 x input_size tensor on its device."""
+        """Turn one 3 x H x W float [0, 1] tensor into a normalised 3 x input_size tensor on its device.
+
+        Memory stays bounded whatever the aspect ratio: past MAX_RESIZE_AREA_FACTOR the centre region the
+        crop keeps is cut from the source and resized straight to the model's input size.
+        """
         height, width = image.shape[-2:]
-        new_h, new_w = self.resize_shape(int(height), int(width))
+        if not self.resize_is_bounded(int(height), int(width)):
+            top, left, rows, columns = self.source_crop(int(height), int(width))
+            image = image[..., top : top + rows, left : left + columns]
+            height, width = rows, columns
+            new_h, new_w = self.input_size
+        else:
+            new_h, new_w = self.resize_shape(int(height), int(width))
         batch = image.unsqueeze(0)
         if (new_h, new_w) != (height, width):
             antialias = self.interpolation in ("bilinear", "bicubic")
