@@ -80,7 +80,10 @@ def ui_url(live_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def browser_page(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A fresh Chromium profile and page; skips only when Debian's chromium is not installed."""
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install -y chromium)")
+        reason = f"{CHROMIUM} is absent: install Debian's chromium (apt-get install -y chromium)"
+        if os.environ.get("MEDCBIR_TEST_REQUIRE_CHROMIUM"):  # CI installed it: absence is a failure
+            pytest.fail(reason)
+        pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -1,4 +1,4 @@
-"""A real PostgreSQL server for tests marked `postgres`; they skip, saying why, when none answers."""
+"""A real PostgreSQL server for tests marked `postgres`: required when MEDCBIR_TEST_POSTGRES_URL is set, else skipped."""
 
 from __future__ import annotations
 
@@ -34,9 +34,12 @@ def _reachable(url: str) -> str | None:
 @pytest.fixture()
 def postgres_url() -> Iterator[str]:
     """The test database, emptied before each test (it is dedicated to the tests)."""
+    required = "MEDCBIR_TEST_POSTGRES_URL" in os.environ
     url = os.environ.get("MEDCBIR_TEST_POSTGRES_URL", DEFAULT_URL)
     reason = _reachable(url)
     if reason:
+        if required:  # CI said a server is there: its absence is a failure, never a silent skip
+            pytest.fail(f"MEDCBIR_TEST_POSTGRES_URL is set but {reason}")
         pytest.skip(reason)
     from sqlalchemy import create_engine, text
 
