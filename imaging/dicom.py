@@ -177,7 +177,8 @@ def _read_header(data: bytes, *, max_pixels: int) -> _Header:
     if declared > max_pixels:
         raise ImageTooLargeError(
             f"The DICOM frame declares {rows}x{columns}x{samples} = {declared:,} samples, over the "
-            f"limit of {max_pixels:,}; raise MEDCBIR_IMAGING_MAX_PIXELS if the image is genuine."
+            f"limit of {max_pixels:,}; raise MEDCBIR_IMAGING_MAX_DECODE_MIB / MEDCBIR_IMAGING_MAX_PIXELS "
+            "if the image is genuine."
         )
     return _Header(ds=ds, rows=rows, columns=columns, samples=samples, frames=frames)
 
@@ -223,7 +224,7 @@ def _check_inflated_size(data: bytes, max_pixels: int) -> None:
                     raise ImageTooLargeError(
                         f"The deflated DICOM dataset inflates to more than {limit:,} bytes "
                         f"(8 bytes x the {max_pixels:,}-pixel limit): a decompression bomb or an image "
-                        "over the limit; raise MEDCBIR_IMAGING_MAX_PIXELS if it is genuine."
+                        "over the limit; raise MEDCBIR_IMAGING_MAX_DECODE_MIB / MEDCBIR_IMAGING_MAX_PIXELS if it is genuine."
                     )
     except zlib.error as exc:
         raise CorruptImageError(f"The deflated DICOM dataset is damaged ({_short(exc)}).") from exc
@@ -264,7 +265,8 @@ def _check_codestream(ds: Dataset, index: int, frames: int, max_pixels: int) -> 
         raise ImageTooLargeError(
             f"Frame {index}'s compressed codestream declares {rows}x{columns}x{components} samples, over "
             f"the limit of {max_pixels:,} (the header says {_int(ds, 'Rows')}x{_int(ds, 'Columns')}): "
-            "a decompression bomb or an image over the limit; raise MEDCBIR_IMAGING_MAX_PIXELS if genuine."
+            "a decompression bomb or an image over the limit; raise MEDCBIR_IMAGING_MAX_DECODE_MIB / "
+            "MEDCBIR_IMAGING_MAX_PIXELS if genuine."
         )
 
 

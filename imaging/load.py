@@ -31,7 +31,8 @@ def load_image(
     """Decode a DICOM, PNG or JPEG image from a path or from bytes.
 
     The format comes from the bytes, never from the file name. `max_pixels` defaults to
-    `ImagingSettings().max_pixels` (env MEDCBIR_IMAGING_MAX_PIXELS); `frame` selects a frame of a
+    `ImagingSettings().pixel_limit` (MEDCBIR_IMAGING_MAX_PIXELS, MEDCBIR_IMAGING_MAX_DECODE_MIB);
+    `frame` selects a frame of a
     multi-frame DICOM (default: the middle one). `window` picks the grey VOI window: None (the
     default policy: header window, else the CT soft-tissue preset for Hounsfield units, else robust
     percentiles), "header", "header:N", "auto", a preset name from `list_window_presets()`, or a
@@ -99,7 +100,7 @@ def count_frames(source: str | os.PathLike[str] | bytes) -> int:
 
 
 def _limit(max_pixels: int | None) -> int:
-    limit = ImagingSettings().max_pixels if max_pixels is None else max_pixels
+    limit = ImagingSettings().pixel_limit if max_pixels is None else max_pixels
     if limit <= 0:
         raise ValueError(f"max_pixels must be positive, got {limit}")
     return limit

@@ -58,7 +58,7 @@ def decode_raster(data: bytes, fmt: ImageFormat, *, max_pixels: int) -> DecodedI
 def _too_large(detail: str, max_pixels: int) -> ImageTooLargeError:
     return ImageTooLargeError(
         f"The image is too large ({detail}); the limit is {max_pixels:,} pixels. "
-        "Raise MEDCBIR_IMAGING_MAX_PIXELS if the image is genuine."
+        "Raise MEDCBIR_IMAGING_MAX_DECODE_MIB / MEDCBIR_IMAGING_MAX_PIXELS if the image is genuine."
     )
 
 
