@@ -17,9 +17,9 @@ from urllib.request import url2pathname
 import numpy as np
 import numpy.typing as npt
 
-from imaging import DecodedImage, ImageMetadata, WindowSpec, list_window_presets, load_image, render_png
+from imaging import DecodedImage, load_image, render_png
 from indexer.archive import Archive
-from indexer.catalog import Case, Image
+from indexer.catalog import Image
 from indexer.errors import NotFoundError
 from indexer.governance.pseudonym import patient_reference
 from indexer.ingest.reindex import read_source, source_exists
@@ -30,11 +30,10 @@ from indexer.prediction.heads import (
     latest_head,
     latest_vote_calibration,
 )
+from search_api.mappers import case_out, case_summary, hit_out
 from search_api.schemas import (
-    CaseImage,
     CaseList,
     CaseOut,
-    CaseSummary,
     DisplayWindow,
     FilterOptions,
     HealthOut,
@@ -46,15 +45,13 @@ from search_api.schemas import (
     SearchFilters,
     SearchResponse,
 )
+from search_api.windows import resolve_window, window_presets, window_scale, windowed
 
 log = logging.getLogger(__name__)
 
 QUERY_PREVIEW_SIDE = 512
-EXCERPT_CHARS = 160
 # With group_by, the index is asked for this many times more neighbours per round until k groups fill.
 GROUP_FETCH_FACTOR = 4
-# Window sliders for CT span air to dense bone, so that every preset fits.
-CT_SLIDER_RANGE = (-1024.0, 3071.0)
 
 
 # Without a `medcbir train-head` calibration: a query whose best cosine similarity to the archive is
@@ -63,10 +60,6 @@ CT_SLIDER_RANGE = (-1024.0, 3071.0)
 # DEFAULT_MIN_CONFIDENCE is low confidence. A calibration replaces both with values fitted on the archive.
 DEFAULT_OOD_SIMILARITY = 0.5
 DEFAULT_MIN_CONFIDENCE = 0.5
-
-
-class InvalidWindowError(ValueError):
-    """A window/level request that cannot be honoured (unknown preset, preset for another modality)."""
 
 
 def vote(neighbours: Sequence[tuple[float, Sequence[str]]]) -> Prediction:
@@ -219,88 +212,6 @@ def stored_source(source_uri: str) -> Path | bytes | None:
     return None
 
 
-@dataclass(frozen=True)
-class WindowScale:
-    """The units a window is given in, and a sensible range for window sliders in those units."""
-
-    units: str
-    low: float
-    high: float
-
-
-def window_scale(meta: ImageMetadata, pixels: npt.NDArray[np.float32]) -> WindowScale:
-    """Grey DICOM with a VOI window: modality units (HU for CT), re-windowed by imaging from the true
-    values; anything else (PNG, JPEG, colour, LUT-only VOI): 0-255 grey levels of the decoded image.
-    """
-    c, w = meta.window_center, meta.window_width
-    grey = pixels.ndim == 3 and bool(np.array_equal(pixels[..., 0], pixels[..., -1]))
-    voi = meta.extra.get("voi", "")
-    if meta.format == "dicom" and grey and c is not None and w is not None and w > 0 and voi != "lut":
-        low, high = c - w, c + w
-        if (meta.modality or "").upper() == "CT":
-            low, high = min(low, CT_SLIDER_RANGE[0]), max(high, CT_SLIDER_RANGE[1])
-        return WindowScale("modality", low, high)
-    return WindowScale("display", 0.0, 255.0)
-
-
-def window_presets() -> dict[str, tuple[float, float]]:
-    """The named CT windows (center, width in HU) that imaging knows."""
-    return {name: (spec.center, spec.width) for name, spec in list_window_presets().items()}
-
-
-def resolve_window(
-    meta: ImageMetadata,
-    center: float | None = None,
-    width: float | None = None,
-    preset: str | None = None,
-) -> DisplayWindow | None:
-    """The window asked for: a named CT preset, or center/width (both needed); None when nothing is asked."""
-    if preset:
-        name = preset.strip().lower().replace("-", "_").replace(" ", "_")
-        presets = window_presets()
-        if name not in presets:
-            known = ", ".join(presets)
-            raise InvalidWindowError(f"unknown window preset {preset!r}; choose one of: {known}")
-        if (meta.modality or "").upper() != "CT":
-            raise InvalidWindowError(
-                f"window preset {name!r} is in Hounsfield units and needs a CT image; this one is "
-                f"{meta.modality or meta.format}: set window_center and window_width instead"
-            )
-        c, w = presets[name]
-        return DisplayWindow(center=c, width=w, preset=name)
-    if center is None and width is None:
-        return None
-    if center is None or width is None:
-        raise InvalidWindowError("send both window_center and window_width, or a preset")
-    if not (math.isfinite(center) and math.isfinite(width)) or width <= 0:
-        raise InvalidWindowError("window_width must be a positive number and window_center finite")
-    return DisplayWindow(center=center, width=width)
-
-
-def apply_display_window(pixels: npt.NDArray[np.float32], window: DisplayWindow) -> npt.NDArray[np.float32]:
-    """Re-window decoded pixels in 0-255 grey levels, for images without a VOI stage (PNG, JPEG, colour)."""
-    values = np.clip(pixels.astype(np.float64), 0.0, 1.0) * 255.0
-    return np.clip((values - window.center) / window.width + 0.5, 0.0, 1.0).astype(np.float32)
-
-
-def windowed(
-    source: bytes | Path, decoded: DecodedImage, window: DisplayWindow | None, max_pixels: int | None
-) -> DecodedImage:
-    """The image as it looks through `window`, for display only (the embedding never sees this).
-
-    Grey DICOM is decoded again by imaging with the window as its VOI, from the true modality values
-    (so a wider window shows what the default window clipped); MONOCHROME1 stays inverted, as a viewer
-    shows it. Other images are re-windowed in 0-255 grey levels.
-    """
-    if window is None:
-        return decoded
-    meta = decoded.metadata
-    if window_scale(meta, decoded.pixels).units == "modality":
-        spec = WindowSpec(center=window.center, width=window.width, function="LINEAR_EXACT")
-        return load_image(source, max_pixels=max_pixels, frame=meta.frame_index, window=spec)
-    return DecodedImage(pixels=apply_display_window(decoded.pixels, window), metadata=meta)
-
-
 def _group_key(row: Image, group_by: str | None) -> str:
     if group_by == "study":
         uid = row.study_instance_uid or row.case.study_instance_uid
@@ -308,13 +219,6 @@ def _group_key(row: Image, group_by: str | None) -> str:
     if group_by == "series":
         return f"series:{row.series_instance_uid}" if row.series_instance_uid else f"image:{row.id}"
     return f"image:{row.id}"
-
-
-def _excerpt(text: str | None, limit: int = EXCERPT_CHARS) -> str | None:
-    if not text:
-        return None
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
 class Searcher:
@@ -428,24 +332,7 @@ class Searcher:
     def cases(self, limit: int = 50, offset: int = 0) -> CaseList:
         """One page of the archive's cases, to pick a query from."""
         total, rows = self.archive.catalog.list_cases(limit=limit, offset=offset)
-        cases = []
-        for case in rows:
-            images = list(case.images)
-            cases.append(
-                CaseSummary(
-                    case_id=case.id,
-                    case_key=case.case_key,
-                    diagnosis=case.labels,
-                    modalities=sorted({i.modality.upper() for i in images if i.modality}),
-                    body_parts=sorted({i.body_part.upper() for i in images if i.body_part}),
-                    study_description=next(
-                        (i.study_description for i in images if i.study_description), None
-                    ),
-                    image_ids=[i.id for i in images],
-                    thumbnail_url=f"/images/{images[0].id}/thumbnail" if images else None,
-                    report_excerpt=_excerpt(case.report),
-                )
-            )
+        cases = [case_summary(case) for case in rows]
         return CaseList(total=total, offset=offset, limit=limit, cases=cases)
 
     def filter_options(self) -> FilterOptions:
@@ -502,7 +389,7 @@ class Searcher:
                 if key in seen:
                     continue
                 seen.add(key)
-                hits.append(self._hit(len(hits) + 1, row, float(similarity)))
+                hits.append(hit_out(len(hits) + 1, row, float(similarity)))
                 if len(hits) == filters.k:
                     break
             exhausted = len(result.ids) < fetch or fetch >= pool
@@ -622,7 +509,7 @@ class Searcher:
         case = self.archive.catalog.case(case_id)
         if case is None:
             raise NotFoundError(f"case {case_id} does not exist")
-        return _case_out(case)
+        return case_out(case)
 
     def thumbnail(self, image_id: int) -> bytes:
         """The stored image's PNG thumbnail, rendered at ingest with the same windowing as its embedding."""
@@ -662,54 +549,3 @@ class Searcher:
             head_version=predictors.head.version if predictors.head else None,
             vote_calibration_version=predictors.vote.version if predictors.vote else None,
         )
-
-    @staticmethod
-    def _hit(rank: int, row: Image, similarity: float) -> Hit:
-        case = row.case
-        return Hit(
-            rank=rank,
-            image_id=row.id,
-            case_id=case.id,
-            case_key=case.case_key,
-            source_uri=row.source_uri,
-            similarity=float(np.clip(similarity, -1.0, 1.0)),
-            modality=row.modality,
-            body_part=row.body_part,
-            study_description=row.study_description,
-            series_description=row.series_description,
-            study_instance_uid=row.study_instance_uid or case.study_instance_uid,
-            series_instance_uid=row.series_instance_uid,
-            frame_index=row.frame_index,
-            diagnosis=case.labels,
-            report=case.report,
-            patient_ref=case.patient_ref,
-            thumbnail_url=f"/images/{row.id}/thumbnail",
-            case_url=f"/cases/{case.id}",
-        )
-
-
-def _case_out(case: Case) -> CaseOut:
-    return CaseOut(
-        case_id=case.id,
-        case_key=case.case_key,
-        patient_ref=case.patient_ref,
-        study_instance_uid=case.study_instance_uid,
-        report=case.report,
-        diagnosis=case.labels,
-        images=[
-            CaseImage(
-                image_id=img.id,
-                source_uri=img.source_uri,
-                modality=img.modality,
-                body_part=img.body_part,
-                study_description=img.study_description,
-                series_description=img.series_description,
-                sop_instance_uid=img.sop_instance_uid,
-                rows=img.rows,
-                columns=img.columns,
-                frames=img.frames,
-                thumbnail_url=f"/images/{img.id}/thumbnail",
-            )
-            for img in case.images
-        ],
-    )

@@ -1,9 +1,11 @@
 """Authentication, the role x route policy, the audit trail of every request, and security headers.
 
-One ASGI middleware does it all before the route reads the body: it finds the route, looks it up
-in ROUTE_POLICY (a route missing from the table is refused: fail closed), authenticates the caller
-(a bearer JWT from POST /token, or an `X-API-Key` header; never a query string), checks the role,
-writes exactly one audit row per request to an audited route (denials included), and adds
+Each route declares who may call it beside itself (`dependencies=[allow(RADIOLOGY, "search")]`);
+create_app refuses to start when a route declares nothing. One ASGI middleware does the rest before
+the route reads the body: it finds the route, reads its rule (a route without one is refused: fail
+closed), authenticates the caller (a bearer JWT from POST /token, or an `X-API-Key` header; never a
+query string), checks the role, writes exactly one audit row per request to an audited route
+(denials included), and adds
 `X-Content-Type-Options: nosniff`, `Cache-Control: no-store` and an `X-Request-ID` to the answer.
 """
 
@@ -17,20 +19,18 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import jwt
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer.catalog import Catalog
 from indexer.governance.accounts import Account, account_for_api_key, get_account, is_token_revoked
 from indexer.governance.audit import record_audit
+from search_api.access import Principal, Rule, documentation_paths, find_route, route_rule
 
 log = logging.getLogger(__name__)
 
@@ -38,75 +38,6 @@ JWT_ALGORITHM = "HS256"  # pinned: tokens are only ever verified with this algor
 JWT_AUDIENCE = "medcbir-api"
 JWT_ISSUER = "medcbir"
 API_KEY_HEADER = "x-api-key"
-Role = Literal["radiologist", "admin"]
-RADIOLOGY: frozenset[str] = frozenset({"radiologist", "admin"})
-ADMIN: frozenset[str] = frozenset({"admin"})
-PUBLIC: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Who may call a route (an empty set: anyone, unauthenticated) and the audit action it records."""
-
-    roles: frozenset[str]
-    action: str | None  # None: not audited (public liveness and documentation only)
-
-    @property
-    def public(self) -> bool:
-        return not self.roles
-
-
-# The one table of who may do what, keyed by route name (the endpoint function's name).
-ROUTE_POLICY: dict[str, Rule] = {
-    # public: liveness, the OpenAPI documents, and signing in (audited: success and failure)
-    "health": Rule(PUBLIC, None),
-    "openapi": Rule(PUBLIC, None),
-    "swagger_ui_html": Rule(PUBLIC, None),
-    "swagger_ui_redirect": Rule(PUBLIC, None),
-    "redoc_html": Rule(PUBLIC, None),
-    "login": Rule(PUBLIC, "login"),
-    # radiologists and admins: search, view, add cases, correct diagnoses
-    "me": Rule(RADIOLOGY, "whoami"),
-    "search": Rule(RADIOLOGY, "search"),
-    "search_by_image": Rule(RADIOLOGY, "search"),
-    "render": Rule(RADIOLOGY, "render"),
-    "render_image": Rule(RADIOLOGY, "view_image"),
-    "list_cases": Rule(RADIOLOGY, "list_cases"),
-    "filters": Rule(RADIOLOGY, "view_filters"),
-    "get_case": Rule(RADIOLOGY, "view_case"),
-    "case_history": Rule(RADIOLOGY, "view_case_history"),
-    "thumbnail": Rule(RADIOLOGY, "thumbnail"),
-    "add_case": Rule(RADIOLOGY, "add_case"),
-    "edit_case": Rule(RADIOLOGY, "edit_case"),
-    "explain_query_similarity": Rule(RADIOLOGY, "explain"),
-    "explain_image_similarity": Rule(RADIOLOGY, "explain"),
-    "explain_query_gradcam": Rule(RADIOLOGY, "explain"),
-    "explain_image_gradcam": Rule(RADIOLOGY, "explain"),
-    "logout": Rule(RADIOLOGY, "logout"),
-    # admins only: delete records, manage users, read the audit trail
-    "delete_case": Rule(ADMIN, "delete_case"),
-    "list_users": Rule(ADMIN, "list_users"),
-    "create_user": Rule(ADMIN, "create_user"),
-    "update_user": Rule(ADMIN, "update_user"),
-    "read_audit": Rule(ADMIN, "read_audit"),
-    "ingest_archive": Rule(ADMIN, "ingest"),
-    "rebuild_index": Rule(ADMIN, "rebuild_index"),
-}
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling, with the role read from the catalog on this request."""
-
-    username: str
-    role: str
-    auth: Literal["token", "api_key", "dev"]
-    token_id: str | None = None  # the JWT's jti (what POST /logout revokes)
-    token_expires: int | None = None  # the JWT's exp, seconds since the epoch
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
 
 
 DEV_PRINCIPAL = Principal(username="dev", role="admin", auth="dev")
@@ -204,18 +135,6 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def find_route(routes: Iterable[BaseRoute], scope: Scope) -> tuple[BaseRoute | None, dict[str, Any]]:
-    """The route the router will pick (a full match, else a path-only match), and its path params."""
-    partial: tuple[BaseRoute | None, dict[str, Any]] = (None, {})
-    for route in routes:
-        match, child = route.matches(scope)
-        if match == Match.FULL:
-            return route, dict(child.get("path_params", {}))
-        if match == Match.PARTIAL and partial[0] is None:
-            partial = (route, dict(child.get("path_params", {})))
-    return partial
-
-
 def audit_object(path_params: dict[str, Any]) -> str | None:
     """The audited object of a request from its path: case:N, image:N or user:NAME."""
     for key, kind in (("case_id", "case"), ("image_id", "image"), ("username", "user")):
@@ -245,7 +164,7 @@ _CREDENTIAL_PARAMS = ("api_key", "apikey", "key", "token", "access_token")
 
 
 class SecurityMiddleware:
-    """Authenticate, authorize (ROUTE_POLICY), audit and add security headers; see the module docstring."""
+    """Authenticate, authorize (each route's `allow`), audit and add security headers; see the module docstring."""
 
     def __init__(self, app: ASGIApp, fastapi_app: Any) -> None:
         self.app = app
@@ -263,7 +182,7 @@ class SecurityMiddleware:
         scope["state"]["request_id"] = request_id
         route, path_params = find_route(self.fastapi_app.router.routes, scope)
         name = getattr(route, "name", None)
-        rule = ROUTE_POLICY.get(name) if name is not None else None
+        rule = route_rule(route, documentation_paths(self.fastapi_app)) if route is not None else None
         audited = {"done": False}
         principal: Principal | None = None
 
@@ -286,7 +205,7 @@ class SecurityMiddleware:
             await self.app(scope, receive, send_with_headers)
             return
         if rule is None:  # a route nobody classified: refuse rather than guess
-            log.error("route %r has no entry in ROUTE_POLICY; refusing it", name)
+            log.error("route %r declares no access rule; refusing it", name)
             await self._deny(scope, receive, send_with_headers, 403, "this route is not classified")
             return
 

@@ -29,6 +29,14 @@ class AccountError(IndexerError):
     """A user operation that cannot be done (unknown user, bad role, weak password, name taken)."""
 
 
+class UnknownAccountError(AccountError):
+    """No account has this username."""
+
+
+class AccountConflictError(AccountError):
+    """The operation clashes with an existing account (name taken, last active admin)."""
+
+
 @dataclass(frozen=True)
 class Account:
     """A user as the rest of the system sees it (no hash)."""
@@ -65,7 +73,7 @@ def check_password_strength(password: str) -> None:
 def _user(session: Session, username: str) -> User:
     user = session.scalars(select(User).where(User.username == username)).first()
     if user is None:
-        raise AccountError(f"no user named {username!r}; see `medcbir users list`")
+        raise UnknownAccountError(f"no user named {username!r}; see `medcbir users list`")
     return user
 
 
@@ -82,7 +90,7 @@ def create_user(
         check_password_strength(password)
     with catalog.session() as session:
         if session.scalars(select(User.id).where(User.username == username)).first() is not None:
-            raise AccountError(f"a user named {username!r} already exists")
+            raise AccountConflictError(f"a user named {username!r} already exists")
         user = User(
             username=username,
             password_hash=hash_password(password) if password is not None else None,
@@ -133,7 +141,7 @@ def count_admins(catalog: Catalog) -> int:
 
 def _guard_last_admin(catalog: Catalog, user: User, *, demote: bool) -> None:
     if demote and user.role == "admin" and not user.disabled and count_admins(catalog) <= 1:
-        raise AccountError("this is the last active admin; create another admin first")
+        raise AccountConflictError("this is the last active admin; create another admin first")
 
 
 def set_disabled(catalog: Catalog, username: str, disabled: bool) -> Account:

@@ -9,13 +9,12 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from starlette.routing import Route
 
 from indexer.governance.accounts import Account, create_user, get_account, set_disabled
 from search_api.app import create_app
-from search_api.security import ROUTE_POLICY, issue_token
+from search_api.access import app_routes, documentation_paths, route_rule
+from search_api.security import issue_token
 from search_api.settings import ApiSettings
 from tests.helpers import serve_app
 from tests.security.conftest import LOGIN_LIMIT, PASSWORD, USERS, SecuredApi, build_secured_archive
@@ -105,11 +104,10 @@ def _call(
 
 def _app_routes(api: SecuredApi) -> set[tuple[str, str]]:
     routes = set()
-    for route in api.app.routes:
-        if isinstance(route, APIRoute | Route):
-            for method in route.methods or ():
-                if method not in ("HEAD", "OPTIONS"):
-                    routes.add((method, route.path))
+    for route, _ in app_routes(api.app.routes):
+        for method in getattr(route, "methods", None) or ():
+            if method not in ("HEAD", "OPTIONS"):
+                routes.add((method, getattr(route, "path", "")))
     return routes
 
 
@@ -125,9 +123,13 @@ def test_every_route_without_credentials_is_401_except_the_allow_list(secured_ap
         else:
             assert response.status_code == 401, (method, path, response.text)
             assert response.headers["www-authenticate"] == "Bearer"
-    # and the server's own policy table names exactly the app's routes
-    names = {getattr(r, "name", None) for r in secured_api.app.routes}
-    assert names == set(ROUTE_POLICY)
+    # and every route declares its own rule: public exactly for the allow-list
+    public = documentation_paths(secured_api.app)
+    for route, _ in app_routes(secured_api.app.routes):
+        rule = route_rule(route, public)
+        assert rule is not None, getattr(route, "path", route)
+        methods = {m for m in getattr(route, "methods", None) or () if m not in ("HEAD", "OPTIONS")}
+        assert rule.public == all((m, getattr(route, "path", "")) in ALLOW_LIST for m in methods)
 
 
 @pytest.mark.parametrize(("method", "path", "request_", "radiologist", "admin"), ROLE_MATRIX)
