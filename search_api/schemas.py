@@ -9,18 +9,6 @@ from pydantic import BaseModel, Field
 GroupBy = Literal["study", "series"]
 WindowUnits = Literal["modality", "display"]
 
-# Named CT windows (center, width) in Hounsfield units, as radiology viewers offer them (Radiopaedia,
-# "Windowing (CT)"); the names match imaging's presets.
-CT_WINDOW_PRESETS: dict[str, tuple[float, float]] = {
-    "brain": (40.0, 80.0),
-    "subdural": (75.0, 215.0),
-    "lung": (-600.0, 1500.0),
-    "mediastinum": (50.0, 350.0),
-    "soft_tissue": (40.0, 400.0),
-    "liver": (30.0, 150.0),
-    "bone": (300.0, 2000.0),
-}
-
 
 class Hit(BaseModel):
     """One retrieved neighbour: the stored image, its case, and how similar it is to the query."""
@@ -217,7 +205,10 @@ class FilterOptions(BaseModel):
     modalities: list[str] = Field(default_factory=list)
     body_parts: list[str] = Field(default_factory=list)
     labels: list[LabelCount] = Field(default_factory=list)
-    window_presets: dict[str, tuple[float, float]] = Field(default_factory=lambda: dict(CT_WINDOW_PRESETS))
+    window_presets: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="The named CT windows (center, width in HU) the server knows: imaging's preset table",
+    )
 
 
 class HealthOut(BaseModel):

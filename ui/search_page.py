@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from search_api.schemas import CT_WINDOW_PRESETS, CaseSummary, SearchFilters, SearchResponse
+from search_api.schemas import CaseSummary, SearchFilters, SearchResponse
 from ui.client import ApiClient, ApiError
 from ui.context import (
     api_client,
@@ -186,7 +186,7 @@ def main() -> None:
                 if image_id is None:
                     return
 
-        presets = options.window_presets if options else CT_WINDOW_PRESETS
+        presets = options.window_presets if options else {}  # the server's presets (imaging's table)
         filters_key = filters.model_dump_json()
         try:
             with st.spinner("Searching similar cases…"):
@@ -227,7 +227,13 @@ def main() -> None:
                         query_image, center, width, client.base_url, settings.timeout, session_token()
                     )
 
-                render_query(result.query, f"archived image {image_id}", rendered, scope=f"image:{image_id}")
+                render_query(
+                    result.query,
+                    f"archived image {image_id}",
+                    rendered,
+                    scope=f"image:{image_id}",
+                    presets=presets,
+                )
         with right:
             render_predictions(result.prediction, result.head_prediction)
             query_id, query_image_id = result.query_id, result.query.image_id

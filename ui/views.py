@@ -12,7 +12,6 @@ import pandas as pd
 import streamlit as st
 
 from search_api.schemas import (
-    CT_WINDOW_PRESETS,
     CaseOut,
     FilterOptions,
     HealthOut,
@@ -165,7 +164,7 @@ def preset_options(query: QueryInfo, presets: Mapping[str, tuple[float, float]])
     return [AS_DECODED, *(presets if ct else []), CUSTOM]
 
 
-def preset_label(name: str, presets: Mapping[str, tuple[float, float]] = CT_WINDOW_PRESETS) -> str:
+def preset_label(name: str, presets: Mapping[str, tuple[float, float]]) -> str:
     """A preset's name for people: "soft_tissue" -> "Soft tissue (W400 L40)"."""
     if name in presets:
         center, width = presets[name]
@@ -174,7 +173,7 @@ def preset_label(name: str, presets: Mapping[str, tuple[float, float]] = CT_WIND
 
 
 def render_window_controls(
-    query: QueryInfo, scope: str, presets: Mapping[str, tuple[float, float]] = CT_WINDOW_PRESETS
+    query: QueryInfo, scope: str, presets: Mapping[str, tuple[float, float]]
 ) -> tuple[float, float] | None:
     """Preset picker and level/width sliders; the (center, width) to display, None = as decoded.
 
@@ -239,11 +238,11 @@ def render_query(
     name: str,
     rendered: Callable[[float, float], bytes] | None = None,
     scope: str = "",
-    presets: Mapping[str, tuple[float, float]] = CT_WINDOW_PRESETS,
+    presets: Mapping[str, tuple[float, float]] | None = None,
 ) -> None:
     """The query as the engine saw it (re-windowed on request), with its header fields as plain text."""
     st.subheader("Query")
-    window = render_window_controls(query, scope, presets) if rendered is not None else None
+    window = render_window_controls(query, scope, presets or {}) if rendered is not None else None
     png: bytes | None = None
     if window is not None and rendered is not None:
         try:

@@ -18,6 +18,7 @@ from fastapi import FastAPI, File, Form, Header, HTTPException, UploadFile
 from fastapi.responses import Response
 from PIL import Image
 
+from imaging import list_window_presets
 from search_api.schemas import (
     CaseImage,
     CaseList,
@@ -242,6 +243,7 @@ def create_contract_app(record: ContractApi) -> FastAPI:
             modalities=["CT", "MR"],
             body_parts=["CHEST", "KNEE"],
             labels=[LabelCount(label="pneumonia", cases=8), LabelCount(label="nodule", cases=4)],
+            window_presets={name: (spec.center, spec.width) for name, spec in list_window_presets().items()},
         )
 
     @app.post("/search")
