@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from indexer.governance.accounts import Account, create_user, get_account, set_disabled
-from search_api.app import create_app
 from search_api.access import app_routes, documentation_paths, route_rule
+from search_api.app import create_app
 from search_api.security import issue_token
 from search_api.settings import ApiSettings
 from tests.helpers import serve_app
