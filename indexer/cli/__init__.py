@@ -1,5 +1,5 @@
-"""The `medcbir` command line: one typer app with sub-apps."""
+"""The `medcbir` command line: one typer app (app.py) with commands and sub-apps grouped by concept."""
 
-from indexer.cli.main import app
+from indexer.cli.app import app
 
 __all__ = ["app"]

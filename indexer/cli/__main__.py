@@ -1,5 +1,5 @@
 """`python -m indexer.cli`: run the medcbir command line."""
 
-from indexer.cli.main import app
+from indexer.cli.app import app
 
 app()
