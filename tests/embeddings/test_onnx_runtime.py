@@ -49,9 +49,10 @@ def test_auto_backend_takes_onnxruntime_on_cpu_with_the_same_vectors(real_encode
 def test_serve_defaults_to_the_auto_backend_unless_one_is_set(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    from indexer.cli import _api_env, _settings
+    from indexer.cli.options import settings_from
+    from indexer.cli.serve import api_env
 
     monkeypatch.delenv("MEDCBIR_EMBEDDINGS_BACKEND", raising=False)
-    assert _api_env(_settings(tmp_path))["MEDCBIR_EMBEDDINGS_BACKEND"] == "auto"
+    assert api_env(settings_from(tmp_path))["MEDCBIR_EMBEDDINGS_BACKEND"] == "auto"
     monkeypatch.setenv("MEDCBIR_EMBEDDINGS_BACKEND", "torch")
-    assert _api_env(_settings(tmp_path))["MEDCBIR_EMBEDDINGS_BACKEND"] == "torch"
+    assert api_env(settings_from(tmp_path))["MEDCBIR_EMBEDDINGS_BACKEND"] == "torch"
