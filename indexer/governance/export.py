@@ -16,9 +16,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from io import BytesIO
 from pathlib import Path
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -29,6 +28,7 @@ from sqlalchemy import select
 from indexer.catalog import Catalog, Image
 from indexer.errors import IndexerError
 from indexer.governance.pseudonym import patient_reference
+from indexer.storage.stored import read_stored_if_present
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +178,6 @@ class Deidentifier:
                 element.value = shifted if element.VM > 1 else shifted[0]
 
 
-def _local_path(uri: str) -> Path | None:
-    parsed = urlparse(uri)
-    path = Path(url2pathname(parsed.path))
-    return path if parsed.scheme == "file" and path.is_file() else None
-
-
 def export_deidentified(
     catalog: Catalog,
     key: bytes,
@@ -205,19 +199,19 @@ def export_deidentified(
         query = query.where(Image.case_id.in_(wanted))
     with catalog.session() as session:
         rows = session.execute(query).all()
-    done: set[Path] = set()
+    done: set[str] = set()
     for image_id, uri, fmt in rows:
         if fmt != "dicom":
             report.not_dicom += 1
             continue
-        path = _local_path(str(uri))
-        if path is None:
+        if uri in done:  # several frames of one file (one source uri): export the file once
+            continue
+        data = read_stored_if_present(uri)  # a file, or a member of an archive such as an upload
+        if data is None:
             report.unreachable += 1
             continue
-        if path in done:  # several frames of one file: export the file once
-            continue
-        done.add(path)
-        ds = pydicom.dcmread(path)
+        done.add(uri)
+        ds = pydicom.dcmread(BytesIO(data))
         try:
             deid.apply(ds, allow_burned_in=allow_burned_in)
         except BurnedInAnnotationError:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from indexer.errors import IndexerError
+from indexer.storage.stored import SourceUri
 
 # Files with these suffixes (or none) are expected to be images: when they fail, that is recorded.
 IMAGE_SUFFIXES = frozenset({"", ".dcm", ".dicom", ".dic", ".ima", ".png", ".jpg", ".jpeg", ".jpe"})
@@ -104,7 +105,10 @@ def iter_folder(root: Path) -> Iterator[SourceItem]:
     root = root.resolve()
     if root.is_file():
         yield SourceItem(
-            uri=root.as_uri(), relative=root.name, reader=root.read_bytes, size=root.stat().st_size
+            uri=str(SourceUri.of_file(root)),
+            relative=root.name,
+            reader=root.read_bytes,
+            size=root.stat().st_size,
         )
         return
     if not root.is_dir():
@@ -119,7 +123,7 @@ def iter_folder(root: Path) -> Iterator[SourceItem]:
             if not stat.S_ISREG(info.st_mode):
                 continue
             yield SourceItem(
-                uri=path.as_uri(),
+                uri=str(SourceUri.of_file(path)),
                 relative=path.relative_to(root).as_posix(),
                 reader=path.read_bytes,
                 size=info.st_size,
@@ -128,13 +132,13 @@ def iter_folder(root: Path) -> Iterator[SourceItem]:
 
 def iter_zip(path: Path, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[SourceItem]:
     """Members of a zip file, read one at a time as they are yielded; unsafe members are never read."""
-    base = path.resolve().as_uri()
+    container = path.resolve()
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             if info.is_dir():
                 continue
             name = safe_member_name(info.filename)
-            uri = f"{base}!/{info.filename}"
+            uri = str(SourceUri.of_member(container, info.filename))
             mode = (info.external_attr >> 16) & 0o170000
             if name is None:
                 yield SourceItem(
@@ -181,10 +185,10 @@ def _refuse_with(exc: OSError) -> Callable[[], bytes]:
 
 def iter_tar(path: Path, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[SourceItem]:
     """Members of a tar (any compression), streamed in order; each member's bytes are read as it passes."""
-    base = path.resolve().as_uri()
+    container = path.resolve()
     with tarfile.open(path, mode="r|*") as archive:
         for member in archive:
-            uri = f"{base}!/{member.name}"
+            uri = str(SourceUri.of_member(container, member.name))
             name = safe_member_name(member.name)
             if member.isdir():
                 continue
