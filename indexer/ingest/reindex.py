@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import logging
-import tarfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 from tqdm import tqdm
 
 from embeddings import EmbeddingsError, ImageEncoder
-from imaging import ImagingError, load_image
+from imaging import ImagingError
 from indexer.archive import index_path
 from indexer.catalog import Catalog
 from indexer.errors import IndexerError
 from indexer.settings import IndexerSettings
+from indexer.storage.stored import load_stored_image
 from indexer.vectors.index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -32,48 +30,6 @@ class ReindexResult:
     failed: int
     index_path: Path
     index_size: int
-
-
-def read_source(uri: str) -> bytes:
-    """The bytes behind a catalog `source_uri`: a `file://` path, or a member of a zip or tar archive
-    (`file:///archive.zip!/member`, as indexer.storage.sources names them); other schemes cannot be re-read."""
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("file", ""):
-        raise IndexerError(f"cannot re-read {uri!r}: only file:// sources can be re-embedded; re-index it")
-    path = unquote(parsed.path)
-    if "!/" not in path or Path(path).is_file():
-        return Path(path).read_bytes()
-    container, member = path.split("!/", 1)
-    return read_archive_member(Path(container), member)
-
-
-def read_archive_member(container: Path, member: str) -> bytes:
-    """One member of a zip or tar archive (OSError when the archive or the member is gone)."""
-    if zipfile.is_zipfile(container):
-        with zipfile.ZipFile(container) as archive:
-            try:
-                return archive.read(member)
-            except KeyError as exc:
-                raise FileNotFoundError(f"{container.name} has no member {member!r}") from exc
-    try:
-        with tarfile.open(container, mode="r:*") as archive:
-            handle = archive.extractfile(member)
-            if handle is None:
-                raise FileNotFoundError(f"{container.name}: member {member!r} is not a regular file")
-            return handle.read()
-    except KeyError as exc:
-        raise FileNotFoundError(f"{container.name} has no member {member!r}") from exc
-    except tarfile.TarError as exc:
-        raise OSError(f"{container.name} is not a readable zip or tar archive") from exc
-
-
-def source_exists(uri: str) -> bool:
-    """True when the file behind a `file://` source (or the archive holding it) is still there."""
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("file", ""):
-        return False
-    path = unquote(parsed.path)
-    return Path(path).is_file() or ("!/" in path and Path(path.split("!/", 1)[0]).is_file())
 
 
 def reindex_catalog(
@@ -99,7 +55,7 @@ def reindex_catalog(
                 if image_id in have:
                     continue
                 try:
-                    pixels.append(load_image(read_source(uri), frame=frame).pixels)
+                    pixels.append(load_stored_image(uri, frame).pixels)
                     ids.append(image_id)
                 except (OSError, ImagingError, IndexerError) as exc:
                     failed += 1
