@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from imaging import load_image
 from indexer.catalog import Case, Catalog, Diagnosis, Image
 from indexer.errors import IndexerError
-from indexer.ingest.reindex import read_source, source_exists
+from indexer.storage.stored import load_stored_image, stored_exists
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".dcm", ".dicom", ".dic", ".ima", ""})
 SPLITS = ("train", "val", "test")
@@ -351,7 +351,7 @@ def load_catalog_dataset(database_url: str) -> LabeledDataset:
             left_out["unlabeled"] += 1
         elif labels > 1:
             left_out["multi_label"] += 1
-        elif not source_exists(uri):
+        elif not stored_exists(uri):
             left_out["source_missing"] += 1
         else:
             ids.append(int(image_id))
@@ -368,7 +368,7 @@ def load_catalog_dataset(database_url: str) -> LabeledDataset:
     label_ids, classes = _encode_labels(names)
 
     def read(index: int) -> npt.NDArray[np.float32]:
-        return load_image(read_source(uris[index]), frame=frames[index]).pixels
+        return load_stored_image(uris[index], frames[index]).pixels
 
     return LabeledDataset(
         name="catalog",
