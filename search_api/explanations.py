@@ -20,7 +20,8 @@ from imaging import load_image
 from imaging.overlay import encode_png, overlay_heatmap, side_by_side
 from indexer.archive import Archive
 from indexer.prediction.heads import LinearHead, latest_head
-from search_api.searcher import NotFoundError, stored_source
+from indexer.storage.stored import read_stored_if_present
+from search_api.searcher import NotFoundError
 
 QUERY_ENTRIES = 256
 QUERY_BYTES = 256 * 1024 * 1024
@@ -149,7 +150,7 @@ class Explainer:
         row = self.archive.catalog.image(image_id)
         if row is None:
             raise NotFoundError(f"image {image_id} does not exist")
-        source = stored_source(row.source_uri)
+        source = read_stored_if_present(row.source_uri)
         if source is not None:
             return load_image(source, max_pixels=self.max_pixels, frame=row.frame_index).pixels
         thumbnail = self.archive.settings.thumbnail_dir / Path(row.thumbnail_path or "")

@@ -11,8 +11,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +20,6 @@ from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.errors import NotFoundError
 from indexer.governance.pseudonym import patient_reference
-from indexer.ingest.reindex import read_source, source_exists
 from indexer.prediction.heads import (
     LinearHead,
     VoteCalibrationFile,
@@ -30,6 +27,7 @@ from indexer.prediction.heads import (
     latest_head,
     latest_vote_calibration,
 )
+from indexer.storage.stored import UnreadableSourceUriError, load_stored_image, read_stored_if_present
 from search_api.mappers import case_out, case_summary, hit_out
 from search_api.schemas import (
     CaseList,
@@ -197,21 +195,6 @@ class Predictors:
         return self.vote.min_confidence if self.vote else DEFAULT_MIN_CONFIDENCE
 
 
-def stored_source(source_uri: str) -> Path | bytes | None:
-    """An archived image's source file (or, for a member of a zip/tar archive such as an
-    `/admin/ingest` upload, its bytes), or None when it is not reachable."""
-    parsed = urlparse(source_uri)
-    source = Path(url2pathname(parsed.path))
-    if parsed.scheme == "file" and source.is_file():
-        return source
-    if parsed.scheme == "file" and source_exists(source_uri):
-        try:
-            return read_source(source_uri)
-        except OSError:
-            return None
-    return None
-
-
 def _group_key(row: Image, group_by: str | None) -> str:
     if group_by == "study":
         uid = row.study_instance_uid or row.case.study_instance_uid
@@ -272,7 +255,7 @@ class Searcher:
                 f"{self.archive.encoder.name}; pick one from GET /cases"
             )
         hits, candidates = self._neighbours(vector, filters, row.case.patient_ref, exclude_id=row.id)
-        source = stored_source(row.source_uri)
+        source = read_stored_if_present(row.source_uri)
         if source is not None:
             decoded = load_image(source, max_pixels=self.max_pixels, frame=row.frame_index)
             query = self._query_info(source, decoded, window, row.case.patient_ref)
@@ -320,7 +303,7 @@ class Searcher:
         row = self.archive.catalog.image(image_id)
         if row is None:
             raise NotFoundError(f"image {image_id} does not exist")
-        source = stored_source(row.source_uri)
+        source = read_stored_if_present(row.source_uri)
         if source is None:
             raise NotFoundError(
                 f"image {image_id}: the source file is no longer reachable; only its thumbnail is available"
@@ -520,12 +503,12 @@ class Searcher:
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            # the cache lost it: re-render from the source file when it is still reachable
-            parsed = urlparse(image.source_uri)
-            source = Path(url2pathname(parsed.path))
-            if parsed.scheme != "file" or not source.exists():
+            # the cache lost it: re-render from the source (file or archive member) when it is still reachable
+            try:
+                decoded = load_stored_image(image.source_uri, image.frame_index)
+            except (OSError, UnreadableSourceUriError):
                 raise NotFoundError(f"image {image_id}: thumbnail and source file are gone") from None
-            png = render_png(load_image(source).pixels, 256)
+            png = render_png(decoded.pixels, 256)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(png)
             return png
