@@ -49,6 +49,11 @@ class SourceUri:
         """The uri of the member named `member` (the raw name, as the archive spells it) of an archive file."""
         return cls(archive if archive.is_absolute() else archive.absolute(), member)
 
+    @staticmethod
+    def members_prefix(archive: Path) -> str:
+        """How the uri of every member of `archive` starts (to find its rows with a prefix query)."""
+        return str(SourceUri.of_member(archive, ""))
+
     @classmethod
     def parse(cls, uri: str) -> SourceUri:
         """Parse a catalog source uri; raises UnreadableSourceUriError for any other kind than `file://`.
