@@ -22,6 +22,7 @@ from indexer.governance.audit import case_edits, record_case_edit
 from indexer.ingest.local import Ingestor
 from indexer.ingest.manifest import CaseInfo, Manifest
 from indexer.storage.sources import SourceItem
+from indexer.storage.stored import SourceUri, local_path
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,10 @@ class CaseManager:
             tmp.write_bytes(data)
             os.replace(tmp, path)
         return SourceItem(
-            uri=path.resolve().as_uri(), relative=digest, reader=path.read_bytes, size=len(data)
+            uri=str(SourceUri.of_file(path.resolve())),
+            relative=digest,
+            reader=path.read_bytes,
+            size=len(data),
         )
 
     def edit_case(
@@ -160,9 +164,9 @@ class CaseManager:
         for _image_id, thumbnail, source_uri in rows:
             if thumbnail:
                 (self.archive.settings.thumbnail_dir / thumbnail).unlink(missing_ok=True)
-            uploads = self.upload_dir.resolve().as_uri() + "/"
-            if source_uri.startswith(uploads):
-                Path(source_uri.removeprefix("file://")).unlink(missing_ok=True)
+            uploaded = local_path(source_uri)
+            if uploaded is not None and uploaded.is_relative_to(self.upload_dir.resolve()):
+                uploaded.unlink(missing_ok=True)
         log.info("deleted case %d with %d images", case_id, len(ids))
         return len(ids)
 

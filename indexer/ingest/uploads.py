@@ -18,6 +18,7 @@ from indexer.errors import IndexerError
 from indexer.ingest.local import Ingestor, IngestReport
 from indexer.ingest.manifest import Manifest
 from indexer.storage.sources import count_items, iter_source
+from indexer.storage.stored import SourceUri
 from indexer.vectors.index import VectorIndex
 from indexer.vectors.kinds import spec_for_kind
 
@@ -97,7 +98,7 @@ def ingest_upload(
     ingestor = Ingestor(archive, manifest, workers=0, max_pixels=max_pixels)
     with lock:
         report = ingestor.run(iter_source(path), total=count_items(path), progress=False)
-    prefix = f"{path.resolve().as_uri()}!/"
+    prefix = SourceUri.members_prefix(path.resolve())
     with catalog.session() as session:
         referenced = session.scalar(
             select(Image.id).where(Image.source_uri.startswith(prefix, autoescape=True)).limit(1)
