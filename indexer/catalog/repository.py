@@ -31,6 +31,7 @@ from indexer.catalog.models import (
     IngestFailure,
     has_vector_from,
 )
+from indexer.extras import require_extra
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,7 @@ def postgres_driver_url(url: str) -> str:
         if url.startswith(prefix):
             url = "postgresql+psycopg://" + url[len(prefix) :]
     if url.startswith("postgresql+psycopg://"):
-        try:
-            import psycopg  # noqa: F401
-        except ImportError as exc:
-            raise RuntimeError('a PostgreSQL catalog needs psycopg: pip install "medcbir[postgres]"') from exc
+        require_extra("psycopg", "postgres", needed_for="a PostgreSQL catalog needs psycopg")
     return url
 
 
