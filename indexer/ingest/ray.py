@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import os
 import pickle
@@ -27,6 +26,7 @@ from imaging import DecodedImage, ImageMetadata, UnsupportedFormatError
 from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.errors import IndexerError
+from indexer.extras import MissingExtraError, extra_hint, require_extra
 from indexer.ingest.local import (
     _SAVE_EVERY_BATCHES,
     FramePolicy,
@@ -48,7 +48,7 @@ from indexer.storage.sources import (
 
 log = logging.getLogger(__name__)
 
-RAY_HINT = "install the ray extra: pip install -e '.[ray]'"
+RAY_HINT = extra_hint("ray")
 # Archive members are read on the driver and shipped through the object store; at most this many
 # bytes are held per Ray Dataset, so a large zip or tar never sits in memory whole.
 DEFAULT_WINDOW_BYTES = 512 * 1024**2
@@ -58,17 +58,15 @@ _NO_PIXELS = np.zeros((0, 0, 3), dtype=np.float32)
 EncoderFactory = Callable[[], ImageEncoder]
 
 
-class RayNotInstalledError(IndexerError):
+class RayNotInstalledError(MissingExtraError):
     """`--engine ray` was asked for but Ray Data is not installed."""
 
 
 def import_ray() -> ModuleType:
     """The `ray` module with Ray Data loaded, or an error naming the extra to install."""
-    try:
-        ray = importlib.import_module("ray")
-        importlib.import_module("ray.data")
-    except ImportError as exc:
-        raise RayNotInstalledError(f"--engine ray needs Ray Data: {RAY_HINT}") from exc
+    needed_for = "--engine ray needs Ray Data"
+    ray = require_extra("ray", "ray", needed_for=needed_for, error=RayNotInstalledError)
+    require_extra("ray.data", "ray", needed_for=needed_for, error=RayNotInstalledError)
     return ray
 
 
