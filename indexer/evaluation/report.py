@@ -11,6 +11,7 @@ import numpy as np
 
 from indexer.evaluation import metrics
 from indexer.evaluation.protocol import EvaluationResult
+from indexer.extras import require_extra
 
 _HEADLINE = (
     "precision@1",
@@ -95,15 +96,9 @@ def write_markdown(result: EvaluationResult, path: Path) -> None:
 
 def write_plots(result: EvaluationResult, folder: Path) -> list[Path]:
     """confusion_matrix.png and precision_recall.png (one-vs-rest curves of the vote scores)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        from indexer.errors import IndexerError
-
-        raise IndexerError("plots need matplotlib: pip install 'medcbir[eval]'") from exc
+    matplotlib = require_extra("matplotlib", "eval", needed_for="plots need matplotlib")
+    matplotlib.use("Agg")
+    plt = require_extra("matplotlib.pyplot", "eval", needed_for="plots need matplotlib")
     folder.mkdir(parents=True, exist_ok=True)
     names = result.class_names
     size = max(4.0, 0.6 * len(names) + 2.0)
