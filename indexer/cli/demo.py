@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from imaging import ImagingError, load_image, thumbnail_signature
+from indexer.extras import MissingExtraError, require_extra
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,12 @@ def _pydicom_candidates() -> list[DemoFile]:
 
 
 def _skimage_candidates(workdir: Path) -> list[DemoFile]:
+    from PIL import Image as PILImage
+
     try:
-        from PIL import Image as PILImage
-        from skimage import data as skdata
-    except ImportError:
-        log.warning(
-            "scikit-image is not installed: the demo has no fundus or histology images "
-            '(pip install "medcbir[demo]")'
-        )
+        skdata = require_extra("skimage.data", "demo")
+    except MissingExtraError as exc:
+        log.warning("scikit-image is not installed: the demo has no fundus or histology images (%s)", exc)
         return []
     workdir.mkdir(parents=True, exist_ok=True)
     out = []
