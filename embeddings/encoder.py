@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -13,8 +12,9 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from embeddings.onnx_runtime import BACKENDS, OnnxForward
+from embeddings.onnx_runtime import OnnxForward
 from embeddings.preprocessing import Preprocessing, validate_image
+from embeddings.settings import BACKENDS, configured_backend
 from embeddings.types import EmbeddingsError
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,10 @@ class Encoder:
         self._model = model.eval().to(self._device).to(memory_format=self._memory_format)
         for parameter in self._model.parameters():
             parameter.requires_grad_(False)
-        # CPU backend (read when the encoder is built): ONNX Runtime gives the same vectors faster. "auto"
-        # (what `medcbir serve` uses) takes it on CPU when it is installed and agrees with torch, else torch.
-        asked = backend or os.environ.get("MEDCBIR_EMBEDDINGS_BACKEND", "torch")
+        # CPU backend (EmbeddingsSettings.backend, read when the encoder is built): ONNX Runtime gives the
+        # same vectors faster. "auto" (what `medcbir serve` uses) takes it on CPU when it is installed and
+        # agrees with torch, else torch.
+        asked = backend or configured_backend()
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self._model
         self._backend = "torch"
         if asked not in BACKENDS:

@@ -14,7 +14,6 @@ from embeddings.types import EmbeddingsError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "auto")  # auto: ONNX Runtime on CPU when installed and equal
 MIN_COSINE = 0.999
 ONNX_HINT = 'pip install "medcbir[onnx]"'
 
