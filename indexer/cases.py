@@ -11,14 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
-from sqlalchemy.orm import selectinload
 
 from imaging import load_image
 from indexer.archive import Archive
-from indexer.catalog import Case, CaseEdit, Diagnosis, Image, ImageEmbedding
+from indexer.catalog import CaseEdit
+from indexer.catalog.case_rows import CaseChange, joined_labels
 from indexer.errors import NotFoundError
-from indexer.governance.audit import case_edits, record_case_edit
+from indexer.governance.audit import case_edits
 from indexer.ingest.local import Ingestor
 from indexer.ingest.manifest import CaseInfo, Manifest
 from indexer.storage.sources import SourceItem
@@ -43,10 +42,6 @@ def clean_labels(labels: Sequence[str]) -> list[str]:
         if value and value not in out:
             out.append(value)
     return out
-
-
-def _joined(labels: Sequence[str]) -> str:
-    return "; ".join(labels)
 
 
 class CaseManager:
@@ -91,15 +86,11 @@ class CaseManager:
                 f"{len(items) - result.indexed} of {len(items)} images could not be added; "
                 "an admin can see why with `medcbir failures`"
             )
-        with self.archive.catalog.session() as session:
-            case = session.scalars(select(Case).where(Case.case_key == case_key)).one()
-            record_case_edit(session, case.id, username, "created", None, _joined(labels) or None)
-            if predicted_label:
-                verdict = "confirmed" if predicted_label in labels else "corrected"
-                record_case_edit(
-                    session, case.id, username, f"prediction {verdict}", predicted_label, _joined(labels)
-                )
-            return case.id
+        changes: list[CaseChange] = [("created", None, joined_labels(labels) or None)]
+        if predicted_label:
+            verdict = "confirmed" if predicted_label in labels else "corrected"
+            changes.append((f"prediction {verdict}", predicted_label, joined_labels(labels)))
+        return self.archive.catalog.record_case_changes(case_key, username, changes)
 
     def _stored_item(self, data: bytes, digest: str) -> SourceItem:
         path = self.upload_dir / digest[:2] / digest
@@ -119,56 +110,26 @@ class CaseManager:
         self, case_id: int, *, report: str | None, diagnosis: list[str] | None, username: str
     ) -> None:
         """Replace the report and/or diagnosis labels; every change is kept in the edit history."""
-        with self.archive.catalog.session() as session:
-            case = session.scalars(
-                select(Case).where(Case.id == case_id).options(selectinload(Case.diagnoses))
-            ).first()
-            if case is None:
-                raise NotFoundError(f"case {case_id} does not exist")
-            if report is not None and report != (case.report or ""):
-                record_case_edit(session, case_id, username, "report", case.report, report)
-                case.report = report or None
-            if diagnosis is not None:
-                wanted = clean_labels(diagnosis)
-                old = case.labels
-                if wanted != old:
-                    record_case_edit(session, case_id, username, "diagnosis", _joined(old), _joined(wanted))
-                    for stale in [d for d in case.diagnoses if d.label not in wanted]:
-                        case.diagnoses.remove(stale)
-                    session.flush()
-                    for label in wanted:
-                        if label not in old:
-                            case.diagnoses.append(Diagnosis(label=label))
+        labels = clean_labels(diagnosis) if diagnosis is not None else None
+        self.archive.catalog.edit_case(case_id, report=report, labels=labels, username=username)
 
     def delete_case(self, case_id: int, username: str) -> int:
         """Remove the case's rows, then its vectors, thumbnails and uploaded files; how many images."""
-        catalog = self.archive.catalog
         with self.lock:
-            with catalog.session() as session:
-                case = session.get(Case, case_id)
-                if case is None:
-                    raise NotFoundError(f"case {case_id} does not exist")
-                rows = session.execute(
-                    select(Image.id, Image.thumbnail_path, Image.source_uri).where(Image.case_id == case_id)
-                ).all()
-                ids = [int(r[0]) for r in rows]
-                session.execute(delete(ImageEmbedding).where(ImageEmbedding.image_id.in_(ids)))
-                session.execute(delete(Image).where(Image.case_id == case_id))
-                session.execute(delete(Diagnosis).where(Diagnosis.case_id == case_id))
-                session.execute(delete(Case).where(Case.id == case_id))
-                record_case_edit(session, case_id, username, "deleted", None, f"{len(ids)} images")
+            deleted = self.archive.catalog.delete_case(case_id, username)
             # Rows first, vectors second: a crash in between leaves only ghosts the searcher skips.
-            if ids:
-                self.archive.index.remove(np.asarray(ids, dtype=np.int64))
+            if deleted:
+                self.archive.index.remove(np.asarray([image.id for image in deleted], dtype=np.int64))
                 self.archive.save_index()
-        for _image_id, thumbnail, source_uri in rows:
-            if thumbnail:
-                (self.archive.settings.thumbnail_dir / thumbnail).unlink(missing_ok=True)
-            uploaded = local_path(source_uri)
-            if uploaded is not None and uploaded.is_relative_to(self.upload_dir.resolve()):
+        uploads = self.upload_dir.resolve()
+        for image in deleted:
+            if image.thumbnail_path:
+                (self.archive.settings.thumbnail_dir / image.thumbnail_path).unlink(missing_ok=True)
+            uploaded = local_path(image.source_uri)
+            if uploaded is not None and uploaded.is_relative_to(uploads):
                 uploaded.unlink(missing_ok=True)
-        log.info("deleted case %d with %d images", case_id, len(ids))
-        return len(ids)
+        log.info("deleted case %d with %d images", case_id, len(deleted))
+        return len(deleted)
 
     def history(self, case_id: int) -> list[CaseEdit]:
         """The case's recorded changes, oldest first (kept after the case is deleted)."""

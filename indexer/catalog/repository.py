@@ -22,6 +22,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
+from indexer.catalog.case_rows import CaseRows
 from indexer.catalog.models import (
     Base,
     Case,
@@ -31,6 +32,7 @@ from indexer.catalog.models import (
     IngestFailure,
     has_vector_from,
 )
+from indexer.catalog.vectors import StoredVectors
 from indexer.extras import require_extra
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ def postgres_driver_url(url: str) -> str:
     return url
 
 
-class Catalog:
+class Catalog(StoredVectors, CaseRows):
     """The source of truth: a thin typed repository over a SQLAlchemy engine."""
 
     def __init__(self, url: str) -> None:
@@ -119,6 +121,11 @@ class Catalog:
                 found.update(session.scalars(select(Image.sha256).where(Image.sha256.in_(chunk))))
         return found
 
+    def all_sha256(self) -> Iterator[str]:
+        """Every stored content hash, streamed (the Ray engine sends them to its decode tasks)."""
+        with self._sessions() as session:
+            yield from session.scalars(select(Image.sha256))
+
     def pixel_digests_by_sop(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str | None]:
         """Stored pixel digests keyed by (SOP Instance UID, frame index), for the given keys only."""
         wanted = list(set(keys))
@@ -166,47 +173,6 @@ class Catalog:
             query = query.where(func.upper(Image.modality) == modality.upper())
         with self._sessions() as session:
             return np.fromiter(session.scalars(query), dtype=np.int64)
-
-    def embeddings(
-        self, encoder: str, batch: int = 10_000
-    ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
-        """Stream (ids, vectors) of every image embedded by the encoder, in id order."""
-        last = 0
-        while True:
-            with self._sessions() as session:
-                rows = session.execute(
-                    select(Image.id, Image.embedding)
-                    .where(Image.encoder == encoder, Image.id > last)
-                    .order_by(Image.id)
-                    .limit(batch)
-                ).all()
-            if not rows:
-                break
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
-            last = int(ids[-1])
-            yield ids, vectors
-        yield from self._reindexed_embeddings(encoder, batch)
-
-    def _reindexed_embeddings(
-        self, encoder: str, batch: int
-    ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
-        last = 0
-        while True:
-            with self._sessions() as session:
-                rows = session.execute(
-                    select(ImageEmbedding.image_id, ImageEmbedding.vector)
-                    .join(Image, Image.id == ImageEmbedding.image_id)
-                    .where(ImageEmbedding.encoder == encoder, Image.encoder != encoder)
-                    .where(ImageEmbedding.image_id > last)
-                    .order_by(ImageEmbedding.image_id)
-                    .limit(batch)
-                ).all()
-            if not rows:
-                return
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            last = int(ids[-1])
-            yield ids, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
 
     def encoders(self) -> dict[str, int]:
         """Image counts per encoder name."""
@@ -274,20 +240,6 @@ class Catalog:
         with self._sessions() as session:
             return np.fromiter(session.scalars(query.order_by(Image.id)), dtype=np.int64)
 
-    def embedding_of(self, image_id: int, encoder: str) -> npt.NDArray[np.float32] | None:
-        """The image's stored vector from `encoder` (its own row or image_embeddings), or None."""
-        with self._sessions() as session:
-            own = session.execute(
-                select(Image.embedding).where(Image.id == image_id, Image.encoder == encoder)
-            ).scalar()
-            if own is None:
-                own = session.execute(
-                    select(ImageEmbedding.vector).where(
-                        ImageEmbedding.image_id == image_id, ImageEmbedding.encoder == encoder
-                    )
-                ).scalar()
-        return None if own is None else np.frombuffer(own, dtype=np.float32)
-
     def list_cases(self, *, limit: int = 50, offset: int = 0) -> tuple[int, list[Case]]:
         """(total number of cases, one page of cases in id order with diagnoses and images loaded)."""
         with self._sessions() as session:
@@ -305,6 +257,34 @@ class Catalog:
         """The most recent ingest failures."""
         with self._sessions() as session:
             return list(session.scalars(select(IngestFailure).order_by(IngestFailure.id.desc()).limit(limit)))
+
+    def last_failure_id(self) -> int:
+        """The newest ingest failure's id (0 when none): failures recorded after it belong to a later run."""
+        with self._sessions() as session:
+            return int(session.scalar(select(func.max(IngestFailure.id))) or 0)
+
+    def failures_under(self, uri_prefix: str, *, after_id: int, limit: int) -> list[IngestFailure]:
+        """Failures recorded after `after_id` whose source uri starts with the prefix, oldest first."""
+        with self._sessions() as session:
+            return list(
+                session.scalars(
+                    select(IngestFailure)
+                    .where(
+                        IngestFailure.id > after_id,
+                        IngestFailure.source_uri.startswith(uri_prefix, autoescape=True),
+                    )
+                    .order_by(IngestFailure.id)
+                    .limit(limit)
+                )
+            )
+
+    def has_images_under(self, uri_prefix: str) -> bool:
+        """True when some image's source uri starts with the prefix (e.g. a member of a kept upload)."""
+        with self._sessions() as session:
+            found = session.scalar(
+                select(Image.id).where(Image.source_uri.startswith(uri_prefix, autoescape=True)).limit(1)
+            )
+        return found is not None
 
     def stats(self) -> CatalogStats:
         """Counts for `medcbir stats` and /health."""
@@ -386,30 +366,6 @@ class Catalog:
                 return
             last = int(rows[-1][0])
             yield [(int(r[0]), str(r[1]), int(r[2] or 0), str(r[3])) for r in rows]
-
-    def vector_ids(self, encoder: str) -> set[int]:
-        """Ids of images that already have a vector from `encoder` (row or image_embeddings)."""
-        with self._sessions() as session:
-            return {int(i) for i in session.scalars(select(Image.id).where(has_vector_from(encoder)))}
-
-    def store_embeddings(self, encoder: str, ids: Sequence[int], vectors: npt.NDArray[np.float32]) -> None:
-        """Keep `encoder`'s vectors of existing images in image_embeddings (replacing older ones)."""
-        with self.session() as session:
-            wanted = [int(i) for i in ids]
-            existing = {
-                row.image_id: row
-                for row in session.scalars(
-                    select(ImageEmbedding).where(
-                        ImageEmbedding.encoder == encoder, ImageEmbedding.image_id.in_(wanted)
-                    )
-                )
-            }
-            for image_id, vector in zip(wanted, vectors, strict=True):
-                blob = np.asarray(vector, dtype=np.float32).tobytes()
-                if image_id in existing:
-                    existing[image_id].vector = blob
-                else:
-                    session.add(ImageEmbedding(image_id=image_id, encoder=encoder, vector=blob))
 
     def record_failure(self, source_uri: str, error: BaseException, sha256: str | None = None) -> None:
         """Store why a file was skipped; the message is the exception's own (no patient text)."""

@@ -1,14 +1,9 @@
-"""The FAISS vector index: a rebuildable cache keyed by catalog image ids, of a chosen kind, saved atomically."""
+"""The FAISS vector index: inner-product search under catalog ids, filtered search, re-ranking, build and tune."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,32 +11,27 @@ from typing import Any
 import faiss
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select
 
-from indexer.catalog import Catalog, Image, ImageEmbedding
 from indexer.errors import IndexCorruptError
-from indexer.vectors.kinds import IndexSpec, choose_index_kind, default_memory_budget, spec_for_kind
+from indexer.vectors.faiss_index import gpu_available, new_index, set_search_param, stored_ids, to_gpu
+from indexer.vectors.kinds import IndexSpec, spec_for_kind
+from indexer.vectors.persistence import read_index, write_index
+from indexer.vectors.store import VectorLookup, VectorSource
+from indexer.vectors.tuning import (
+    EXACT_TUNING,
+    RECALL_K,
+    RERANK_LADDER,
+    TARGET_RECALL,
+    Tuning,
+    climb,
+    recall_at_10,
+)
 
 log = logging.getLogger(__name__)
 
-TARGET_RECALL = 0.95
-RECALL_K = 10
-TUNING_QUERIES = 200
-TUNING_MARGIN = 0.02
 # A filter that keeps at most this many ids is answered by exact search over those ids' vectors:
 # an approximate index may hold none of them in the lists or graph nodes it visits.
 RARE_FILTER_MAX = 8192
-# Indexes at least this big are memory-mapped on load (read-only until the first add or remove).
-MMAP_MIN_BYTES = 1 << 30
-NPROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 4096)
-EF_SEARCH_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048)
-
-# Lossy product codes rank poorly on their own: an IVF-PQ search fetches rerank x k candidates and
-# re-ranks them by their exact stored vectors (the catalog's, or the build's in memory); tuning climbs
-# nprobe at each factor of this ladder until recall@10 reaches the target.
-RERANK_LADDER = (10, 30, 100)
-
-VectorLookup = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float32]]
 
 
 @dataclass(frozen=True)
@@ -50,35 +40,6 @@ class SearchResult:
 
     ids: npt.NDArray[np.int64]
     similarities: npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class Tuning:
-    """The search parameter chosen for an approximate index and the recall it measured."""
-
-    param: str  # "nprobe", "efSearch" or "" for exact kinds
-    value: int
-    recall_at_10: float
-    queries: int
-    rerank: int = 1  # candidates fetched per wanted neighbour and re-ranked exactly (1: none)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form for the sidecar."""
-        return {
-            "param": self.param,
-            "value": self.value,
-            "recall_at_10": self.recall_at_10,
-            "queries": self.queries,
-            "rerank": self.rerank,
-        }
-
-
-EXACT_TUNING = Tuning("", 0, 1.0, 0)
-
-
-def gpu_available() -> bool:
-    """True when this faiss build has GPU support and sees a CUDA device."""
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 class VectorIndex:
@@ -101,7 +62,7 @@ class VectorIndex:
         self.dim = dim
         self.encoder = encoder
         self.spec = spec or spec_for_kind("flat", 0, dim)
-        self._index = index if index is not None else _new_index(self.spec)
+        self._index = index if index is not None else new_index(self.spec)
         if self._index.d != dim:
             raise IndexCorruptError(f"index dimension {self._index.d} != encoder dimension {dim}")
         self.tuning = tuning or EXACT_TUNING
@@ -123,7 +84,7 @@ class VectorIndex:
     def ids(self) -> npt.NDArray[np.int64]:
         """Every stored id."""
         if self._ids_cache is None:
-            self._ids_cache = _stored_ids(self._index)
+            self._ids_cache = stored_ids(self._index)
         return self._ids_cache
 
     # -- writes --------------------------------------------------------------------------------
@@ -157,7 +118,7 @@ class VectorIndex:
         keep = stored[~gone]
         vectors = self._reconstruct(keep)
         log.info("rebuilding the HNSW graph without %d removed ids (%d remain)", int(gone.sum()), len(keep))
-        self._index = _new_index(self.spec)
+        self._index = new_index(self.spec)
         self._apply_tuning()
         if len(keep):
             self._index.add_with_ids(vectors, keep)
@@ -235,8 +196,8 @@ class VectorIndex:
     def _searcher(self) -> faiss.Index:
         if self._use_gpu and self.kind != "hnsw" and gpu_available():
             if self._gpu_index is None:
-                self._gpu_index = _to_gpu(self._index)
-                _set_search_param(self._gpu_index, self.tuning)
+                self._gpu_index = to_gpu(self._index)
+                set_search_param(self._gpu_index, self.tuning)
             return self._gpu_index
         return self._index
 
@@ -298,36 +259,17 @@ class VectorIndex:
         seed: int = 0,
     ) -> VectorIndex:
         """Build an index of the chosen (or given) kind over in-memory vectors: train, add, tune."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        n, dim = vectors.shape
-        budget = memory_budget_bytes or default_memory_budget()
-        spec = spec or choose_index_kind(n, dim, budget)
-        rng = np.random.default_rng(seed)
-        index = cls(dim, encoder, spec=spec)
-        if spec.kind == "ivf_pq":
-            index.vector_lookup = in_memory_vector_lookup(ids, vectors)
-        if spec.needs_training:
-            sample = rng.choice(n, size=min(n, spec.train_size), replace=False)
-            index.train(vectors[np.sort(sample)])
-        held_out = np.zeros(n, dtype=bool)
-        if not spec.exact:
-            held_out[rng.choice(n, size=min(TUNING_QUERIES, max(1, n // 10)), replace=False)] = True
-        # The tuning queries are added last: tuned against an index that does not hold them, they are
-        # true held-out queries (a graph search that starts next to its own node would flatter HNSW).
-        rest = np.flatnonzero(~held_out)
-        for start in range(0, len(rest), 100_000):
-            part = rest[start : start + 100_000]
-            index.add(ids[part], vectors[part])
-        if held_out.any():
-            chunks = (
-                (ids[rest[i : i + 100_000]], vectors[rest[i : i + 100_000]])
-                for i in range(0, len(rest), 100_000)
-            )
-            truth = _exact_topk(vectors[held_out], chunks, RECALL_K)
-            index.tune(vectors[held_out], truth, target_recall)
-            index.add(ids[held_out], vectors[held_out])
-        return index
+        from indexer.vectors.build import build_from_arrays  # build.py builds on this class
+
+        return build_from_arrays(
+            ids,
+            vectors,
+            encoder=encoder,
+            spec=spec,
+            memory_budget_bytes=memory_budget_bytes,
+            target_recall=target_recall,
+            seed=seed,
+        )
 
     def train(self, sample: npt.NDArray[np.float32]) -> None:
         """Learn the IVF centroids (and codebooks) from a sample of the vectors."""
@@ -354,50 +296,27 @@ class VectorIndex:
         if self.spec.exact:
             self.tuning = EXACT_TUNING
             return self.tuning
-        ladder: tuple[int, ...]
-        param, ladder = ("efSearch", EF_SEARCH_LADDER) if self.kind == "hnsw" else ("nprobe", NPROBE_LADDER)
-        if param == "nprobe":
-            ladder = (*(v for v in ladder if v < self.spec.nlist), self.spec.nlist)
         reranks: tuple[int, ...] = (1,)
         if self.kind == "ivf_pq" and self.vector_lookup is not None:
             reranks = RERANK_LADDER
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        best: Tuning | None = None
-        for rerank in reranks:
-            previous: Tuning | None = None
-            last = Tuning(param, ladder[-1], 0.0, len(queries), rerank)
-            for value in ladder:
-                self.tuning = Tuning(param, value, 0.0, len(queries), rerank)
-                self._apply_tuning()
-                if rerank > 1:
-                    wide = self._index.search(queries, RECALL_K * rerank)
-                    found: list[np.ndarray] = [r.ids for r in self._reranked(queries, RECALL_K, *wide)]
-                else:
-                    found = list(self._index.search(queries, RECALL_K)[1])
-                last = Tuning(param, value, _recall(found, truth), len(queries), rerank)
-                # A margin over the target absorbs the sampling error of a few hundred queries; a plateau
-                # above the target (lossy codes cap recall) ends the climb early; a plateau below it
-                # moves on to re-ranking more candidates, when there is a larger factor to try.
-                if last.recall_at_10 >= target_recall + TUNING_MARGIN:
-                    break
-                gain = last.recall_at_10 - previous.recall_at_10 if previous is not None else 1.0
-                if last.recall_at_10 >= target_recall and gain < 0.002:
-                    break
-                if rerank != reranks[-1] and value >= 8 and gain < 0.002:
-                    break
-                previous = last
-            if best is None or last.recall_at_10 > best.recall_at_10:
-                best = last
-            if best.recall_at_10 >= target_recall:
-                break
-        assert best is not None
+
+        def probe(candidate: Tuning) -> float:
+            self.tuning = candidate
+            self._apply_tuning()
+            if candidate.rerank > 1:
+                wide = self._index.search(queries, RECALL_K * candidate.rerank)
+                return recall_at_10([r.ids for r in self._reranked(queries, RECALL_K, *wide)], truth)
+            return recall_at_10(list(self._index.search(queries, RECALL_K)[1]), truth)
+
+        best = climb(self.kind, self.spec.nlist, reranks, len(queries), probe, target_recall)
         if best.recall_at_10 < target_recall:
             log.warning(
                 "%s reached recall@10 %.3f < %.2f at %s=%d",
                 self.kind,
                 best.recall_at_10,
                 target_recall,
-                param,
+                best.param,
                 best.value,
             )
         self.tuning = best
@@ -406,24 +325,13 @@ class VectorIndex:
         return best
 
     def _apply_tuning(self) -> None:
-        _set_search_param(self._index, self.tuning)
+        set_search_param(self._index, self.tuning)
 
-    # -- persistence ---------------------------------------------------------------------------
+    # -- persistence and rebuild -------------------------------------------------------------
 
     def save(self, path: Path) -> None:
         """Write atomically: temp file in the same folder, fsync, rename; a sidecar holds kind, tuning, checksum."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        blob = faiss.serialize_index(self._index).tobytes()
-        meta = {
-            "encoder": self.encoder,
-            "dim": self.dim,
-            "count": len(self),
-            "sha256": hashlib.sha256(blob).hexdigest(),
-            "spec": self.spec.to_dict(),
-            "tuning": self.tuning.to_dict(),
-        }
-        _atomic_write(path, blob)
-        _atomic_write(_meta_path(path), json.dumps(meta, indent=1).encode())
+        write_index(path, self._index, encoder=self.encoder, spec=self.spec, tuning=self.tuning)
 
     @classmethod
     def load(cls, path: Path, *, encoder: str, dim: int, mmap: bool | None = None) -> VectorIndex:
@@ -431,50 +339,16 @@ class VectorIndex:
 
         mmap=None memory-maps indexes of at least 1 GiB (read-only until the first write).
         """
-        meta_path = _meta_path(path)
-        if not path.exists() or not meta_path.exists():
-            raise IndexCorruptError(f"no saved index at {path}; it will be rebuilt from the catalog")
-        try:
-            meta = json.loads(meta_path.read_text())
-            size = path.stat().st_size
-            use_mmap = size >= MMAP_MIN_BYTES if mmap is None else mmap
-            digest, blob = _file_digest(path, keep=not use_mmap)
-        except (OSError, ValueError) as exc:
-            raise IndexCorruptError(f"cannot read index {path}: {exc}") from exc
-        if digest != meta.get("sha256"):
-            raise IndexCorruptError(f"index {path} fails its checksum (truncated or modified)")
-        if meta.get("encoder") != encoder or meta.get("dim") != dim:
-            raise IndexCorruptError(
-                f"index {path} was built by {meta.get('encoder')} (dim {meta.get('dim')}), not {encoder} (dim {dim})"
-            )
-        try:
-            spec = IndexSpec.from_dict(meta["spec"]) if "spec" in meta else spec_for_kind("flat", 0, dim)
-            raw_tuning = meta.get("tuning") or {}
-            tuning = Tuning(
-                str(raw_tuning.get("param", "")),
-                int(raw_tuning.get("value", 0)),
-                float(raw_tuning.get("recall_at_10", 1.0)),
-                int(raw_tuning.get("queries", 0)),
-                int(raw_tuning.get("rerank", 1)),
-            )
-            if use_mmap:
-                # IVF lists map through the on-disk hook; flat codes (flat, HNSW storage) through IFC.
-                flags = faiss.IO_FLAG_MMAP if spec.needs_training else faiss.IO_FLAG_MMAP_IFC
-                flags |= faiss.IO_FLAG_READ_ONLY
-                index = faiss.read_index(str(path), flags)
-            else:
-                index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise IndexCorruptError(f"cannot read index {path}: {exc}") from exc
-        loaded = cls(dim, encoder, index, spec=spec, tuning=tuning)
-        if use_mmap:
+        saved = read_index(path, encoder=encoder, dim=dim, mmap=mmap)
+        loaded = cls(dim, encoder, saved.index, spec=saved.spec, tuning=saved.tuning)
+        if saved.memory_mapped:
             loaded._mmap_path = path
         return loaded
 
     @classmethod
     def build_from_catalog(
         cls,
-        catalog: Catalog,
+        source: VectorSource,
         *,
         encoder: str,
         dim: int,
@@ -483,70 +357,25 @@ class VectorIndex:
         target_recall: float = TARGET_RECALL,
         seed: int = 0,
     ) -> VectorIndex:
-        """Rebuild from the embeddings the catalog stores (no image is re-encoded), in the chosen kind.
+        """Rebuild from the stored embeddings (the catalog's: no image is re-encoded), in the chosen kind."""
+        from indexer.vectors.build import build_from_source  # build.py builds on this class
 
-        Vectors are streamed: only the training sample and the tuning queries are held in memory.
-        """
-        all_ids = catalog.image_ids_where(encoder=encoder)
-        spec = spec or choose_index_kind(len(all_ids), dim, memory_budget_bytes or default_memory_budget())
-        index = cls(dim, encoder, spec=spec)
-        index.vector_lookup = catalog_vector_lookup(catalog, encoder, dim)
-        rng = np.random.default_rng(seed)
-        if spec.needs_training and len(all_ids):
-            sample_ids = np.sort(rng.choice(all_ids, size=min(len(all_ids), spec.train_size), replace=False))
-            index.train(index.vector_lookup(sample_ids))
-        query_ids = np.empty(0, np.int64)
-        if not spec.exact:
-            query_ids = np.sort(
-                rng.choice(all_ids, size=min(TUNING_QUERIES, max(1, len(all_ids) // 10)), replace=False)
-            )
-
-        def stream() -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
-            for ids, vectors in catalog.embeddings(encoder):
-                keep = ~np.isin(ids, query_ids)  # held out until tuned (see build)
-                index.add(ids[keep], vectors[keep])
-                yield ids[keep], vectors[keep]
-
-        if len(query_ids) == 0:
-            for _ in stream():
-                pass
-        else:
-            queries = index.vector_lookup(query_ids)
-            truth = _exact_topk(queries, stream(), RECALL_K)
-            index.tune(queries, truth, target_recall)
-            index.add(query_ids, queries)
-        return index
+        return build_from_source(
+            source,
+            encoder=encoder,
+            dim=dim,
+            spec=spec,
+            memory_budget_bytes=memory_budget_bytes,
+            target_recall=target_recall,
+            seed=seed,
+        )
 
     @classmethod
-    def open(cls, path: Path, catalog: Catalog, *, encoder: str, dim: int) -> VectorIndex:
-        """Load the saved index if it matches the catalog; otherwise rebuild it loudly and save it."""
-        if not path.exists() and catalog.image_ids_where(encoder=encoder).size == 0:
-            index = cls(dim, encoder)  # a new archive: nothing to rebuild, nothing to warn about
-            index.vector_lookup = catalog_vector_lookup(catalog, encoder, dim)
-            return index
-        try:
-            index = cls.load(path, encoder=encoder, dim=dim)
-        except IndexCorruptError as exc:
-            log.warning("REBUILDING vector index from the catalog: %s", exc)
-            previous = _saved_spec(path)
-        else:
-            index.vector_lookup = catalog_vector_lookup(catalog, encoder, dim)
-            stored = catalog.image_ids_where(encoder=encoder)
-            if np.array_equal(np.sort(index.ids()), np.sort(stored)):
-                return index
-            log.warning(
-                "REBUILDING vector index: it holds %d ids but the catalog has %d for %s",
-                len(index),
-                len(stored),
-                encoder,
-            )
-            previous = index.spec
-        # Keep the kind the archive had (an operator may have chosen it); a flat one is re-chosen.
-        spec = previous if previous is not None and not previous.exact else None
-        index = cls.build_from_catalog(catalog, encoder=encoder, dim=dim, spec=spec)
-        index.save(path)
-        log.warning("vector index rebuilt from the catalog: %d vectors (%s)", len(index), index.kind)
-        return index
+    def open(cls, path: Path, source: VectorSource, *, encoder: str, dim: int) -> VectorIndex:
+        """Load the saved index if it matches the source (the catalog); otherwise rebuild it loudly and save it."""
+        from indexer.vectors.build import open_index  # build.py builds on this class
+
+        return open_index(path, source, encoder=encoder, dim=dim)
 
     def describe(self) -> dict[str, Any]:
         """Kind, size and tuning, for `medcbir stats` and benchmarks."""
@@ -560,173 +389,9 @@ class VectorIndex:
         }
 
 
-# -- helpers -----------------------------------------------------------------------------------
-
-
-def in_memory_vector_lookup(ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> VectorLookup:
-    """A lookup over vectors held in memory (a build's input; benchmarks), by id in the order given."""
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-
-    def lookup(wanted: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        pos = np.searchsorted(sorted_ids, wanted)
-        pos = np.clip(pos, 0, len(sorted_ids) - 1)
-        if len(wanted) and not np.array_equal(sorted_ids[pos], wanted):
-            raise IndexCorruptError("an id asked for is not among the build's vectors")
-        return vectors[order[pos]]
-
-    return lookup
-
-
-def catalog_vector_lookup(catalog: Catalog, encoder: str, dim: int) -> VectorLookup:
-    """A function returning the catalog's exact stored vectors from `encoder` for ids, in the order given."""
-
-    def lookup(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        found: dict[int, bytes] = {}
-        wanted = [int(i) for i in ids]
-        with catalog.session() as session:
-            for start in range(0, len(wanted), 1000):
-                chunk = wanted[start : start + 1000]
-                own = select(Image.id, Image.embedding).where(Image.id.in_(chunk), Image.encoder == encoder)
-                extra = select(ImageEmbedding.image_id, ImageEmbedding.vector).where(
-                    ImageEmbedding.image_id.in_(chunk), ImageEmbedding.encoder == encoder
-                )
-                for query in (own, extra):
-                    for row_id, blob in session.execute(query):
-                        found[int(row_id)] = blob
-        missing = [i for i in wanted if i not in found]
-        if missing:
-            raise IndexCorruptError(
-                f"{len(missing)} ids (e.g. {missing[0]}) have no {encoder} vector in the catalog; "
-                "run `medcbir rebuild-index`"
-            )
-        out = np.empty((len(wanted), dim), dtype=np.float32)
-        for row, i in enumerate(wanted):
-            out[row] = np.frombuffer(found[i], dtype=np.float32)
-        return out
-
-    return lookup
-
-
-def _new_index(spec: IndexSpec) -> faiss.Index:
-    index = faiss.index_factory(spec.dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
-    if spec.kind == "hnsw":
-        faiss.downcast_index(index.index).hnsw.efConstruction = spec.ef_construction  # type: ignore[attr-defined]
-    if spec.needs_training:
-        ivf = faiss.extract_index_ivf(index)
-        # Catalog ids are arbitrary: a hashtable direct map lets us reconstruct and remove by id.
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
-        ivf.cp.niter = 10  # type: ignore[attr-defined]
-        if spec.kind == "ivf_pq":
-            pq_index = faiss.downcast_index(ivf)
-            pq_index.pq.cp.niter = 10  # type: ignore[attr-defined]
-            pq_index.do_polysemous_training = False  # type: ignore[attr-defined]  # slow, and unused here
-    return index
-
-
-def _set_search_param(index: faiss.Index, tuning: Tuning) -> None:
-    if tuning.param == "nprobe":
-        try:
-            faiss.extract_index_ivf(index).nprobe = tuning.value
-        except RuntimeError:
-            faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", tuning.value)  # type: ignore[attr-defined]
-    elif tuning.param == "efSearch":
-        inner = index.index if hasattr(index, "id_map") else index  # type: ignore[attr-defined]
-        faiss.downcast_index(inner).hnsw.efSearch = tuning.value  # type: ignore[attr-defined]
-
-
-def _to_gpu(index: faiss.Index) -> faiss.Index:
-    resources = faiss.StandardGpuResources()  # type: ignore[attr-defined]
-    gpu_index: Any = faiss.index_cpu_to_gpu(resources, 0, index)  # type: ignore[attr-defined]
-    gpu_index._resources_ref = resources  # keep the resources alive as long as the index
-    return gpu_index
-
-
-def _stored_ids(index: faiss.Index) -> npt.NDArray[np.int64]:
-    if hasattr(index, "id_map"):
-        return faiss.vector_to_array(index.id_map).astype(np.int64)  # type: ignore[attr-defined]
-    lists: Any = faiss.extract_index_ivf(index).invlists
-    parts = []
-    for list_no in range(lists.nlist):
-        size = lists.list_size(list_no)
-        if size:
-            parts.append(faiss.rev_swig_ptr(lists.get_ids(list_no), size).copy())
-    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
-
-
 def _results(sims: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
     results = []
     for row_sims, row_ids in zip(sims, ids, strict=True):
         keep = row_ids >= 0
         results.append(SearchResult(row_ids[keep].astype(np.int64), row_sims[keep].astype(np.float32)))
     return results
-
-
-def _exact_topk(
-    queries: npt.NDArray[np.float32],
-    chunks: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
-    k: int,
-) -> npt.NDArray[np.int64]:
-    """Exact top-k ids of each query over streamed (ids, vectors) chunks."""
-    best_sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
-    for ids, vectors in chunks:
-        if len(ids) == 0:
-            continue
-        sims = queries @ np.ascontiguousarray(vectors, dtype=np.float32).T
-        all_sims = np.concatenate([best_sims, sims], axis=1)
-        all_ids = np.concatenate([best_ids, np.broadcast_to(ids, sims.shape)], axis=1)
-        top = np.argpartition(-all_sims, k - 1, axis=1)[:, :k]
-        best_sims = np.take_along_axis(all_sims, top, axis=1)
-        best_ids = np.take_along_axis(all_ids, top, axis=1)
-    return best_ids
-
-
-def _recall(found: Sequence[np.ndarray] | np.ndarray, truth: npt.NDArray[np.int64]) -> float:
-    hits = 0
-    total = 0
-    for row, expected in zip(found, truth, strict=True):
-        want = {int(i) for i in expected if i >= 0}
-        hits += len(want.intersection(int(i) for i in row[:RECALL_K] if i >= 0))
-        total += len(want)
-    return hits / total if total else 1.0
-
-
-def _saved_spec(path: Path) -> IndexSpec | None:
-    try:
-        return IndexSpec.from_dict(json.loads(_meta_path(path).read_text())["spec"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _file_digest(path: Path, *, keep: bool) -> tuple[str, bytes]:
-    if keep:
-        blob = path.read_bytes()
-        return hashlib.sha256(blob).hexdigest(), blob
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest(), b""
-
-
-def _meta_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -122,3 +122,13 @@ def test_a_stored_frame_is_the_frame_read_back() -> None:
     for frame in (0, 7):
         assert np.array_equal(load_stored_image(uri, frame).pixels, load_image(path, frame=frame).pixels)
         assert load_stored_image(uri, frame).metadata.frame_index == frame
+
+
+def test_every_member_uri_starts_with_the_archive_members_prefix(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "up load.zip", "w") as archive:
+        archive.writestr("a/ct.dcm", _ct())
+        archive.writestr("b.dcm", _ct())
+    prefix = SourceUri.members_prefix((tmp_path / "up load.zip").resolve())
+    uris = [item.uri for item in iter_source(tmp_path / "up load.zip")]
+    assert uris and all(uri.startswith(prefix) for uri in uris)
+    assert [uri.removeprefix(prefix) for uri in uris] == ["a/ct.dcm", "b.dcm"]
