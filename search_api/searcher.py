@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import base64
 import logging
-import math
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +16,10 @@ from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.errors import NotFoundError
 from indexer.governance.pseudonym import patient_reference
-from indexer.prediction.heads import (
-    LinearHead,
-    VoteCalibrationFile,
-    heads_stamp,
-    latest_head,
-    latest_vote_calibration,
-)
+from indexer.prediction.heads import heads_stamp, latest_head, latest_vote_calibration
 from indexer.storage.stored import UnreadableSourceUriError, load_stored_image, read_stored_if_present
 from search_api.mappers import case_out, case_summary, hit_out
+from search_api.predictions import Predictors, calibrated_vote, flag_uncertain, head_prediction, vote
 from search_api.schemas import (
     CaseList,
     CaseOut,
@@ -37,7 +28,6 @@ from search_api.schemas import (
     HealthOut,
     Hit,
     LabelCount,
-    LabelScore,
     Prediction,
     QueryInfo,
     SearchFilters,
@@ -50,149 +40,6 @@ log = logging.getLogger(__name__)
 QUERY_PREVIEW_SIDE = 512
 # With group_by, the index is asked for this many times more neighbours per round until k groups fill.
 GROUP_FETCH_FACTOR = 4
-
-
-# Without a `medcbir train-head` calibration: a query whose best cosine similarity to the archive is
-# below this is out of distribution (ImageNet-pretrained EfficientNet features: unrelated photographs and
-# noise reach ~0.2-0.3 against medical archives, near-duplicates > 0.9), and a top share below
-# DEFAULT_MIN_CONFIDENCE is low confidence. A calibration replaces both with values fitted on the archive.
-DEFAULT_OOD_SIMILARITY = 0.5
-DEFAULT_MIN_CONFIDENCE = 0.5
-
-
-def vote(neighbours: Sequence[tuple[float, Sequence[str]]]) -> Prediction:
-    """Similarity-weighted vote: each labeled neighbour casts its (non-negative) similarity, split over its labels."""
-    weights: dict[str, float] = defaultdict(float)
-    votes: dict[str, int] = defaultdict(int)
-    labeled = 0
-    for similarity, labels in neighbours:
-        if not labels:
-            continue
-        labeled += 1
-        share = max(float(similarity), 0.0) / len(labels)
-        for label in labels:
-            weights[label] += share
-            votes[label] += 1
-    total = sum(weights.values())
-    if labeled == 0:
-        return Prediction()
-    if total <= 0:  # every labeled neighbour is dissimilar: fall back to plain counts
-        weights = defaultdict(float, {label: float(n) for label, n in votes.items()})
-        total = sum(weights.values())
-    scores = sorted(
-        (LabelScore(label=label, score=w / total, votes=votes[label]) for label, w in weights.items()),
-        key=lambda s: (-s.score, s.label),
-    )
-    return Prediction(
-        label=scores[0].label, confidence=scores[0].score, scores=scores, labeled_neighbours=labeled
-    )
-
-
-def calibrated_vote(
-    neighbours: Sequence[tuple[float, Sequence[str]]], calibration: VoteCalibrationFile
-) -> Prediction:
-    """The tempered vote of `indexer.prediction.calibration`: weights exp((s_i - s_1) / T), mixed with eps/C.
-
-    A neighbour with several labels splits its weight over them; C counts the calibration's classes and
-    any other label among the neighbours, and every one of them is listed (the scores sum to 1). Only the
-    first `calibration.k` neighbours vote (the k it was fitted with), whatever k the search asked for.
-    """
-    labeled = [(float(s), list(labels)) for s, labels in neighbours[: calibration.k] if labels]
-    if not labeled:
-        return Prediction(method=_vote_method(calibration), calibrated=True)
-    top = max(s for s, _ in labeled)
-    weights: dict[str, float] = defaultdict(float)
-    votes: dict[str, int] = defaultdict(int)
-    for similarity, labels in labeled:
-        share = math.exp((similarity - top) / calibration.temperature) / len(labels)
-        for label in labels:
-            weights[label] += share
-            votes[label] += 1
-    classes = sorted(set(calibration.labels) | set(weights))
-    total = sum(weights.values())
-    eps = calibration.epsilon
-    scores = sorted(
-        (
-            LabelScore(
-                label=label,
-                score=(1.0 - eps) * weights.get(label, 0.0) / total + eps / len(classes),
-                votes=votes.get(label, 0),
-            )
-            for label in classes
-        ),
-        key=lambda s: (-s.score, s.label),
-    )
-    return Prediction(
-        label=scores[0].label,
-        confidence=scores[0].score,
-        scores=scores,
-        labeled_neighbours=len(labeled),
-        method=_vote_method(calibration),
-        calibrated=True,
-    )
-
-
-def _vote_method(calibration: VoteCalibrationFile) -> str:
-    return f"calibrated kNN vote (T={calibration.temperature:g}, eps={calibration.epsilon:g})"
-
-
-def head_prediction(head: LinearHead, vector: npt.NDArray[np.float32]) -> Prediction:
-    """The trained head's temperature-scaled softmax over its labels."""
-    probabilities = head.predict_proba(vector[None, :])[0]
-    scores = sorted(
-        (
-            LabelScore(label=label, score=float(p))
-            for label, p in zip(head.labels, probabilities, strict=True)
-        ),
-        key=lambda s: (-s.score, s.label),
-    )
-    return Prediction(
-        label=scores[0].label,
-        confidence=scores[0].score,
-        scores=scores,
-        method=f"linear head {head.version} (T={head.temperature:.3g})",
-        calibrated=True,
-    )
-
-
-def flag_uncertain(
-    prediction: Prediction, top_similarity: float | None, ood_similarity: float, min_confidence: float
-) -> Prediction:
-    """The prediction marked uncertain, with the reason, when it is out of distribution or low-confidence.
-
-    Out of distribution wins: a query below `ood_similarity` to every stored image gets no reliable
-    match however peaked the scores are.
-    """
-    reason: str | None = None
-    if top_similarity is None:
-        reason = "out_of_distribution: the index is empty"
-    elif top_similarity < ood_similarity:
-        reason = f"out_of_distribution: top similarity {top_similarity:.2f} < {ood_similarity:.2f}"
-    elif prediction.label is None:
-        reason = "no_labeled_neighbours"
-    elif prediction.confidence < min_confidence:
-        reason = f"low_confidence: {prediction.confidence:.2f} < {min_confidence:.2f}"
-    return prediction.model_copy(
-        update={"uncertain": reason is not None, "uncertain_reason": reason, "top_similarity": top_similarity}
-    )
-
-
-@dataclass(frozen=True)
-class Predictors:
-    """The serving encoder's newest trained head and vote calibration (either may be missing)."""
-
-    head: LinearHead | None = None
-    vote: VoteCalibrationFile | None = None
-
-    @property
-    def ood_similarity(self) -> float:
-        """The calibrated OOD threshold, or DEFAULT_OOD_SIMILARITY."""
-        return self.vote.ood_similarity if self.vote else DEFAULT_OOD_SIMILARITY
-
-    @property
-    def min_confidence(self) -> float:
-        """The calibrated low-confidence threshold, or DEFAULT_MIN_CONFIDENCE."""
-        return self.vote.min_confidence if self.vote else DEFAULT_MIN_CONFIDENCE
 
 
 def _group_key(row: Image, group_by: str | None) -> str:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from indexer.prediction.vote import one_hot_shares, vote_counts, vote_probabilities
+
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -69,25 +71,19 @@ def vote_scores(
 ) -> FloatArray:
     """(Q, C) vote shares of the first k neighbours, rows summing to 1 (0 where no neighbour).
 
-    Weighted: each neighbour casts max(similarity, 0), as the search API's prediction does; when all
-    of a query's similarities are <= 0 it falls back to plain counts. Unweighted: plain counts.
+    Weighted: the search API's uncalibrated vote (`indexer.prediction.vote`): each neighbour casts
+    max(similarity, 0), plain counts when all of a query's similarities are <= 0. Unweighted: counts.
     """
-    labels = np.atleast_2d(np.asarray(neighbor_labels))[:, :k]
-    sims = np.atleast_2d(np.asarray(neighbor_sims, dtype=np.float64))[:, :k]
-    valid = labels >= 0
-    counts = np.zeros((len(labels), n_classes), dtype=np.float64)
-    weights = np.zeros_like(counts)
-    rows = np.repeat(np.arange(len(labels)), labels.shape[1]).reshape(labels.shape)
-    np.add.at(counts, (rows[valid], labels[valid]), 1.0)
-    np.add.at(weights, (rows[valid], labels[valid]), np.clip(sims[valid], 0.0, None))
+    shares = one_hot_shares(neighbor_labels, n_classes)
+    sims = np.nan_to_num(np.atleast_2d(np.asarray(neighbor_sims, dtype=np.float64)))
     if weighted:
-        no_weight = weights.sum(axis=1) <= 0
-        weights[no_weight] = counts[no_weight]
-        scores = weights
+        scores = vote_probabilities(shares, sims, k)
     else:
-        scores = counts
-    totals = scores.sum(axis=1, keepdims=True)
-    result: FloatArray = np.divide(scores, totals, out=np.zeros_like(scores), where=totals > 0)
+        scores = vote_counts(shares, sims, k).astype(np.float64)
+        totals = scores.sum(axis=1, keepdims=True)
+        scores = np.divide(scores, totals, out=np.zeros_like(scores), where=totals > 0)
+    scores[shares[:, :k].sum(axis=(1, 2)) == 0] = 0.0
+    result: FloatArray = scores
     return result
 
 

@@ -1,8 +1,9 @@
 """Calibrated kNN-vote probabilities: a similarity temperature and a smoothing weight fitted on a val split.
 
-The product's vote gives each of the k neighbours the weight max(cosine, 0), so its shares are rarely
+The uncalibrated vote gives each of the k neighbours the weight max(cosine, 0), so its shares are rarely
 honest probabilities (ten neighbours of one class give 1.0). The calibrated vote weights neighbour i
-by exp((s_i - s_1) / T) and mixes in a uniform share:
+by exp((s_i - s_1) / T) and mixes in a uniform share (both votes: `indexer.prediction.vote`, the one
+implementation that fitting, evaluation and serving share):
 
     p_c = (1 - eps) * sum_{i: label_i = c} w_i / sum_i w_i + eps / C
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from indexer.evaluation.metrics import vote_scores
+from indexer.prediction.vote import one_hot_shares, vote_probabilities
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -44,21 +45,10 @@ def tempered_vote(
     temperature: float,
     epsilon: float = 0.0,
 ) -> FloatArray:
-    """(Q, C) probabilities of the tempered, smoothed vote of the first k neighbours (see module doc)."""
-    labels = np.atleast_2d(np.asarray(neighbor_labels))[:, :k]
-    sims = np.nan_to_num(np.atleast_2d(np.asarray(neighbor_sims, dtype=np.float64))[:, :k], nan=-np.inf)
-    valid = labels >= 0
-    top = np.where(valid, sims, -np.inf).max(axis=1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    weights = np.where(valid, np.exp((np.where(valid, sims, top) - top) / temperature), 0.0)
-    shares = np.zeros((len(labels), n_classes), dtype=np.float64)
-    rows = np.repeat(np.arange(len(labels)), labels.shape[1]).reshape(labels.shape)
-    np.add.at(shares, (rows[valid], labels[valid]), weights[valid])
-    totals = shares.sum(axis=1, keepdims=True)
-    uniform = np.full_like(shares, 1.0 / n_classes)
-    shares = np.divide(shares, totals, out=uniform.copy(), where=totals > 0)
-    result: FloatArray = (1.0 - epsilon) * shares + epsilon / n_classes
-    return result
+    """(Q, C) probabilities of the tempered vote of the first k single-label neighbours (indexer.prediction.vote)."""
+    return vote_probabilities(
+        one_hot_shares(neighbor_labels, n_classes), neighbor_sims, k, temperature=temperature, epsilon=epsilon
+    )
 
 
 def negative_log_likelihood(true: npt.ArrayLike, probabilities: FloatArray) -> float:
@@ -87,14 +77,5 @@ def fit_vote_calibration(
 def product_vote(
     neighbor_labels: npt.ArrayLike, neighbor_sims: npt.ArrayLike, n_classes: int, k: int
 ) -> FloatArray:
-    """The search API's uncalibrated vote shares (max(cosine, 0) weights), uniform where no neighbour."""
-    scores = vote_scores(
-        neighbor_labels,
-        np.nan_to_num(np.asarray(neighbor_sims, dtype=np.float64)),
-        n_classes,
-        k,
-        weighted=True,
-    )
-    empty = scores.sum(axis=1) == 0
-    scores[empty] = 1.0 / n_classes
-    return scores
+    """The search API's uncalibrated vote (max(cosine, 0) weights), uniform where no neighbour is labeled."""
+    return vote_probabilities(one_hot_shares(neighbor_labels, n_classes), neighbor_sims, k)

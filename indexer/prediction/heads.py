@@ -21,13 +21,8 @@ from sqlalchemy import select
 from indexer.catalog import Case, Catalog, Diagnosis, Image
 from indexer.errors import IndexerError
 from indexer.evaluation.metrics import expected_calibration_error
-from indexer.prediction.calibration import (
-    EPSILONS,
-    TEMPERATURES,
-    negative_log_likelihood,
-    product_vote,
-    tempered_vote,
-)
+from indexer.prediction.calibration import EPSILONS, TEMPERATURES, negative_log_likelihood
+from indexer.prediction.vote import label_set_shares, vote_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +150,27 @@ class LabeledEmbeddings:
     labels: list[str]
     multi_label_images: int
     left_out_classes: dict[str, int]
+    label_sets: list[tuple[str, ...]] = field(default_factory=list)  # every image's labels, multi-label too
+
+    @property
+    def vote_columns(self) -> list[str]:
+        """The vote's class list: the fitted classes, then every other label of a stored image, sorted."""
+        others = {label for labels in self.label_sets for label in labels} - set(self.labels)
+        return list(self.labels) + sorted(others)
+
+    def neighbour_shares(self, positions: npt.NDArray[np.int64]) -> FloatArray:
+        """(Q, k, C) vote shares over `vote_columns` of the neighbours at these positions (-1: none).
+
+        A neighbour votes with all of its labels, as it does when the search API serves the vote.
+        """
+        columns = self.vote_columns
+        per_image = label_set_shares([self.label_sets], columns)[0] if self.label_sets else None
+        if per_image is None:
+            per_image = np.zeros((len(self.ids), len(columns)), dtype=np.float64)
+        shares = per_image[np.clip(positions, 0, None)]
+        shares[positions < 0] = 0.0
+        result: FloatArray = shares
+        return result
 
 
 def load_labeled_embeddings(catalog: Catalog, encoder: str, min_class_images: int = 2) -> LabeledEmbeddings:
@@ -188,11 +204,13 @@ def load_labeled_embeddings(catalog: Catalog, encoder: str, min_class_images: in
             labels_of[int(case_id)].append(str(label))
     groups: list[str] = []
     single: list[str | None] = []
+    label_sets: list[tuple[str, ...]] = []
     multi = 0
     for image_id in ids:
         case_id, patient_ref = case_of[int(image_id)]
         groups.append(f"patient:{patient_ref}" if patient_ref else f"case:{case_id}")
         case_labels = labels_of.get(case_id, [])
+        label_sets.append(tuple(case_labels))
         if len(case_labels) > 1:
             multi += 1
         single.append(case_labels[0] if len(case_labels) == 1 else None)
@@ -211,6 +229,7 @@ def load_labeled_embeddings(catalog: Catalog, encoder: str, min_class_images: in
         labels=kept,
         multi_label_images=multi,
         left_out_classes={label: n for label, n in sorted(counts.items()) if n < min_class_images},
+        label_sets=label_sets,
     )
 
 
@@ -404,12 +423,16 @@ def _top_neighbours(
 
 def fit_vote_by_ece(
     true: npt.NDArray[np.int64],
-    neighbor_labels: npt.NDArray[np.int64],
+    neighbour_shares: FloatArray,
     neighbor_sims: FloatArray,
     n_classes: int,
     k: int,
 ) -> tuple[float, float]:
     """The (T, eps) of the calibration grids with the lowest ECE + 0.1 * NLL on these (fit) queries.
+
+    `neighbour_shares` is (Q, k, C) over the vote's columns, the first `n_classes` the fitted classes:
+    the probabilities are the served vote's (`indexer.prediction.vote`), multi-label neighbours and
+    labels outside the fitted classes included.
 
     NLL alone lets the few queries of rare classes (no neighbour of their class: p = eps / C) push eps up
     until every confidence is flattened; on the imbalanced COVID-19 collection that made the held-out ECE
@@ -419,8 +442,8 @@ def fit_vote_by_ece(
     best: tuple[float, float, float] | None = None
     for temperature in TEMPERATURES:
         for epsilon in EPSILONS:
-            probabilities = tempered_vote(
-                neighbor_labels, neighbor_sims, n_classes, k, temperature=temperature, epsilon=epsilon
+            probabilities = vote_probabilities(
+                neighbour_shares, neighbor_sims, k, temperature=temperature, epsilon=epsilon, fixed=n_classes
             )
             loss = expected_calibration_error(true, probabilities) + 0.1 * negative_log_likelihood(
                 true, probabilities
@@ -457,7 +480,7 @@ def fit_vote(
     if len(finite_top1) == 0:
         raise HeadError("every stored image belongs to one patient: no leave-one-patient-out neighbours")
     ood = float(np.quantile(finite_top1, OOD_QUANTILE))
-    neighbour_classes = np.where(positions >= 0, data.classes[np.clip(positions, 0, None)], -1)
+    neighbour_shares = data.neighbour_shares(positions)
     true = data.classes[queries]
     usable = true >= 0
     card: dict[str, Any] = {
@@ -473,13 +496,18 @@ def fit_vote(
         holdout = grouped_split(q_groups, true[usable], holdout_fraction, seed)
         fit_part = ~holdout
         if holdout.any() and fit_part.any():
-            labels_u, sims_u, true_u = neighbour_classes[usable], sims[usable], true[usable]
+            shares_u, sims_u, true_u = neighbour_shares[usable], sims[usable], true[usable]
             temperature, epsilon = fit_vote_by_ece(
-                true_u[fit_part], labels_u[fit_part], sims_u[fit_part], n_classes, k
+                true_u[fit_part], shares_u[fit_part], sims_u[fit_part], n_classes, k
             )
-            before = product_vote(labels_u[holdout], sims_u[holdout], n_classes, k)
-            after = tempered_vote(
-                labels_u[holdout], sims_u[holdout], n_classes, k, temperature=temperature, epsilon=epsilon
+            before = vote_probabilities(shares_u[holdout], sims_u[holdout], k, fixed=n_classes)
+            after = vote_probabilities(
+                shares_u[holdout],
+                sims_u[holdout],
+                k,
+                temperature=temperature,
+                epsilon=epsilon,
+                fixed=n_classes,
             )
             card.update(
                 n_fit=int(fit_part.sum()),

@@ -134,8 +134,8 @@ def test_search_by_archived_image_is_not_out_of_distribution(labeled, api) -> No
 
 
 def test_flag_uncertain_reasons() -> None:
+    from search_api.predictions import flag_uncertain
     from search_api.schemas import LabelScore, Prediction
-    from search_api.searcher import flag_uncertain
 
     low = Prediction(label="a", confidence=0.4, scores=[LabelScore(label="a", score=0.4)])
     assert flag_uncertain(low, 0.9, 0.6, 0.5).uncertain_reason == "low_confidence: 0.40 < 0.50"

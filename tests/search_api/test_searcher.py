@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from imaging import load_image
-from search_api.searcher import Searcher, vote
+from search_api.predictions import vote
+from search_api.searcher import Searcher
 from tests.helpers import dicom_testfile
 
 
