@@ -17,8 +17,8 @@ from indexer.evaluation.datasets import DatasetError, load_catalog_dataset
 from indexer.ingest.local import ingest_path
 from indexer.ingest.manifest import ManifestColumns, load_manifest
 from indexer.settings import IndexerSettings
-from tests.evaluation.conftest import SHARED_DATASETS
 from tests.helpers import ThumbnailEncoder
+from tests.indexer.evaluation.conftest import SHARED_DATASETS
 
 COVID = SHARED_DATASETS / "covid-chestxray"
 # The subsample: X-rays of these findings, at most this many patients each (several images per patient).
@@ -116,7 +116,7 @@ def test_catalog_images_inside_archives_are_re_read(tmp_path: Path, kind: str) -
     import tarfile
     import zipfile
 
-    from tests.evaluation.conftest import write_png
+    from tests.indexer.evaluation.conftest import write_png
 
     folder = tmp_path / "pngs"
     rows = []

@@ -19,7 +19,7 @@ from indexer.evaluation.datasets import (
     load_npz_dataset,
     normalise_split,
 )
-from tests.evaluation.conftest import SHARED_DATASETS, make_npz, write_png
+from tests.indexer.evaluation.conftest import SHARED_DATASETS, make_npz, write_png
 
 
 def test_folder_per_class(class_folders: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-SHARED_DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+SHARED_DATASETS = Path(__file__).resolve().parents[3].parent / "shared" / "datasets"
 
 
 def write_png(path: Path, value: int, size: int = 16, seed: int = 0) -> None:

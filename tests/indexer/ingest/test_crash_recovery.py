@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def test_killed_ingest_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
-    script = Path(__file__).resolve().parents[2] / "scripts" / "crash_ingest.py"
+    script = Path(__file__).resolve().parents[3] / "scripts" / "crash_ingest.py"
     result = subprocess.run(
         [sys.executable, str(script), "--files", "40", "--kills", "3", "--seed", "7",
          "--min-delay", "3", "--max-delay", "8", "--workdir", str(tmp_path)],

@@ -13,8 +13,8 @@ from indexer.catalog import Case, Catalog, Image
 from indexer.ingest.reindex import reindex_catalog
 from indexer.settings import IndexerSettings
 from indexer.vectors.index import VectorIndex
-from tests.evaluation.conftest import write_png
 from tests.helpers import ThumbnailEncoder
+from tests.indexer.evaluation.conftest import write_png
 
 
 class MeanColourEncoder:

@@ -15,7 +15,7 @@ from embeddings.training import with_input_size
 from embeddings.training.finetune import FinetuneConfig, proxy_nca_loss, supcon_loss
 from embeddings.types import EmbeddingsError
 from indexer.cli import app
-from tests.evaluation.conftest import make_npz
+from tests.indexer.evaluation.conftest import make_npz
 
 
 def test_supcon_prefers_clustered_embeddings() -> None:
