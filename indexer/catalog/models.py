@@ -15,6 +15,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    func,
     or_,
     select,
 )
@@ -31,6 +32,12 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# SQLite reuses the highest rowid after a delete unless a table says AUTOINCREMENT: a deleted case's id
+# (and its image ids, which are FAISS ids) would come back for the next case, with the old case's
+# history and audit rows. PostgreSQL sequences never go back. Migration 0005 rebuilds older tables.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class Base(DeclarativeBase):
     """Declarative base of the catalog schema."""
 
@@ -39,6 +46,7 @@ class Case(Base):
     """A case: one patient encounter (a study, or a manifest row), with its report and diagnoses."""
 
     __tablename__ = "cases"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     case_key: Mapped[str] = mapped_column(String(256), unique=True)
@@ -62,7 +70,7 @@ class Diagnosis(Base):
     """One diagnosis label of a case (a case may carry several)."""
 
     __tablename__ = "diagnoses"
-    __table_args__ = (UniqueConstraint("case_id", "label"),)
+    __table_args__ = (UniqueConstraint("case_id", "label"), NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
@@ -81,6 +89,7 @@ class Image(Base):
         Index("ix_images_encoder_modality", "encoder", "modality"),
         UniqueConstraint("sha256", "frame_index", name="uq_images_sha256_frame"),
         Index("ix_images_sop_frame", "sop_instance_uid", "frame_index"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -128,7 +137,10 @@ class ImageEmbedding(Base):
     """
 
     __tablename__ = "image_embeddings"
-    __table_args__ = (UniqueConstraint("image_id", "encoder", name="uq_image_embeddings_image_encoder"),)
+    __table_args__ = (
+        UniqueConstraint("image_id", "encoder", name="uq_image_embeddings_image_encoder"),
+        NEVER_REUSE_IDS,
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
@@ -147,6 +159,7 @@ class IngestFailure(Base):
     """A file that could not be ingested, with the reason; the run went on without it."""
 
     __tablename__ = "ingest_failures"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     source_uri: Mapped[str] = mapped_column(Text)
@@ -160,6 +173,7 @@ class User(Base):
     """A person or service account of the API; passwords are stored only as argon2 hashes."""
 
     __tablename__ = "users"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
@@ -168,12 +182,20 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(default=False)
     service: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+    # Bumped by every password change; a token carries the generation it was issued in, so tokens
+    # issued before the change are refused.
+    token_generation: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+# `alice` and `Alice` are one person: names are unique whatever their case (migration 0004).
+Index("uq_users_username_lower", func.lower(User.username), unique=True)
 
 
 class ApiKey(Base):
     """A service account's API key, stored as the sha256 of the key (the key is shown once)."""
 
     __tablename__ = "api_keys"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -187,6 +209,7 @@ class AuditEvent(Base):
     """One audited action (allowed or denied): append-only, never updated or deleted."""
 
     __tablename__ = "audit_events"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(default=_utcnow, index=True)
@@ -214,6 +237,7 @@ class CaseEdit(Base):
     """One change to a case's report or diagnosis (or a confirmed/corrected prediction), kept after deletion."""
 
     __tablename__ = "case_edits"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     case_id: Mapped[int] = mapped_column(index=True)

@@ -12,6 +12,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from indexer.catalog import ApiKey, Catalog, RevokedToken, User
 from indexer.errors import IndexerError
@@ -47,10 +48,19 @@ class Account:
     disabled: bool
     service: bool
     created_at: datetime
+    token_generation: int = 0  # tokens carry it; a password change bumps it, refusing older tokens
 
     @classmethod
     def of(cls, user: User) -> Account:
-        return cls(user.id, user.username, user.role, user.disabled, user.service, user.created_at)
+        return cls(
+            user.id,
+            user.username,
+            user.role,
+            user.disabled,
+            user.service,
+            user.created_at,
+            user.token_generation or 0,
+        )
 
 
 def hash_password(password: str) -> str:
@@ -70,8 +80,13 @@ def check_password_strength(password: str) -> None:
         raise AccountError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
 
 
+def _named(username: str) -> ColumnElement[bool]:
+    # Usernames are unique whatever their case (migration 0004), and found whatever their case.
+    return func.lower(User.username) == username.lower()
+
+
 def _user(session: Session, username: str) -> User:
-    user = session.scalars(select(User).where(User.username == username)).first()
+    user = session.scalars(select(User).where(_named(username))).first()
     if user is None:
         raise UnknownAccountError(f"no user named {username!r}; see `medcbir users list`")
     return user
@@ -89,8 +104,12 @@ def create_user(
             raise AccountError("a user needs a password (service accounts use API keys instead)")
         check_password_strength(password)
     with catalog.session() as session:
-        if session.scalars(select(User.id).where(User.username == username)).first() is not None:
-            raise AccountConflictError(f"a user named {username!r} already exists")
+        taken = session.scalars(select(User.username).where(_named(username))).first()
+        if taken is not None:
+            raise AccountConflictError(
+                f"a user named {taken!r} already exists (usernames are unique whatever their case); "
+                "choose another name"
+            )
         user = User(
             username=username,
             password_hash=hash_password(password) if password is not None else None,
@@ -106,7 +125,7 @@ def create_user(
 def authenticate(catalog: Catalog, username: str, password: str) -> Account | None:
     """The active user with this username and password, or None (same cost whether the user exists)."""
     with catalog.session() as session:
-        user = session.scalars(select(User).where(User.username == username)).first()
+        user = session.scalars(select(User).where(_named(username))).first()
         stored = user.password_hash if user is not None and user.password_hash else _DUMMY_HASH
         try:
             _HASHER.verify(stored, password)
@@ -122,7 +141,7 @@ def authenticate(catalog: Catalog, username: str, password: str) -> Account | No
 def get_account(catalog: Catalog, username: str) -> Account | None:
     """The user, or None."""
     with catalog.session() as session:
-        user = session.scalars(select(User).where(User.username == username)).first()
+        user = session.scalars(select(User).where(_named(username))).first()
         return Account.of(user) if user is not None else None
 
 
@@ -165,10 +184,13 @@ def set_role(catalog: Catalog, username: str, role: str) -> Account:
 
 
 def set_password(catalog: Catalog, username: str, password: str) -> None:
-    """Replace a user's password."""
+    """Replace a user's password; every token issued before is refused from now on."""
     check_password_strength(password)
+    password_hash = hash_password(password)
     with catalog.session() as session:
-        _user(session, username).password_hash = hash_password(password)
+        user = _user(session, username)
+        user.password_hash = password_hash
+        user.token_generation = (user.token_generation or 0) + 1
 
 
 def _key_hash(key: str) -> str:
