@@ -1,7 +1,7 @@
 """Image decoding for medcbir: bytes (DICOM, PNG, JPEG) in, display-ready float32 RGB pixels out."""
 
 from imaging.fingerprint import pixel_digest, thumbnail_signature
-from imaging.load import count_frames, iter_frames, load_image
+from imaging.load import count_frames, iter_frames, load_image, read_dicom
 from imaging.render import render_png
 from imaging.settings import ImagingSettings
 from imaging.sniff import sniff_format
@@ -33,6 +33,7 @@ __all__ = [
     "list_window_presets",
     "load_image",
     "pixel_digest",
+    "read_dicom",
     "render_png",
     "sniff_format",
     "thumbnail_signature",

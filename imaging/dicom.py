@@ -154,6 +154,14 @@ def read_dicom_header(source: bytes | str, *, max_pixels: int) -> Dataset:
         ) from exc
 
 
+def read_dicom_dataset(data: bytes, *, max_pixels: int) -> Dataset:
+    """The whole data set, pixel data still encoded, read exactly as the decoder reads it: a file
+    without preamble or File Meta is read with force, and the encoding pydicom found is recorded as
+    its File Meta Transfer Syntax UID. Raises CorruptImageError or ImageTooLargeError (deflate bombs)."""
+    _silence_pydicom()
+    return _read_dataset(data, max_pixels)
+
+
 def _read_header(data: bytes, *, max_pixels: int) -> _Header:
     _silence_pydicom()
     ds = _read_dataset(data, max_pixels)

@@ -1,4 +1,4 @@
-"""The front door: `load_image`, `iter_frames` and `count_frames` sniff the bytes and pick the decoder.
+"""The front door: `load_image`, `iter_frames`, `count_frames` and `read_dicom` sniff the bytes and pick the decoder.
 
 Multi-frame and volume policy: `load_image` returns one representative frame, the middle one
 (frames // 2, a volume's central slice, a cine loop's mid-point), unless `frame=` names another;
@@ -12,11 +12,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imaging.settings import ImagingSettings
 from imaging.sniff import sniff_format
-from imaging.types import DecodedImage
+from imaging.types import DecodedImage, UnsupportedFormatError
 from imaging.windows import WindowSpec, parse_window
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 _SNIFF_BYTES = 65536
 
@@ -97,6 +101,22 @@ def count_frames(source: str | os.PathLike[str] | bytes) -> int:
 
     target = source if isinstance(source, bytes) else os.fspath(source)
     return count_dicom_frames(read_dicom_header(target, max_pixels=_limit(None)))
+
+
+def read_dicom(source: str | os.PathLike[str] | bytes, *, max_pixels: int | None = None) -> Dataset:
+    """A DICOM file's whole data set (pixel data not decoded), read the way `load_image` reads it:
+    with or without preamble and File Meta, the Transfer Syntax UID always set. For callers that
+    re-write the object (de-identified export). Raises UnsupportedFormatError for non-DICOM bytes,
+    CorruptImageError or ImageTooLargeError."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    fmt = sniff_format(data)
+    if fmt != "dicom":
+        raise UnsupportedFormatError(
+            f"The bytes are {fmt}, not DICOM: only a DICOM file has a data set to read."
+        )
+    from imaging.dicom import read_dicom_dataset
+
+    return read_dicom_dataset(data, max_pixels=_limit(max_pixels))
 
 
 def _limit(max_pixels: int | None) -> int:

@@ -6,10 +6,14 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.request import url2pathname
 
-from imaging import DecodedImage, WindowSpec, load_image
+from imaging import DecodedImage, WindowSpec, load_image, read_dicom
 from indexer.errors import IndexerError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 FILE_SCHEME = "file"
 # Separates an archive file's uri from the member's name inside it: `file:///data/a.zip!/study/ct.dcm`.
@@ -177,3 +181,12 @@ def load_stored_image(
     Raises what read_stored and imaging.load_image raise.
     """
     return load_image(read_stored(uri), max_pixels=max_pixels, frame=frame_index, window=window)
+
+
+def load_stored_dataset(uri: str | SourceUri, *, max_pixels: int | None = None) -> Dataset:
+    """A stored DICOM source's whole data set read back as the ingest read it (imaging.read_dicom:
+    with or without preamble and File Meta, the Transfer Syntax UID set); pixel data left encoded.
+
+    Raises what read_stored and imaging.read_dicom raise.
+    """
+    return read_dicom(read_stored(uri), max_pixels=max_pixels)
