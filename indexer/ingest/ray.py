@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import pickle
 import tarfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,30 +19,16 @@ import numpy.typing as npt
 from sqlalchemy import select
 from tqdm import tqdm
 
-from embeddings import EmbeddingsError, ImageEncoder, create_encoder
-from imaging import DecodedImage, ImageMetadata, UnsupportedFormatError
+from imaging import DecodedImage, ImageMetadata
 from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.errors import IndexerError
-from indexer.extras import MissingExtraError, extra_hint, require_extra
-from indexer.ingest.local import (
-    _SAVE_EVERY_BATCHES,
-    FramePolicy,
-    Ingestor,
-    IngestReport,
-    _Decoded,
-    decode_for_ingest,
-)
+from indexer.extras import extra_hint
+from indexer.ingest.local import _SAVE_EVERY_BATCHES, FramePolicy, Ingestor, IngestReport, _Decoded
 from indexer.ingest.manifest import Manifest
-from indexer.settings import IndexerSettings
-from indexer.storage.sources import (
-    SourceItem,
-    UnsafeSourceError,
-    count_items,
-    iter_folder,
-    iter_source,
-    looks_like_image,
-)
+from indexer.ingest.ray_cluster import RayClusterError, RayNotInstalledError, ensure_ray, import_ray
+from indexer.ingest.ray_tasks import _COLUMNS, EmbedRows, EncoderFactory, decode_rows, encoder_factory
+from indexer.storage.sources import SourceItem, UnsafeSourceError, count_items, iter_folder, iter_source
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +38,6 @@ RAY_HINT = extra_hint("ray")
 DEFAULT_WINDOW_BYTES = 512 * 1024**2
 EMBED_ACTOR_MEMORY = 1024**3
 _NO_PIXELS = np.zeros((0, 0, 3), dtype=np.float32)
-
-EncoderFactory = Callable[[], ImageEncoder]
-
-
-class RayNotInstalledError(MissingExtraError):
-    """`--engine ray` was asked for but Ray Data is not installed."""
-
-
-def import_ray() -> ModuleType:
-    """The `ray` module with Ray Data loaded, or an error naming the extra to install."""
-    needed_for = "--engine ray needs Ray Data"
-    ray = require_extra("ray", "ray", needed_for=needed_for, error=RayNotInstalledError)
-    require_extra("ray.data", "ray", needed_for=needed_for, error=RayNotInstalledError)
-    return ray
-
-
-class RayClusterError(IndexerError):
-    """The Ray cluster named by --address cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -83,148 +49,6 @@ class RayOptions:
     batch_size: int | None = None
     decode_batch: int = 8
     window_bytes: int = DEFAULT_WINDOW_BYTES
-
-
-def encoder_factory(settings: IndexerSettings, batch_size: int | None = None) -> EncoderFactory:
-    """A picklable recipe that builds, on each actor, the encoder the settings name."""
-    return partial(
-        create_encoder,
-        settings.encoder,
-        device=settings.device,
-        checkpoint=settings.checkpoint,
-        batch_size=batch_size or settings.batch_size,
-    )
-
-
-# ---------------------------------------------------------------- worker side (Ray tasks and actors)
-
-_COLUMNS = ("uri", "relative", "sha256", "status", "payload", "vector", "last")
-
-
-def _empty_columns() -> dict[str, list[Any]]:
-    return {name: [] for name in _COLUMNS}
-
-
-def _add(
-    out: dict[str, list[Any]],
-    uri: str,
-    relative: str,
-    sha256: str,
-    status: str,
-    payload: bytes = b"",
-    last: bool = True,
-) -> None:
-    for name, value in zip(_COLUMNS, (uri, relative, sha256, status, payload, b"", last), strict=True):
-        out[name].append(value)
-
-
-def _to_batch(out: dict[str, list[Any]]) -> dict[str, npt.NDArray[Any]]:
-    batch: dict[str, npt.NDArray[Any]] = {}
-    for name, values in out.items():
-        column = np.empty(len(values), dtype=bool if name == "last" else object)
-        column[:] = values
-        batch[name] = column
-    return batch
-
-
-def decode_rows(
-    batch: dict[str, npt.NDArray[Any]],
-    *,
-    stored: frozenset[bytes],
-    max_pixels: int | None,
-    frames: FramePolicy,
-) -> dict[str, npt.NDArray[Any]]:
-    """Ray task: read (folder files) and hash each file, skip stored content, decode the rest.
-
-    One output row per frame, or one per file that is stored, failed or not an image; `last`
-    marks a file's final row so the driver counts files, not frames.
-    """
-    out = _empty_columns()
-    for uri, relative, path, data in zip(
-        batch["uri"], batch["relative"], batch["path"], batch["data"], strict=True
-    ):
-        uri, relative = str(uri), str(relative)
-        if path:
-            try:
-                data = Path(str(path)).read_bytes()
-            except OSError as exc:
-                _add(out, uri, relative, "", "failed", pickle.dumps(exc))
-                continue
-        data = bytes(data)
-        digest = hashlib.sha256(data)
-        sha = digest.hexdigest()
-        if digest.digest() in stored:
-            _add(out, uri, relative, sha, "stored")
-            continue
-        result = decode_for_ingest(data, max_pixels, frames)
-        if isinstance(result, BaseException):
-            item = SourceItem(uri, relative, reader=bytes)
-            not_image = isinstance(result, UnsupportedFormatError) and not (
-                item.expected_image or looks_like_image(data[:132])
-            )
-            _add(out, uri, relative, sha, "not_image" if not_image else "failed", _pickle_error(result))
-        elif not result:
-            _add(out, uri, relative, sha, "empty")
-        else:
-            for i, frame in enumerate(result):
-                _add(out, uri, relative, sha, "decoded", pickle.dumps(frame), last=i == len(result) - 1)
-    return _to_batch(out)
-
-
-def _pickle_error(error: BaseException) -> bytes:
-    try:
-        return pickle.dumps(error)
-    except Exception:  # an exception that cannot cross processes keeps its type name and message
-        return pickle.dumps(RuntimeError(f"{type(error).__name__}: {error}"))
-
-
-class EmbedRows:
-    """Ray actor: builds the encoder once, then embeds the decoded rows of each batch it is given."""
-
-    def __init__(self, factory: EncoderFactory, encoder_name: str) -> None:
-        self.encoder = factory()
-        if self.encoder.name != encoder_name:
-            raise IndexerError(
-                f"the Ray actors built encoder {self.encoder.name!r} but the archive's index is for "
-                f"{encoder_name!r}: install the same package and weights on every node"
-            )
-
-    def __call__(self, batch: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
-        """Replace each decoded row's pixels by its vector (pixels never travel back to the driver)."""
-        status = batch["status"].copy()
-        payload = batch["payload"].copy()
-        vector = np.empty(len(status), dtype=object)
-        vector[:] = [b""] * len(status)
-        rows = [i for i, s in enumerate(status) if s == "decoded"]
-        frames: list[tuple[DecodedImage, bytes, str]] = [pickle.loads(payload[i]) for i in rows]
-        results = self._embed([image.pixels for image, _, _ in frames])
-        for i, (image, thumbnail, pixel_digest), result in zip(rows, frames, results, strict=True):
-            if isinstance(result, BaseException):
-                status[i], payload[i] = "failed", _pickle_error(result)
-            else:
-                status[i] = "embedded"
-                payload[i] = pickle.dumps((image.metadata, thumbnail, pixel_digest))
-                vector[i] = np.asarray(result, dtype=np.float32).tobytes()
-        return {**batch, "status": status, "payload": payload, "vector": vector}
-
-    def _embed(self, images: list[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32] | BaseException]:
-        """Embed a batch; when it fails, embed one by one so only the bad image fails (as the local engine)."""
-        if not images:
-            return []
-        try:
-            return list(self.encoder.embed(images))
-        except EmbeddingsError:
-            log.warning("a batch of %d images failed to embed; retrying one by one", len(images))
-        results: list[npt.NDArray[np.float32] | BaseException] = []
-        for image in images:
-            try:
-                results.append(self.encoder.embed([image])[0])
-            except EmbeddingsError as exc:
-                results.append(exc)
-        return results
-
-
-# ---------------------------------------------------------------- driver side
 
 
 def _is_packed(root: Path) -> bool:
@@ -286,7 +110,7 @@ class RayIngestor:
     def run(self, root: Path, *, progress: bool = True) -> IngestReport:
         """Ingest every file under root (folder, zip or tar, or one file); a re-run is a no-op."""
         ray = import_ray()
-        started_here = _ensure_ray(ray, self.options.address)
+        started_here = ensure_ray(ray, self.options.address)
         try:
             return self._run(ray, root, progress)
         finally:
@@ -480,36 +304,6 @@ def _metadata(value: object) -> ImageMetadata:
             "a Ray worker returned unexpected metadata: run the same medcbir version on every node"
         )
     return value
-
-
-def _ensure_ray(ray: ModuleType, address: str | None) -> bool:
-    """Connect to the given cluster, or start a quiet local Ray on this machine's cores; True when started here."""
-    if address and address.startswith("ray://"):
-        # Ray Data's executor needs a driver inside the cluster (tried with Ray 2.60: it fails over Ray Client)
-        raise RayClusterError(
-            f"--engine ray cannot drive Ray Data over Ray Client ({address}): run `medcbir index ... "
-            "--engine ray --address auto` on the head node (or submit it there with `ray job submit`)"
-        )
-    if ray.is_initialized():
-        return False
-    quiet: dict[str, Any] = {
-        "include_dashboard": False,
-        "logging_level": logging.WARNING,
-        "log_to_driver": False,
-    }
-    if address:
-        try:
-            ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
-        except ConnectionError as exc:
-            raise RayClusterError(
-                f"cannot join the Ray cluster at {address}: is `ray start --head` running there? A cluster "
-                "with token authentication also needs RAY_AUTH_MODE=token and its token on this machine "
-                "(or use --address auto on a cluster node)"
-            ) from exc
-    else:
-        # "local": never join a cluster that `ray start` left registered on this machine
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, **quiet)
-    return True
 
 
 def ingest_path_ray(
