@@ -21,3 +21,7 @@ class EncoderMismatchError(IndexerError):
 
 class NotFoundError(IndexerError, LookupError):
     """The requested case or image does not exist."""
+
+
+class HeadError(IndexerError):
+    """A prediction head or vote calibration cannot be trained from what the catalog holds."""

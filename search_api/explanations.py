@@ -19,7 +19,8 @@ from embeddings.explain import feature_box, grad_cam_of_features, similarity_map
 from imaging import load_image
 from imaging.overlay import encode_png, overlay_heatmap, side_by_side
 from indexer.archive import Archive
-from indexer.prediction.heads import LinearHead, latest_head
+from indexer.prediction.heads import LinearHead
+from indexer.prediction.versions import latest_head
 from indexer.storage.stored import read_stored_if_present
 from search_api.searcher import NotFoundError
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from indexer.prediction.heads import LinearHead, VoteCalibrationFile
+from indexer.prediction.heads import LinearHead
 from indexer.prediction.vote import LabelVote, vote_labels
+from indexer.prediction.vote_fit import VoteCalibrationFile
 from search_api.schemas import LabelScore, Prediction
 
 # Without a `medcbir train-head` calibration: a query whose best cosine similarity to the archive is

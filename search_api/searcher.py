@@ -16,7 +16,7 @@ from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.errors import NotFoundError
 from indexer.governance.pseudonym import patient_reference
-from indexer.prediction.heads import heads_stamp, latest_head, latest_vote_calibration
+from indexer.prediction.versions import heads_stamp, latest_head, latest_vote_calibration
 from indexer.storage.stored import UnreadableSourceUriError, load_stored_image, read_stored_if_present
 from search_api.mappers import case_out, case_summary, hit_out
 from search_api.predictions import Predictors, calibrated_vote, flag_uncertain, head_prediction, vote

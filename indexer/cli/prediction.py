@@ -264,7 +264,7 @@ def train_head(
     import json
 
     from embeddings import EmbeddingsError, create_encoder
-    from indexer.prediction.heads import train_predictors
+    from indexer.prediction.versions import train_predictors
 
     settings = settings_from(data_dir, encoder, checkpoint)
     try:

@@ -23,7 +23,7 @@ from indexer.governance.accounts import create_user
 from indexer.governance.audit import audit_records
 from indexer.ingest.local import ingest_path
 from indexer.ingest.manifest import ManifestColumns, load_manifest
-from indexer.prediction.heads import train_predictors
+from indexer.prediction.versions import train_predictors
 from indexer.settings import IndexerSettings
 from search_api.app import create_app
 from search_api.explanations import Explainer, QueryStore

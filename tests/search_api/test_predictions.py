@@ -155,7 +155,7 @@ def test_calibration_on_real_brain_mri(tmp_path: Path, real_encoder) -> None:  #
     from indexer.archive import Archive
     from indexer.ingest.local import ingest_path
     from indexer.ingest.manifest import ManifestColumns, load_manifest
-    from indexer.prediction.heads import train_predictors
+    from indexer.prediction.versions import train_predictors
     from indexer.settings import IndexerSettings
     from search_api.searcher import Searcher
 

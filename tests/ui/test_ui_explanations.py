@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from indexer.governance.accounts import create_user
-from indexer.prediction.heads import train_predictors
+from indexer.prediction.versions import train_predictors
 from search_api.app import create_app
 from tests.helpers import serve_app
 from tests.search_api.test_explanations import build_explained_archive

@@ -7,17 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.prediction.heads import (
-    HeadError,
-    LinearHead,
-    fit_vote,
-    grouped_split,
-    latest_head,
-    latest_vote_calibration,
-    load_labeled_embeddings,
-    train_head,
-    train_predictors,
-)
+from indexer.errors import HeadError
+from indexer.prediction.heads import LinearHead, train_head
+from indexer.prediction.labeled import grouped_split, load_labeled_embeddings
+from indexer.prediction.versions import latest_head, latest_vote_calibration, train_predictors
+from indexer.prediction.vote_fit import fit_vote
 from tests.prediction_archive import CLASSES, build_labeled_archive
 
 

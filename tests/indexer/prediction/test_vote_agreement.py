@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.prediction.heads import LabeledEmbeddings, VoteCalibrationFile, _top_neighbours
+from indexer.prediction.labeled import LabeledEmbeddings, top_neighbours
 from indexer.prediction.vote import vote_probabilities
+from indexer.prediction.vote_fit import VoteCalibrationFile
 from search_api.predictions import calibrated_vote, vote
 
 K = 10
@@ -48,7 +49,7 @@ def test_fitting_and_serving_give_identical_calibrated_probabilities(
 ) -> None:
     data = _archive()
     queries = np.arange(len(data.ids))
-    positions, sims = _top_neighbours(data, queries, K)
+    positions, sims = top_neighbours(data, queries, K)
     shares = data.neighbour_shares(positions)
     # What train-head computes for its fit and hold-out queries (heads.fit_vote / fit_vote_by_ece):
     fitted = vote_probabilities(
@@ -88,7 +89,7 @@ def test_fitting_and_serving_give_identical_calibrated_probabilities(
 def test_fitting_and_serving_give_identical_uncalibrated_votes() -> None:
     data = _archive(seed=1)
     queries = np.arange(len(data.ids))
-    positions, sims = _top_neighbours(data, queries, K)
+    positions, sims = top_neighbours(data, queries, K)
     before = vote_probabilities(data.neighbour_shares(positions), sims, K, fixed=len(data.labels))
     columns = data.vote_columns
     for q in queries:
