@@ -1,5 +1,6 @@
 """The catalog, the source of truth: tables (models) and the Catalog repository that queries them."""
 
+from indexer.catalog.generation import CatalogGeneration
 from indexer.catalog.models import (
     ApiKey,
     AuditEvent,
@@ -23,6 +24,7 @@ __all__ = [
     "Case",
     "CaseEdit",
     "Catalog",
+    "CatalogGeneration",
     "CatalogStats",
     "Diagnosis",
     "Image",

@@ -23,6 +23,7 @@ from sqlalchemy.orm import (
 )
 
 from indexer.catalog.case_rows import CaseRows
+from indexer.catalog.generation import sqlite_reuses_ids
 from indexer.catalog.models import (
     Base,
     Case,
@@ -81,8 +82,13 @@ class Catalog(StoredVectors, CaseRows):
         self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
         if url.startswith("sqlite"):
             _configure_sqlite(self.engine)
-        Base.metadata.create_all(self.engine)
+        Base.metadata.create_all(self.engine)  # with the generation counter's triggers (generation.py)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        with self.engine.connect() as connection:
+            if sqlite_reuses_ids(connection):
+                log.warning(
+                    "this catalog reuses the ids of deleted cases and images: run `medcbir db upgrade`"
+                )
 
     @contextmanager
     def session(self) -> Iterator[Session]:

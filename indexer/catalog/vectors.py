@@ -6,9 +6,10 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from indexer.catalog.generation import CatalogGeneration
 from indexer.catalog.models import Image, ImageEmbedding, has_vector_from
 from indexer.errors import IndexCorruptError
 
@@ -100,6 +101,29 @@ class StoredVectors:
                     )
                 ).scalar()
         return None if own is None else np.frombuffer(own, dtype=np.float32)
+
+    def generation(self) -> int:
+        """How many vector rows were ever inserted, deleted or changed (any writer, any encoder)."""
+        with self._sessions() as session:
+            value = session.scalar(select(CatalogGeneration.generation).where(CatalogGeneration.id == 1))
+        return int(value or 0)
+
+    def vector_count(self, encoder: str) -> int:
+        """How many images have a vector from `encoder` (what a complete index of it holds)."""
+        with self._sessions() as session:
+            return int(session.scalar(select(func.count(Image.id)).where(has_vector_from(encoder))) or 0)
+
+    def ids_with_vector(self, ids: npt.NDArray[np.int64], *, encoder: str) -> npt.NDArray[np.int64]:
+        """The subset of ids that (still) have a vector from `encoder`, sorted."""
+        wanted = [int(i) for i in ids]
+        found: list[int] = []
+        with self._sessions() as session:
+            for start in range(0, len(wanted), 1000):
+                chunk = wanted[start : start + 1000]
+                found.extend(
+                    session.scalars(select(Image.id).where(Image.id.in_(chunk), has_vector_from(encoder)))
+                )
+        return np.unique(np.asarray(found, dtype=np.int64))
 
     def vector_ids(self, encoder: str) -> set[int]:
         """Ids of images that already have a vector from `encoder` (row or image_embeddings)."""
