@@ -18,6 +18,7 @@ from indexer.cases import CaseIngestError, DuplicateImageError
 from indexer.errors import ManifestError, NotFoundError
 from indexer.governance.accounts import AccountConflictError, AccountError, UnknownAccountError
 from indexer.ingest.uploads import UploadError
+from indexer.vectors.kinds import TooFewVectorsError
 from search_api.explanations import ExplanationUnavailableError, NoHeadError, UnknownLabelError
 from search_api.schemas import ErrorOut
 from search_api.windows import InvalidWindowError
@@ -43,6 +44,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     ManifestError: 422,
     InvalidWindowError: 422,
     UnknownLabelError: 422,
+    TooFewVectorsError: 422,
 }
 
 # The error answers every route may give, for the OpenAPI document.

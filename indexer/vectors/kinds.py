@@ -34,12 +34,17 @@ HNSW_EF_CONSTRUCTION = 80
 HNSW_QUANTIZER_MIN_LISTS = 8192
 TRAIN_POINTS_PER_LIST = 40
 PQ_M_CANDIDATES = (64, 48, 32, 16, 8)
+PQ_CODEBOOK_SIZE = 256  # 8-bit codes: each sub-quantizer learns 256 centroids
 _ID_OVERHEAD = 16  # id map and reverse map, bytes per vector
 _IVF_OVERHEAD = 24  # list id, direct-map hashtable entry
 
 
 class IndexBudgetError(IndexerError, ValueError):
     """No index kind fits the memory budget; raise the budget (bytes) or shard the archive."""
+
+
+class TooFewVectorsError(IndexerError, ValueError):
+    """An IVF kind was asked for with fewer vectors than its training needs; use flat or hnsw."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,13 @@ def spec_for_kind(kind: str, n_vectors: int, dim: int, reason: str = "asked for"
             reason=reason,
         )
     nlist = ivf_lists(n_vectors)
+    # k-means needs at least one training vector per list (and PQ 256 per 8-bit codebook)
+    needed = max(nlist, PQ_CODEBOOK_SIZE) if kind == "ivf_pq" else nlist
+    if 0 < n_vectors < needed:
+        raise TooFewVectorsError(
+            f"{kind} needs at least {needed} vectors to train, the archive has {n_vectors}; "
+            "use the flat or hnsw kind (or auto)"
+        )
     train = min(n_vectors, TRAIN_POINTS_PER_LIST * nlist)
     if kind == "ivf_flat":
         per = 4 * dim + _IVF_OVERHEAD

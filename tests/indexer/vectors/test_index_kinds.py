@@ -8,6 +8,7 @@ from indexer.vectors.kinds import (
     INDEX_KINDS,
     IndexBudgetError,
     IndexSpec,
+    TooFewVectorsError,
     choose_index_kind,
     ivf_lists,
     spec_for_kind,
@@ -62,3 +63,12 @@ def test_spec_roundtrips_through_the_sidecar_form() -> None:
         assert IndexSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match="unknown index kind"):
         spec_for_kind("annoy", 10, 8)
+
+
+@pytest.mark.parametrize(("kind", "needed"), [("ivf_flat", 16), ("ivf_sq8", 16), ("ivf_pq", 256)])
+def test_ivf_kinds_refuse_archives_too_small_to_train_them(kind: str, needed: int) -> None:
+    """Asking for an IVF index over 3 vectors is the caller's mistake (a 422, not a FAISS crash)."""
+    with pytest.raises(TooFewVectorsError, match=f"at least {needed} vectors.*use the flat or hnsw"):
+        spec_for_kind(kind, 3, 64)
+    assert spec_for_kind(kind, needed, 64).kind == kind
+    assert spec_for_kind("flat", 3, 64).kind == "flat"
