@@ -12,15 +12,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from indexer.archive import Archive
 from indexer.cases import CaseManager
-from indexer.governance.accounts import list_accounts
+from indexer.governance.accounts import limit_password_hashing, list_accounts
 from indexer.governance.pseudonym import load_or_create_key
 from indexer.settings import IndexerSettings
 from search_api.access import check_route_access
 from search_api.errors import install_error_handlers
 from search_api.explanations import Explainer
+from search_api.log_redaction import install_log_redaction
 from search_api.routes import ROUTERS
 from search_api.searcher import Searcher
 from search_api.security import LoginLimiter, SecurityMiddleware, is_loopback
@@ -70,6 +72,8 @@ def create_app(
 ) -> FastAPI:
     """Build the app; the archive (catalog, encoder, index) is opened once, at startup."""
     limits = api_settings or ApiSettings()
+    install_log_redaction()
+    limit_password_hashing(limits.password_hash_concurrency)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -106,6 +110,8 @@ def create_app(
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
+    if limits.trusted_proxies:  # outermost: the client every other layer sees is the resolved one
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=limits.trusted_proxies)
     for router in ROUTERS:
         app.include_router(router)
     install_error_handlers(app)

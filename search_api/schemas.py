@@ -232,10 +232,19 @@ class HealthOut(BaseModel):
     )
 
 
+class ValidationProblem(BaseModel):
+    """One rejected part of a request: where (loc), what is wrong (msg), pydantic's error type; never the value."""
+
+    loc: list[str]
+    msg: str
+    type: str | None = None
+
+
 class ErrorOut(BaseModel):
-    """Every 4xx/5xx body: what went wrong and what to do."""
+    """Every 4xx/5xx body: what went wrong and what to do (422s list each rejected part too)."""
 
     detail: str
+    errors: list[ValidationProblem] | None = None
 
 
 # -- accounts, case management and audit -----------------------------------------------------------

@@ -62,6 +62,7 @@ def issue_token(secret: bytes, account: Account, minutes: int, now: datetime | N
         "nbf": int(issued.timestamp()),
         "exp": int((issued + timedelta(minutes=minutes)).timestamp()),
         "jti": secrets.token_hex(8),
+        "gen": account.token_generation,  # a password change bumps the account's: older tokens fail
     }
     return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
 
@@ -243,6 +244,10 @@ class SecurityMiddleware:
             account = get_account(catalog, claims["sub"])
             if account is None or account.disabled:
                 raise AuthError("the account of this token is unknown or disabled")
+            if claims.get("gen", 0) != account.token_generation:
+                raise AuthError(
+                    "the password changed after this token was issued; sign in again (POST /token)"
+                )
             return Principal(account.username, account.role, "token", claims["jti"], int(claims["exp"]))
         if api_key:
             account = account_for_api_key(catalog, api_key.strip())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ApiSettings(BaseSettings):
@@ -31,3 +33,15 @@ class ApiSettings(BaseSettings):
     # POST /admin/ingest answers when the whole archive is ingested (synchronously): this caps the upload
     # so one request stays a few minutes at most; bigger archives go through `medcbir index`.
     max_ingest_bytes: int = 2 * 1024**3
+    # Addresses (or CIDR networks) of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are
+    # believed, comma-separated. Empty: none, so the login limiter and the audit see the real peer.
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    # argon2 costs 64 MiB and a core per hash: at most this many sign-ins are checked at once.
+    password_hash_concurrency: int = Field(default=2, ge=1)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

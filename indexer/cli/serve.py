@@ -9,7 +9,7 @@ import sys
 import time
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,6 +20,13 @@ from indexer.settings import IndexerSettings
 # The API and the UI are higher layers: they are started by import string or script path, never
 # imported here (see the import-linter layers contract).
 API_FACTORY = "search_api.app:create_app"
+
+
+def uvicorn_options(host: str, port: int) -> dict[str, Any]:
+    """How the API is run by uvicorn. uvicorn believes X-Forwarded-For from loopback by default, which
+    lets anyone on the host forge the client the login limiter and the audit see; it never does here:
+    the app believes only the proxies of MEDCBIR_API_TRUSTED_PROXIES (none by default)."""
+    return {"factory": True, "host": host, "port": port, "proxy_headers": False, "forwarded_allow_ips": ""}
 
 
 def api_env(settings: IndexerSettings) -> dict[str, str]:
@@ -51,7 +58,7 @@ def serve(
     settings = settings_from(data_dir, encoder, checkpoint)
     os.environ.update(api_env(settings))
     os.environ["MEDCBIR_API_HOST"] = host  # the API refuses non-loopback hosts without authentication
-    uvicorn.run(API_FACTORY, factory=True, host=host, port=port)
+    uvicorn.run(API_FACTORY, **uvicorn_options(host, port))
 
 
 def _ui_script() -> Path:
@@ -144,10 +151,9 @@ def demo(
         # honours on loopback only (it refuses to start with it on any other address).
         env["MEDCBIR_API_AUTH_DISABLED"] = "1"
         typer.secho("no user accounts: demo API in development mode (loopback only, no sign-in)", fg="yellow")
-    api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", API_FACTORY, "--factory", "--host", host, "--port", str(api_port)],
-        env=env,
-    )
+    # --no-proxy-headers as in uvicorn_options: only the app decides whom to believe.
+    command = [sys.executable, "-m", "uvicorn", API_FACTORY, "--factory", "--no-proxy-headers"]
+    api = subprocess.Popen([*command, "--host", host, "--port", str(api_port)], env=env)
     ui_process: subprocess.Popen[bytes] | None = None
     try:
         _wait_for_api(api_url, api)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,6 +27,11 @@ _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
 # Verified against when the user does not exist, so a wrong username costs as long as a wrong password.
 _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+# Each argon2 hash or check takes 64 MiB and a core for ~0.1 s: at most this many run at once in the
+# process, whoever asks (logins of known and unknown users alike, new users, password changes).
+DEFAULT_CONCURRENT_HASHES = 2
+HASH_WAIT_S = 30.0
+_hash_slots = threading.BoundedSemaphore(DEFAULT_CONCURRENT_HASHES)
 
 
 class AccountError(IndexerError):
@@ -36,6 +44,10 @@ class UnknownAccountError(AccountError):
 
 class AccountConflictError(AccountError):
     """The operation clashes with an existing account (name taken, last active admin)."""
+
+
+class PasswordHashingBusyError(AccountError):
+    """Every password hashing slot stayed busy for HASH_WAIT_S (a flood of sign-ins)."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +75,39 @@ class Account:
         )
 
 
+def limit_password_hashing(concurrent: int) -> None:
+    """Let at most `concurrent` argon2 hashes or checks run at once in this process (from now on)."""
+    global _hash_slots
+    if concurrent < 1:
+        raise AccountError("the number of concurrent password hashes must be at least 1")
+    _hash_slots = threading.BoundedSemaphore(concurrent)
+
+
+@contextmanager
+def _hashing_slot() -> Iterator[None]:
+    slots = _hash_slots  # the one acquired is the one released, even if the limit changes meanwhile
+    if not slots.acquire(timeout=HASH_WAIT_S):
+        raise PasswordHashingBusyError(
+            "too many sign-ins are being checked at once; try again in a few seconds"
+        )
+    try:
+        yield
+    finally:
+        slots.release()
+
+
 def hash_password(password: str) -> str:
-    """An argon2id hash of the password (salted, self-describing)."""
-    return _HASHER.hash(password)
+    """An argon2id hash of the password (salted, self-describing), within the process's hashing cap."""
+    with _hashing_slot():
+        return _HASHER.hash(password)
+
+
+def _password_matches(stored: str, password: str) -> bool:
+    with _hashing_slot():
+        try:
+            return bool(_HASHER.verify(stored, password))
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
 
 
 def _check_role(role: str) -> str:
@@ -103,6 +145,7 @@ def create_user(
         if password is None:
             raise AccountError("a user needs a password (service accounts use API keys instead)")
         check_password_strength(password)
+    password_hash = hash_password(password) if password is not None else None  # outside the session
     with catalog.session() as session:
         taken = session.scalars(select(User.username).where(_named(username))).first()
         if taken is not None:
@@ -112,7 +155,7 @@ def create_user(
             )
         user = User(
             username=username,
-            password_hash=hash_password(password) if password is not None else None,
+            password_hash=password_hash,
             role=role,
             service=service,
             disabled=False,
@@ -123,19 +166,22 @@ def create_user(
 
 
 def authenticate(catalog: Catalog, username: str, password: str) -> Account | None:
-    """The active user with this username and password, or None (same cost whether the user exists)."""
+    """The active user with this username and password, or None (same cost whether the user exists).
+
+    The hash is checked outside any database session, within the process's hashing cap."""
     with catalog.session() as session:
         user = session.scalars(select(User).where(_named(username))).first()
         stored = user.password_hash if user is not None and user.password_hash else _DUMMY_HASH
-        try:
-            _HASHER.verify(stored, password)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return None
-        if user is None or user.disabled or user.password_hash is None:
-            return None
-        if _HASHER.check_needs_rehash(user.password_hash):
-            user.password_hash = hash_password(password)
-        return Account.of(user)
+        user_id = user.id if user is not None and user.password_hash else None
+    if not _password_matches(stored, password) or user_id is None:
+        return None
+    with catalog.session() as session:
+        found = session.get(User, user_id)
+        if found is None or found.disabled or found.password_hash != stored:
+            return None  # deleted, disabled or given a new password meanwhile
+        if _HASHER.check_needs_rehash(stored):
+            found.password_hash = hash_password(password)
+        return Account.of(found)
 
 
 def get_account(catalog: Catalog, username: str) -> Account | None:

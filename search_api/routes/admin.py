@@ -15,11 +15,11 @@ from indexer.ingest.manifest import ManifestColumns, load_manifest
 from indexer.ingest.uploads import ingest_upload, keep_upload, rebuild_archive_index, upload_dir
 from search_api.access import ADMIN, allow
 from search_api.deps import ApiSettingsDep, AuditDep, CatalogDep, SearcherDep, read_upload
-from search_api.errors import CONFLICT_RESPONSES, ERROR_RESPONSES
+from search_api.errors import CONFLICT_RESPONSES, ERROR_RESPONSES, StrictJsonRoute
 from search_api.mappers import audit_event_out, ingest_out, rebuild_out, user_out
 from search_api.schemas import AuditPage, IngestOut, RebuildOut, UserCreate, UserOut, UserUpdate
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 
 @router.get(

@@ -20,17 +20,17 @@ from search_api.deps import (
     LoginLimiterDep,
     PrincipalDep,
 )
-from search_api.errors import ERROR_RESPONSES
+from search_api.errors import ERROR_RESPONSES, StrictJsonRoute
 from search_api.schemas import ErrorOut, LogoutOut, MeOut, TokenOut
 from search_api.security import issue_token
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 
 @router.post(
     "/token",
     response_model=TokenOut,
-    responses={401: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+    responses={401: {"model": ErrorOut}, 422: {"model": ErrorOut}, 429: {"model": ErrorOut}},
     dependencies=[allow(PUBLIC, "login")],
 )
 async def login(

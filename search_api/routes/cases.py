@@ -18,11 +18,11 @@ from search_api.deps import (
     SearcherDep,
     read_upload,
 )
-from search_api.errors import CONFLICT_RESPONSES, ERROR_RESPONSES
+from search_api.errors import CONFLICT_RESPONSES, ERROR_RESPONSES, StrictJsonRoute
 from search_api.mappers import case_edit_out, redact_case, split_label_field
 from search_api.schemas import CaseEditOut, CaseList, CaseOut, CaseUpdate
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 
 @router.get(

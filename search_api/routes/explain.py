@@ -8,11 +8,11 @@ from starlette.concurrency import run_in_threadpool
 
 from search_api.access import RADIOLOGY, allow
 from search_api.deps import AuditDep, ExplainerDep, ExplainLabel, ExplainSide, PrincipalDep, QueryId, RowId
-from search_api.errors import PNG_RESPONSES
+from search_api.errors import PNG_RESPONSES, StrictJsonRoute
 from search_api.explanations import Explanation
 from search_api.schemas import ErrorOut
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 _EXPLAIN = {**PNG_RESPONSES, 409: {"model": ErrorOut}}
 

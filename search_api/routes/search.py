@@ -23,11 +23,11 @@ from search_api.deps import (
     form_window,
     read_upload,
 )
-from search_api.errors import ERROR_RESPONSES, PNG_RESPONSES
+from search_api.errors import ERROR_RESPONSES, PNG_RESPONSES, StrictJsonRoute
 from search_api.mappers import redact
 from search_api.schemas import FilterOptions, HealthOut, SearchResponse
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 
 @router.get("/health", response_model=HealthOut, dependencies=[allow(PUBLIC, None)])
