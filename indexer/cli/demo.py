@@ -1,19 +1,34 @@
-"""The embedded demo archive: real images that installed packages ship, de-duplicated by pixels."""
+"""The embedded demo archive: labeled chest X-rays/CT with reports, plus real DICOM that packages ship."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from imaging import ImagingError, load_image, thumbnail_signature
+from imaging import DecodedImage, ImagingError, load_image, thumbnail_signature
 from indexer.extras import MissingExtraError, require_extra
+from indexer.ingest.manifest import ManifestColumns
 
 log = logging.getLogger(__name__)
+
+# The labeled part: a licence-documented subset of the COVID-19 image data collection (see its LICENSE.md),
+# built by scripts/make_demo_subset.py; its manifest carries diagnoses, reports and patients.
+LABELED = Path(__file__).with_name("demo_archive")
+LABELED_FOLDER = "covid-chestxray"
+# DICOM objects a radiologist reads; secondary captures (test patterns, a photograph), segmentations
+# and dose grids are left out, and so are stubs smaller than MIN_SIDE pixels.
+READ_MODALITIES = frozenset({"CR", "CT", "DX", "MG", "MR", "NM", "PT", "US", "XA"})
+MIN_SIDE = 64
+BUILD_RECORD = ".demo-build.json"
+DEMO_COLUMNS = ManifestColumns(path="filename", patient="patient", report="report", diagnosis="finding")
+BUILD_VERSION = 2
 
 # Two images are the same picture when their 32x32 grey signatures differ by less than this
 # (mean absolute difference in [0, 1] units): lossy and lossless copies of one image fall well under it.
@@ -77,18 +92,85 @@ def _preference(meta_ts: str | None, name: str) -> tuple[int, str]:
     return (1 if compressed else 0, name)
 
 
+def demo_manifest(target: Path) -> Path:
+    """The labeled part's manifest inside a built demo archive (filename, patient, finding, report, ...)."""
+    return target / LABELED_FOLDER / "manifest.csv"
+
+
+def _copy_labeled(target: Path) -> list[Path]:
+    destination = target / LABELED_FOLDER
+    written = []
+    for source in sorted(LABELED.rglob("*")):
+        if source.is_file():
+            copy = destination / source.relative_to(LABELED)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            if not copy.exists():
+                shutil.copyfile(source, copy)
+            if source.suffix.lower() in (".jpg", ".jpeg", ".png"):
+                written.append(copy)
+    return written
+
+
+def _recorded_build(target: Path) -> list[Path] | None:
+    """The files of an earlier build of this demo version, when every one of them is still there."""
+    try:
+        record = json.loads((target / BUILD_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("version") != BUILD_VERSION:
+        return None
+    files = [target / str(name) for name in record.get("files", [])]
+    return files if files and all(f.is_file() for f in files) else None
+
+
 def build_demo_archive(target: Path) -> list[Path]:
-    """Copy the decodable, pixel-distinct demo images into target; returns the files written."""
+    """Copy the labeled subset and the readable, pixel-distinct DICOM demo images into target.
+
+    A second call finds the first build's record and decodes nothing. Returns the image files.
+    """
+    recorded = _recorded_build(target)
+    if recorded is not None:
+        log.info("demo archive: %d images already built in %s", len(recorded), target)
+        return recorded
+    labeled = _copy_labeled(target)
+    written = _copy_dicom(target)
+    files = labeled + written
+    target.mkdir(parents=True, exist_ok=True)
+    (target / BUILD_RECORD).write_text(
+        json.dumps({"version": BUILD_VERSION, "files": [f.relative_to(target).as_posix() for f in files]})
+    )
+    return files
+
+
+def _quiet_decode(path: Path) -> DecodedImage:
+    """Decode one candidate with the decoders' own warnings and log lines silenced (failures are counted)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        previous = logging.root.manager.disable
+        logging.disable(logging.CRITICAL)
+        try:
+            return load_image(path)
+        finally:
+            logging.disable(previous)
+
+
+def _copy_dicom(target: Path) -> list[Path]:
     candidates = _pydicom_candidates() + _skimage_candidates(target.parent / "demo-source")
     decoded: list[tuple[tuple[int, str], DemoFile, npt.NDArray[np.float32], tuple[int, int], str | None]] = []
-    rejected = 0
+    rejected = left_out = 0
     for candidate in candidates:
         try:
-            image = load_image(candidate.path)
+            image = _quiet_decode(candidate.path)
         except (ImagingError, OSError):
             rejected += 1
             continue
         meta = image.metadata
+        is_dicom = candidate.group != "skimage"
+        if min(meta.rows or 0, meta.columns or 0) < MIN_SIDE or (
+            is_dicom and (meta.modality or "") not in READ_MODALITIES
+        ):
+            left_out += 1
+            continue
         decoded.append(
             (
                 _preference(meta.transfer_syntax_uid, candidate.relative),
@@ -120,9 +202,12 @@ def build_demo_archive(target: Path) -> list[Path]:
             shutil.copyfile(candidate.path, destination)
         written.append(destination)
     log.info(
-        "demo archive: %d candidates, %d not decodable here, %d duplicates (pixels or SOP UID) dropped, %d kept in %s",
+        "demo archive: %d DICOM/picture candidates: %d not decodable here (expected: codec test files), "
+        "%d left out (stubs < %d px, secondary captures, SEG, RTDOSE), %d duplicates dropped, %d kept in %s",
         len(candidates),
         rejected,
+        left_out,
+        MIN_SIDE,
         len(decoded) - len(kept),
         len(kept),
         target,

@@ -27,6 +27,8 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:  # which SIMD build faiss picked is noise outside --verbose
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def fail(message: str) -> typer.Exit:

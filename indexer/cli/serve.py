@@ -127,17 +127,19 @@ def demo(
 ) -> None:
     """Build and index the embedded demo archive (or --data), then serve the API and the UI."""
     setup_logging()
-    from indexer.cli.demo import build_demo_archive
+    from indexer.cli.demo import DEMO_COLUMNS, build_demo_archive, demo_manifest
     from indexer.ingest.local import ingest_path
     from indexer.ingest.manifest import ManifestColumns, load_manifest
 
     settings = settings_from(data_dir)
     root = data
+    columns = ManifestColumns()
     if root is None:
         root = settings.data_dir / "demo-archive"
         files = build_demo_archive(root)
         typer.echo(f"demo archive: {len(files)} distinct images in {root}")
-    loaded = load_manifest(manifest, ManifestColumns()) if manifest is not None else None
+        manifest, columns = demo_manifest(root), DEMO_COLUMNS
+    loaded = load_manifest(manifest, columns) if manifest is not None else None
     with opened_archive(settings) as archive:
         report = ingest_path(archive, root, loaded)
     typer.echo(f"indexed {report.indexed}, already indexed {report.already_indexed}, failed {report.failed}")
