@@ -59,7 +59,7 @@ def test_migration_0005_rebuilds_old_tables_keeping_rows_keys_and_triggers(tmp_p
             "AUTOINCREMENT"
             not in c.execute(sa.text("SELECT sql FROM sqlite_master WHERE name='cases'")).scalar()
         )
-    assert upgrade_database(engine)[1] == "0005"
+    assert upgrade_database(engine, "0005")[1] == "0005"
     with engine.begin() as c:
         for table in ("cases", "images", "diagnoses", "audit_events", "case_edits", "users"):
             sql = c.execute(sa.text("SELECT sql FROM sqlite_master WHERE name=:t"), {"t": table}).scalar()
