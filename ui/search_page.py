@@ -132,12 +132,19 @@ def cached_explanation(key: str, fetch: Callable[[], bytes]) -> bytes:
 
 
 def save_query_section(client: ApiClient, name: str, data: bytes, result: SearchResponse) -> None:
-    """Confirm or correct the predicted diagnosis and keep the query as a new case."""
-    predicted = result.prediction.label or ""
+    """Confirm or correct the predicted diagnosis and keep the query as a new case.
+
+    An uncertain prediction never pre-fills the diagnosis (nor is it recorded as the one confirmed).
+    """
+    trusted = not result.prediction.uncertain
+    predicted = (result.prediction.label or "") if trusted else ""
     with st.expander("Save this query as a new case"), st.form("save_query"):
-        labels = st.text_input(
-            "Diagnosis (confirm or correct; ; between labels)", predicted, key="save_labels"
+        prompt = (
+            "Diagnosis (confirm or correct; ; between labels)"
+            if predicted
+            else "Diagnosis (; between labels)"
         )
+        labels = st.text_input(prompt, predicted, key="save_labels")
         report = st.text_area("Report", "", key="save_report", height=100)
         if st.form_submit_button("Save as a new case"):
             try:

@@ -299,10 +299,16 @@ def render_prediction(prediction: Prediction, labels: PredictionLabels = VOTE_LA
         st.info("No labeled neighbours: the retrieved cases carry no diagnosis to vote on.")
         return
     if warning:
+        # No big label for an unreliable prediction: the reason, then the vote greyed out below.
         st.warning(warning)
-    st.metric(labels.label, prediction.label)
-    st.metric(labels.confidence, f"{prediction.confidence:.1%}")
-    st.progress(min(max(prediction.confidence, 0.0), 1.0))
+        st.caption(
+            f"Leaning {prediction.label} ({prediction.confidence:.1%}), not shown as a prediction: "
+            "read the neighbours instead."
+        )
+    else:
+        st.metric(labels.label, prediction.label)
+        st.metric(labels.confidence, f"{prediction.confidence:.1%}")
+        st.progress(min(max(prediction.confidence, 0.0), 1.0))
     over = f" over {prediction.labeled_neighbours} labeled neighbour(s)" if labels is VOTE_LABELS else ""
     calibrated = " Probabilities calibrated on held-out patients." if prediction.calibrated else ""
     st.caption(f"{prediction.method}{over};{calibrated} a retrieval aid, not a diagnosis.")
@@ -321,7 +327,9 @@ def render_prediction(prediction: Prediction, labels: PredictionLabels = VOTE_LA
                 x=alt.X("score:Q", title=labels.axis, scale=alt.Scale(domain=[0, 1])),
                 y=alt.Y("label:N", sort="-x", title=None),
                 color=alt.condition(
-                    alt.datum.label == prediction.label, alt.value("#1f6feb"), alt.value("#9db7d5")
+                    alt.datum.label == prediction.label,
+                    alt.value("#9a9a9a" if warning else "#1f6feb"),
+                    alt.value("#d0d0d0" if warning else "#9db7d5"),
                 ),
                 tooltip=["label", alt.Tooltip("score:Q", format=".3f"), "votes"],
             )
