@@ -60,8 +60,15 @@ def sidebar_filters(options_modality: list[str], body_parts: list[str], labels: 
     exclude = st.checkbox(
         "Exclude the query's own patient",
         key="exclude_patient",
-        help="Leaves out images whose pseudonymous patient reference matches the query's PatientID.",
+        help="Leaves out the query patient's images: the patient comes from the field below, the DICOM "
+        "PatientID, or stored images with the same file or pixels. The answer says when it could not apply.",
     )
+    if exclude:
+        st.text_input(
+            "Query's patient (uploads without a PatientID)",
+            key="patient_ref",
+            help="The patient's ID or its P-... reference; sent with the search and never stored.",
+        )
     return SearchFilters(
         k=int(k),
         modality=None if modality in (None, ANY_MODALITY) else modality,
@@ -73,10 +80,16 @@ def sidebar_filters(options_modality: list[str], body_parts: list[str], labels: 
     )
 
 
-def _case_label(case: CaseSummary) -> str:
+def case_label(case: CaseSummary) -> str:
+    """A case named as a reader would: modality, body part, study description, diagnosis and a short id."""
     labels = ", ".join(case.diagnosis) if case.diagnosis else "no diagnosis"
-    kinds = "/".join(case.modalities) or "?"
-    return f"{case.case_key} · {kinds} · {labels}"
+    parts = ["/".join(case.modalities) or "?"]
+    if case.body_parts:
+        parts.append("/".join(p.title() for p in case.body_parts))
+    if case.study_description:
+        parts.append(case.study_description[:40])
+    parts.append(labels)
+    return f"#{case.case_id} · " + " · ".join(parts)
 
 
 def pick_archived_image(client: ApiClient) -> int | None:
@@ -101,7 +114,7 @@ def pick_archived_image(client: ApiClient) -> int | None:
     case_id = st.selectbox(
         f"Case ({listing.total:,} in the archive)",
         list(by_id),
-        format_func=lambda cid: _case_label(by_id[cid]),
+        format_func=lambda cid: case_label(by_id[cid]),
         key="archive_case",
     )
     case = by_id[case_id]
@@ -118,6 +131,20 @@ def cached_search(key: str, run: object) -> SearchResponse:
         st.session_state["search_key"], st.session_state["search_result"] = key, result
     result_: SearchResponse = st.session_state["search_result"]
     return result_
+
+
+def render_exclusion(result: SearchResponse) -> None:
+    """Say whether the query's own patient was left out; a requested exclusion that failed is a warning."""
+    exclusion = result.exclusion
+    if not exclusion.requested:
+        return
+    if not exclusion.applied:
+        st.warning(f"The query's own patient was NOT excluded: {exclusion.reason}")
+        return
+    how = ", ".join(s.replace("_", " ") for s in exclusion.sources)
+    st.caption(f"Own patient excluded: {exclusion.excluded_images} stored images left out (found by {how}).")
+    if exclusion.reason:
+        st.info(exclusion.reason)
 
 
 def cached_explanation(key: str, fetch: Callable[[], bytes]) -> bytes:
@@ -200,9 +227,14 @@ def main() -> None:
                 if upload is not None:
                     data = upload.getvalue()
                     digest = hashlib.sha256(data).hexdigest()
+                    patient = (
+                        str(st.session_state.get("patient_ref") or "") if filters.exclude_patient else ""
+                    )
                     result = cached_search(
-                        f"upload:{digest}:{upload.name}:{filters_key}",
-                        lambda: client.search(data, upload.name, filters=filters),
+                        f"upload:{digest}:{upload.name}:{filters_key}:{hashlib.sha256(patient.encode()).hexdigest()}",
+                        lambda: client.search(
+                            data, upload.name, filters=filters, patient_ref=patient or None
+                        ),
                     )
                 else:
                     assert image_id is not None
@@ -242,6 +274,7 @@ def main() -> None:
                     presets=presets,
                 )
         with right:
+            render_exclusion(result)
             render_predictions(result.prediction, result.head_prediction)
             query_id, query_image_id = result.query_id, result.query.image_id
             render_head_gradcam(

@@ -50,3 +50,19 @@ def test_uncertain_prediction_does_not_prefill_the_saved_diagnosis() -> None:
     assert at.text_input(key="save_labels").value == ""
     trusted = AppTest.from_function(_save_app, kwargs={"uncertain": False}).run(timeout=60)
     assert trusted.text_input(key="save_labels").value == "pneumonia"
+
+
+def test_cases_are_named_by_what_a_reader_sees_not_by_hash() -> None:
+    from search_api.schemas import CaseSummary
+    from ui.search_page import case_label
+
+    case = CaseSummary(
+        case_id=42,
+        case_key="file:3f2a9c0d1e4b5a6978877665",
+        diagnosis=["Pneumonia"],
+        modalities=["CR"],
+        body_parts=["CHEST"],
+        study_description="Chest PA",
+    )
+    assert case_label(case) == "#42 · CR · Chest · Chest PA · Pneumonia"
+    assert "3f2a9c" not in case_label(case)
