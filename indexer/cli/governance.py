@@ -171,7 +171,7 @@ def export(
     ] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Export archived DICOM images de-identified (names, ids, dates, UIDs, institutions, private tags)."""
+    """Export archived DICOM files de-identified (PS3.15 Basic Profile); exit 1 when any was not exported."""
     setup_logging()
     from indexer.governance.export import export_deidentified
     from indexer.governance.pseudonym import load_or_create_key
@@ -190,9 +190,10 @@ def export(
         cli_audit(
             catalog, "export", f"images:{report.exported} cases:{','.join(map(str, case or [])) or 'all'}"
         )
-    typer.echo(
-        f"exported {report.exported} de-identified DICOM files to {out}; skipped {report.not_dicom} non-DICOM, "
-        f"{report.unreachable} unreachable; refused {report.burned_in_refused} with burned-in annotation"
-    )
+    typer.echo(f"{report.summary()} (de-identified, to {out})")
+    for line in report.failure_lines():
+        typer.echo(f"  {line}")
     if report.burned_in_refused:
         typer.echo("check those images' pixels, then re-run with --allow-burned-in to include them")
+    if not report.complete:
+        raise typer.Exit(code=1)
