@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +11,12 @@ import pytest
 
 from indexer.errors import HeadError
 from indexer.prediction.heads import LinearHead, train_head
-from indexer.prediction.labeled import grouped_split, load_labeled_embeddings
+from indexer.prediction.labeled import LabeledEmbeddings, grouped_split, load_labeled_embeddings
 from indexer.prediction.versions import latest_head, latest_vote_calibration, train_predictors
 from indexer.prediction.vote_fit import fit_vote
 from tests.prediction_archive import CLASSES, build_labeled_archive
+
+BRAIN_MRI = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "brain-tumor-mri"
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +97,120 @@ def test_validation_patients_never_appear_in_training(labeled_archive) -> None: 
     assert head.card["n_val"] == int(held.sum())
 
 
-def test_vote_calibration_gives_an_ood_threshold_below_in_archive_similarities(labeled_archive) -> None:  # type: ignore[no-untyped-def]
-    vote = fit_vote(labeled_archive.catalog, labeled_archive.encoder.name)
-    assert 0.0 < vote.ood_similarity < vote.card["top1_similarity_median"] <= 1.0
-    assert vote.card["holdout_ece_after"] <= vote.card["holdout_ece_before"] + 0.05
-    assert vote.temperature > 0 and 0.0 <= vote.epsilon < 1.0
+def overlapping_classes(
+    seed: int, spread: float = 2.0, n_classes: int = 4, patients: int = 80, per_patient: int = 3
+) -> LabeledEmbeddings:
+    """A labeled set whose classes overlap (the plain vote is right ~75-95% of the time): unit vectors around
+    class centres, each patient its own offset from its class centre, each image noise around its patient."""
+    rng = np.random.default_rng(seed)
+    dim = 32
+    centres = rng.normal(size=(n_classes, dim))
+    vectors, groups, classes = [], [], []
+    for c in range(n_classes):
+        for p in range(patients):
+            patient = centres[c] + spread * rng.normal(size=dim)
+            for _ in range(per_patient):
+                vectors.append(patient + 0.5 * rng.normal(size=dim))
+                groups.append(f"P{c}-{p}")
+                classes.append(c)
+    v = np.asarray(vectors, dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    labels = [f"class-{c}" for c in range(n_classes)]
+    return LabeledEmbeddings(
+        ids=np.arange(len(v), dtype=np.int64),
+        vectors=v,
+        groups=groups,
+        classes=np.asarray(classes, dtype=np.int64),
+        labels=labels,
+        multi_label_images=0,
+        left_out_classes={},
+        label_sets=[(labels[c],) for c in classes],
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vote_calibration_never_worsens_held_out_ece_on_overlapping_classes(seed: int) -> None:
+    """No shared data needed: classes that overlap, so the plain vote is miscalibrated and mistaken at times."""
+    vote = fit_vote(None, "synthetic", data=overlapping_classes(seed), seed=seed)  # type: ignore[arg-type]
+    card = vote.card
+    assert 0.5 < card["holdout_accuracy_before"] < 0.97, card  # not degenerate: mistakes happen
+    assert card["n_holdout"] >= 300
+    assert card["holdout_ece_after"] <= card["holdout_ece_before"], card
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known product limit: with heavily overlapping classes the fitted (T, eps) calibrates held-out "
+    "patients worse than the plain vote (ECE 0.036 -> 0.078, 0.035 -> 0.050); the plain vote is not one of "
+    "fit_vote_by_ece's candidates. Strict: when fixed, this XPASSes and fails, so drop the mark.",
+)
+@pytest.mark.parametrize("seed", (0, 2))
+def test_vote_calibration_never_worsens_held_out_ece_on_heavily_overlapping_classes(seed: int) -> None:
+    card = fit_vote(None, "synthetic", data=overlapping_classes(seed, spread=2.5), seed=seed).card  # type: ignore[arg-type]
+    assert card["holdout_ece_after"] <= card["holdout_ece_before"], card
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (BRAIN_MRI / "labels.csv").is_file(), reason=f"{BRAIN_MRI} is absent (shared datasets)"
+)
+def test_vote_calibration_and_ood_threshold_on_real_brain_mri(tmp_path: Path, real_encoder) -> None:  # type: ignore[no-untyped-def]
+    """A real 4-class brain MRI subsample (de-duplicated by md5): the calibrated vote is no worse calibrated
+    on held-out images than the plain vote, and the OOD threshold keeps held-out MRIs in and photographs out."""
+    from skimage import data as skdata
+
+    from imaging import load_image
+    from indexer.archive import Archive
+    from indexer.ingest.local import ingest_path
+    from indexer.ingest.manifest import ManifestColumns, load_manifest
+    from indexer.settings import IndexerSettings
+
+    rows = list(csv.DictReader((BRAIN_MRI / "labels.csv").open()))
+    rng = np.random.default_rng(1)
+    seen: set[str] = set()
+    picked: list[dict[str, str]] = []
+    for label in sorted({r["label"] for r in rows}):
+        pool = [r for r in rows if r["label"] == label and r["split"] == "Training"]
+        chosen = 0
+        for i in rng.permutation(len(pool)):
+            if chosen < 30 and pool[i]["md5"] not in seen:
+                seen.add(pool[i]["md5"])
+                picked.append(pool[i])
+                chosen += 1
+    source = tmp_path / "mri"
+    source.mkdir()
+    with (source / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", "case_id", "diagnosis"])
+        for n, row in enumerate(picked):
+            shutil.copyfile(BRAIN_MRI / row["path"], source / f"{n:03d}.jpg")
+            writer.writerow([f"{n:03d}.jpg", f"MRI-{n:03d}", row["label"]])
+    archive = Archive.open(IndexerSettings(data_dir=tmp_path / "data"), encoder=real_encoder)
+    report = ingest_path(
+        archive, source, load_manifest(source / "manifest.csv", ManifestColumns()), progress=False
+    )
+    assert report.indexed == len(picked) == 120, report
+
+    vote = fit_vote(archive.catalog, real_encoder.name)
+    card = vote.card
+    assert card["holdout_accuracy_before"] < 0.99, card  # real classes: the plain vote makes mistakes
+    assert card["holdout_ece_after"] <= card["holdout_ece_before"], card
+    assert 0.0 < vote.ood_similarity < card["top1_similarity_median"] <= 1.0
+
+    # OOD: held-out MRIs (the Testing split, never stored) are in, photographs and noise are out.
+    stored = archive.index
+    testing = [r for r in rows if r["split"] == "Testing" and r["md5"] not in seen][::40][:20]
+    mri = [load_image(BRAIN_MRI / r["path"]).pixels for r in testing]
+    outside = [
+        np.asarray(skdata.astronaut(), dtype=np.float32) / 255,
+        np.asarray(skdata.coffee(), dtype=np.float32) / 255,
+        np.random.default_rng(0).random((224, 224, 3), dtype=np.float32),
+    ]
+    top_in = [float(r.similarities[0]) for r in stored.search(real_encoder.embed(mri), 1)]
+    top_out = [float(r.similarities[0]) for r in stored.search(real_encoder.embed(outside), 1)]
+    assert np.mean(np.asarray(top_in) >= vote.ood_similarity) >= 0.9, (top_in, vote.ood_similarity)
+    assert max(top_out) < vote.ood_similarity, (top_out, vote.ood_similarity)
+    archive.close()
 
 
 def test_multi_label_and_single_image_classes_are_left_out(indexed_archive) -> None:  # type: ignore[no-untyped-def]
