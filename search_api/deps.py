@@ -125,7 +125,11 @@ def get_search_filters(
         Form(description="Keep only the best hit per study or per series"),
     ] = None,
     exclude_patient: Annotated[
-        bool, Form(description="Drop images of the query's own patient (matched by pseudonym)")
+        bool,
+        Form(
+            description="Drop images of the query's own patient (from patient_ref, the DICOM PatientID or "
+            "stored images with the same file or pixels); the answer's `exclusion` says whether it applied"
+        ),
     ] = False,
 ) -> SearchFilters:
     """The search filters of a form; empty strings mean "no filter"."""
@@ -148,6 +152,14 @@ CenterForm = Annotated[
 WidthForm = Annotated[float | None, Form(gt=0, description="Window width for the displayed image")]
 PresetForm = Annotated[
     str | None, Form(max_length=32, description="A named CT window: " + ", ".join(PRESET_NAMES))
+]
+PatientRefForm = Annotated[
+    str | None,
+    Form(
+        max_length=128,
+        description="The query's patient for exclude_patient when the upload does not say it (PNG/JPEG): "
+        "the patient's ID (pseudonymised on arrival, never stored) or its P-... reference",
+    ),
 ]
 
 

@@ -63,7 +63,8 @@ class Prediction(BaseModel):
         description='Why: "out_of_distribution: ...", "low_confidence: ..." or "no_labeled_neighbours"',
     )
     top_similarity: float | None = Field(
-        default=None, description="The query's best similarity to any stored image (the OOD check uses it)"
+        default=None,
+        description="The query's best similarity to the stored images the filters allow (the OOD check uses it)",
     )
 
 
@@ -118,6 +119,26 @@ class SearchFilters(BaseModel):
     exclude_patient: bool = Field(default=False, description="Drop the query patient's own images")
 
 
+ExclusionSource = Literal["patient_ref", "dicom_patient_id", "content_match", "archived_image"]
+
+
+class Exclusion(BaseModel):
+    """Whether the query's own patient was left out of the hits, how that patient was recognised, or why not."""
+
+    requested: bool = Field(default=False, description="exclude_patient was asked for")
+    applied: bool = Field(default=False, description="Images of the query's patient were left out")
+    sources: list[ExclusionSource] = Field(
+        default_factory=list,
+        description='How the patient was recognised: "patient_ref" (sent with the query), '
+        '"dicom_patient_id" (the DICOM header), "content_match" (a stored image with the same file or '
+        'pixels), "archived_image" (the query is a stored image)',
+    )
+    excluded_images: int = Field(default=0, description="How many stored images were left out")
+    reason: str | None = Field(
+        default=None, description="Why the exclusion could not be applied (or was only partly applied)"
+    )
+
+
 class SearchResponse(BaseModel):
     """The answer to POST /search and POST /search/by-image/{image_id}."""
 
@@ -138,6 +159,9 @@ class SearchResponse(BaseModel):
     )
     head_prediction: Prediction | None = Field(
         default=None, description="The trained head's prediction (null until `medcbir train-head` has run)"
+    )
+    exclusion: Exclusion = Field(
+        default_factory=Exclusion, description="What exclude_patient did: applied or not, and why"
     )
 
 

@@ -6,6 +6,7 @@ import base64
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,16 @@ from imaging import DecodedImage, load_image, render_png
 from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.errors import NotFoundError
-from indexer.governance.pseudonym import patient_reference
 from indexer.prediction.versions import heads_stamp, latest_head, latest_vote_calibration
 from indexer.storage.stored import UnreadableSourceUriError, load_stored_image, read_stored_if_present
+from search_api.exclusion import QueryPatient, archived_patient, excluded_ids, upload_patient
 from search_api.mappers import case_out, case_summary, hit_out
 from search_api.predictions import Predictors, calibrated_vote, flag_uncertain, head_prediction, vote
 from search_api.schemas import (
     CaseList,
     CaseOut,
     DisplayWindow,
+    Exclusion,
     FilterOptions,
     HealthOut,
     Hit,
@@ -40,6 +42,16 @@ log = logging.getLogger(__name__)
 QUERY_PREVIEW_SIDE = 512
 # With group_by, the index is asked for this many times more neighbours per round until k groups fill.
 GROUP_FETCH_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class _Found:
+    """One query's hits, how many images passed the filters, the best allowed similarity, the exclusion."""
+
+    hits: list[Hit]
+    candidates: int | None
+    top_similarity: float | None
+    exclusion: Exclusion
 
 
 def _group_key(row: Image, group_by: str | None) -> str:
@@ -72,21 +84,24 @@ class Searcher:
         filters: SearchFilters | None = None,
         window: DisplayWindow | None = None,
         window_preset: str | None = None,
+        patient_ref: str | None = None,
     ) -> SearchResponse:
         """The k stored images most similar to the query, and a vote over their diagnoses.
 
         `filters` (when given) wins over `k` and `modality`; `window`/`window_preset` change the
-        query preview only.
+        query preview only. The query's patient (for exclude_patient) is `patient_ref` (a patient id or
+        its P-... pseudonym), its DICOM PatientID and the patients of stored images with the same file or
+        pixels; when none is known the answer's `exclusion` says it was not applied, and why.
         """
         start = time.perf_counter()
         filters = filters or SearchFilters(k=k, modality=modality or None)
         decoded = load_image(data, max_pixels=self.max_pixels)
         preview_window = window or resolve_window(decoded.metadata, preset=window_preset)
         vector = self.archive.encoder.embed([decoded.pixels])[0]
-        patient_ref = patient_reference(self.archive.pseudonym_key, decoded.metadata.patient_id)
-        hits, candidates = self._neighbours(vector, filters, patient_ref)
-        query = self._query_info(data, decoded, preview_window, patient_ref)
-        return self._response(query, hits, filters, candidates, start, vector)
+        patient = upload_patient(self.archive, data, decoded, patient_ref)
+        found = self._neighbours(vector, filters, patient)
+        query = self._query_info(data, decoded, preview_window, patient.patient_ref)
+        return self._response(query, found, filters, start, vector)
 
     def search_by_image(
         self, image_id: int, filters: SearchFilters | None = None, window: DisplayWindow | None = None
@@ -101,7 +116,8 @@ class Searcher:
                 f"image {image_id} does not exist or has no vector from the served encoder "
                 f"{self.archive.encoder.name}; pick one from GET /cases"
             )
-        hits, candidates = self._neighbours(vector, filters, row.case.patient_ref, exclude_id=row.id)
+        patient = archived_patient(row.case.patient_ref, row.case_id)
+        found = self._neighbours(vector, filters, patient, exclude_id=row.id)
         source = read_stored_if_present(row.source_uri)
         if source is not None:
             decoded = load_image(source, max_pixels=self.max_pixels, frame=row.frame_index)
@@ -123,7 +139,7 @@ class Searcher:
                 patient_ref=row.case.patient_ref,
             )
         query = query.model_copy(update={"image_id": row.id, "case_id": row.case_id})
-        return self._response(query, hits, filters, candidates, start, vector, exclude_id=row.id)
+        return self._response(query, found, filters, start, vector)
 
     def render(
         self,
@@ -181,21 +197,26 @@ class Searcher:
         self,
         vector: npt.NDArray[np.float32],
         filters: SearchFilters,
-        patient_ref: str | None,
+        patient: QueryPatient,
         exclude_id: int | None = None,
-    ) -> tuple[list[Hit], int | None]:
-        """Hits for one query vector; filters restrict the ids FAISS may return, never a top-k after."""
+    ) -> _Found:
+        """Hits for one query vector; filters restrict the ids FAISS may return, never a top-k after.
+
+        The best similarity among the allowed images (the query image itself never counts) comes back
+        too: the OOD check must judge what the filters let through, not the query's own copy.
+        """
         catalog = self.archive.catalog
-        exclude_ref = patient_ref if filters.exclude_patient else None
+        dropped, exclusion = excluded_ids(self.archive, patient, filters.exclude_patient)
         allowed: npt.NDArray[np.int64] | None = None
-        if filters.modality or filters.body_part or filters.label or exclude_ref:
+        if filters.modality or filters.body_part or filters.label or dropped is not None:
             allowed = catalog.filtered_image_ids(
                 encoder=self.archive.encoder.name,
                 modality=filters.modality,
                 body_part=filters.body_part,
                 label=filters.label,
-                exclude_patient_ref=exclude_ref,
             )
+        if allowed is not None and dropped is not None:
+            allowed = allowed[~np.isin(allowed, dropped)]
         if allowed is not None and exclude_id is not None:
             allowed = allowed[allowed != exclude_id]
         pool = len(self.archive.index) if allowed is None else len(allowed)
@@ -205,6 +226,14 @@ class Searcher:
             with self.index_lock:
                 result = self.archive.index.search(vector[None, :], fetch, allowed_ids=allowed)[0]
             rows = catalog.images_by_ids([int(i) for i in result.ids])
+            top = next(
+                (
+                    float(s)
+                    for i, s in zip(result.ids, result.similarities, strict=True)
+                    if i >= 0 and i != exclude_id
+                ),
+                None,
+            )
             hits: list[Hit] = []
             seen: set[str] = set()
             below_threshold = False
@@ -224,7 +253,8 @@ class Searcher:
                     break
             exhausted = len(result.ids) < fetch or fetch >= pool
             if len(hits) >= filters.k or below_threshold or exhausted or filters.group_by is None:
-                return hits, (None if allowed is None else len(allowed))
+                candidates = None if allowed is None else len(allowed)
+                return _Found(hits, candidates, top, exclusion)
             fetch = min(fetch * GROUP_FETCH_FACTOR, pool)
 
     def _query_info(
@@ -278,27 +308,12 @@ class Searcher:
                 )
             return self._predictors
 
-    def _top_similarity(self, vector: npt.NDArray[np.float32], exclude_id: int | None) -> float | None:
-        """The query's best similarity to any stored image (unfiltered), skipping the query image itself."""
-        with self.index_lock:
-            result = self.archive.index.search(vector[None, :], 2, allowed_ids=None)[0]
-        for image_id, similarity in zip(result.ids, result.similarities, strict=True):
-            if int(image_id) != exclude_id and int(image_id) >= 0:
-                return float(similarity)
-        return None
-
     def _predictions(
-        self,
-        hits: list[Hit],
-        vector: npt.NDArray[np.float32],
-        exclude_id: int | None,
-        unfiltered: bool,
+        self, hits: list[Hit], vector: npt.NDArray[np.float32], top: float | None
     ) -> tuple[Prediction, Prediction | None]:
         predictors = self.predictors()
         neighbours = [(h.similarity, h.diagnosis) for h in hits]
         knn = calibrated_vote(neighbours, predictors.vote) if predictors.vote else vote(neighbours)
-        # Unfiltered hits already start with the best match; only filtered ones need another look.
-        top = hits[0].similarity if unfiltered and hits else self._top_similarity(vector, exclude_id)
         ood, floor = predictors.ood_similarity, predictors.min_confidence
         head = predictors.head
         return (
@@ -309,24 +324,23 @@ class Searcher:
     def _response(
         self,
         query: QueryInfo,
-        hits: list[Hit],
+        found: _Found,
         filters: SearchFilters,
-        candidates: int | None,
         start: float,
         vector: npt.NDArray[np.float32],
-        exclude_id: int | None = None,
     ) -> SearchResponse:
-        prediction, head = self._predictions(hits, vector, exclude_id, unfiltered=candidates is None)
+        prediction, head = self._predictions(found.hits, vector, found.top_similarity)
         return SearchResponse(
             query=query,
-            hits=hits,
+            hits=found.hits,
             prediction=prediction,
             encoder=self.archive.encoder.name,
             index_size=len(self.archive.index),
             took_ms=(time.perf_counter() - start) * 1000.0,
             filters=filters,
-            candidates=candidates,
+            candidates=found.candidates,
             head_prediction=head,
+            exclusion=found.exclusion,
         )
 
     def _render_decoded(

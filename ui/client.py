@@ -122,12 +122,16 @@ class ApiClient:
         modality: str | None = None,
         *,
         filters: SearchFilters | None = None,
+        patient_ref: str | None = None,
     ) -> SearchResponse:
         """POST /search with the image bytes; the API sniffs the format from the bytes, not the name.
 
-        `filters` (when given) carries k, modality and the other filters and wins over `k`/`modality`.
+        `filters` (when given) carries k, modality and the other filters and wins over `k`/`modality`;
+        `patient_ref` (a patient ID or P-... reference) names the query's patient for exclude_patient.
         """
         form = _filter_form(filters or SearchFilters(k=k, modality=modality or None))
+        if patient_ref and patient_ref.strip():
+            form["patient_ref"] = patient_ref.strip()
         files = {"file": (filename or "query", data, "application/octet-stream")}
         return self._parse(self._request("POST", "/search", data=form, files=files), SearchResponse)
 

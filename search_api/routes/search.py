@@ -13,6 +13,7 @@ from search_api.deps import (
     ApiSettingsDep,
     AuditDep,
     CenterForm,
+    PatientRefForm,
     PresetForm,
     PrincipalDep,
     QueryStoreDep,
@@ -54,11 +55,14 @@ async def search(
     window_center: CenterForm = None,
     window_width: WidthForm = None,
     preset: PresetForm = None,
+    patient_ref: PatientRefForm = None,
 ) -> SearchResponse:
     window = form_window(window_center, window_width)
     data = await read_upload(file, limits.max_upload_bytes)
     result = await run_in_threadpool(
-        lambda: searcher.search(data, filters=filters, window=window, window_preset=preset or None)
+        lambda: searcher.search(
+            data, filters=filters, window=window, window_preset=preset or None, patient_ref=patient_ref
+        )
     )
     # The query image is kept (memory only, for its owner) so its matches can be explained later.
     query_id = queries.put(principal.username, data)
