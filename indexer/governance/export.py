@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 # medcbir's Implementation Class UID: a UUID-derived 2.25 UID (uuid5 of the project's url), fixed forever.
 IMPLEMENTATION_CLASS_UID = "2.25.97149746178950360376516582447825244282"
 IMPLEMENTATION_VERSION_NAME = "MEDCBIR_1"  # SH: at most 16 characters
+_PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _FILE_NAME = re.compile(r"^[0-9][0-9.]{0,63}$")
 
 # Why a stored DICOM source was not exported: a fixed wording per reason (no path, no DICOM text).
@@ -257,12 +258,10 @@ def _export_one(
         return GONE
     except ImagingError:  # the bytes changed since the ingest, or were damaged
         return NOT_READABLE_DICOM
-    except (
-        UnreadableSourceUriError,
-        IndexerError,
-        OSError,
-    ):  # a uri, PACS or archive this process cannot read
+    except (UnreadableSourceUriError, IndexerError, OSError):  # a uri, PACS or archive not readable here
         return UNREADABLE_SOURCE
+    if not any(keyword in ds for keyword in _PIXEL_DATA):  # it was an image when it was indexed
+        return NOT_READABLE_DICOM
     try:
         path = export_dataset(
             ds,
