@@ -8,50 +8,23 @@ import threading
 from typing import Any
 
 REDACTED = "[redacted]"
-# Keys whose values are never logged, in a mapping logged as such.
-SECRET_KEYS = frozenset(
-    {
-        "password",
-        "passwd",
-        "new_password",
-        "token",
-        "access_token",
-        "api_key",
-        "apikey",
-        "secret",
-        "report",
-        "input",
-    }
+# Names whose values are never logged: in a query string or form (name=value), in JSON ("name": "value")
+# and in a Python repr ('name': 'value'). "input" is pydantic's copy of what was sent.
+SECRET_NAMES = (
+    "password|passwd|new_password|token|access_token|api_?key|apikey|key|secret|report|report_text|input"
 )
 
-# Each pattern keeps its group 1 (the name) and replaces what follows it.
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    # name=value in query strings and form bodies
+    (re.compile(rf"(?i)\b((?:{SECRET_NAMES})=)(?!\[redacted\])[^&\s\"'\]]*"), r"\1" + REDACTED),
+    (re.compile(rf'(?i)("(?:{SECRET_NAMES})"\s*:\s*)"(?:[^"\\]|\\.)*"'), r'\1"' + REDACTED + '"'),
     (
-        re.compile(
-            r"(?i)\b((?:api_?key|apikey|key|token|access_token|password|passwd|secret|report)=)[^&\s\"'\]]*"
-        ),
-        r"\1" + REDACTED,
-    ),
-    # "name": "value" in JSON, including escaped quotes inside the value
-    (
-        re.compile(
-            r"(?i)(\"(?:password|passwd|new_password|token|access_token|api_key|secret|report|report_text)\""
-            r"\s*:\s*)\"(?:[^\"\\]|\\.)*\""
-        ),
-        r'\1"' + REDACTED + '"',
-    ),
-    # 'name': 'value' in Python reprs (a dict or a pydantic error logged by mistake)
-    (
-        re.compile(
-            r"(?i)('(?:password|token|api_key|report|input)'\s*:\s*)(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"
-        ),
+        re.compile(rf"(?i)('(?:{SECRET_NAMES})'\s*:\s*)(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"),
         r"\1'" + REDACTED + "'",
     ),
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1" + REDACTED),
     (re.compile(r"(?i)\b(x-api-key\s*[:=]\s*)\S+"), r"\1" + REDACTED),
     (re.compile(r"\b(mcb_)[A-Za-z0-9_-]{8,}"), r"\1" + REDACTED),  # an API key anywhere
-    (re.compile(r"()\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), REDACTED),  # a JWT anywhere
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), REDACTED),  # a JWT anywhere
     # the bound values of a failed SQL statement (SQLAlchemy prints them: report text, hashes)
     (re.compile(r"(\[parameters: ).*?(\]\n|\]$|\n\(Background)", re.DOTALL), r"\1" + REDACTED + r"\2"),
 ]
@@ -78,21 +51,21 @@ def _redact_arg(value: Any) -> Any:
 
 
 def redact_record(record: logging.LogRecord) -> None:
-    """Redact a record in place: its message, its arguments, its traceback text; for uvicorn's access
-    log, every query value too (credentials in a URL are refused, but the URL is still logged)."""
+    """Redact a record in place: its message, its traceback text; for uvicorn's access log (whose
+    formatter reads the arguments) each argument, every query value included: credentials in a URL
+    are refused, but the URL is still logged."""
     if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) >= 3:
-        args = list(record.args)
+        args = [_redact_arg(a) for a in record.args]
         if isinstance(args[2], str):
             args[2] = redact_query_values(args[2])
         record.args = tuple(args)
-    if isinstance(record.msg, str):
-        record.msg = redact(record.msg)
-    if isinstance(record.args, tuple):
-        record.args = tuple(_redact_arg(a) for a in record.args)
-    elif isinstance(record.args, dict):
-        record.args = {
-            k: REDACTED if str(k).lower() in SECRET_KEYS else _redact_arg(v) for k, v in record.args.items()
-        }
+    elif record.args or isinstance(record.msg, str):
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: keep the record, redact what there is
+            message = f"{record.msg} {record.args!r}"
+        # The formatted text is redacted, not the format: "token=%s" must still match its argument.
+        record.msg, record.args = redact(message), ()
     if record.exc_info and not record.exc_text:
         # Formatters reuse exc_text when it is set, so the traceback they print is the redacted one.
         record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
