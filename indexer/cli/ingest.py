@@ -14,7 +14,7 @@ from indexer.errors import IndexerError
 
 def index(
     path: Annotated[
-        Path, typer.Argument(help="Folder, zip or tar archive (or one file) of DICOM, PNG and JPEG images")
+        str, typer.Argument(help="Folder, zip or tar archive (or one file) of DICOM, PNG and JPEG images")
     ],
     manifest: Annotated[
         Path | None, typer.Option(help="CSV mapping files to cases, reports and diagnoses")
@@ -63,6 +63,9 @@ def index(
     ] = None,
 ) -> None:
     """Index every image under PATH; files already indexed are skipped, bad files are recorded."""
+    if not path.strip():  # Path("") is the current folder: never index it by accident
+        raise fail("PATH is empty: pass the folder, archive or file to index (`.` for the current folder)")
+    root = Path(path)
     if frames not in ("representative", "all"):
         raise fail(f"--frames must be 'representative' or 'all', not {frames!r}")
     if engine not in ("local", "ray"):
@@ -101,7 +104,7 @@ def index(
 
                 report = ingest_path_ray(
                     archive,
-                    path,
+                    root,
                     loaded,
                     options=RayOptions(address=address, actors=actors),
                     progress=progress,
@@ -110,7 +113,7 @@ def index(
             else:
                 report = ingest_path(
                     archive,
-                    path,
+                    root,
                     loaded,
                     progress=progress,
                     workers=workers,
@@ -123,6 +126,11 @@ def index(
         f"indexed {report.indexed}, already indexed {report.already_indexed}, failed {report.failed}, "
         f"not images {report.not_images} ({report.seen} files in {report.elapsed_s:.1f} s, {report.rate:.1f} files/s)"
     )
+    if report.manifest_unmatched:
+        typer.echo(
+            f"{report.manifest_unmatched} manifest rows matched no file under {path}: check --path-column "
+            "and that its paths are relative to PATH"
+        )
     if report.failed:
         typer.echo("see `medcbir failures` for the reasons")
 

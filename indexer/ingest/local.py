@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Literal
 
@@ -28,16 +27,18 @@ from imaging import (
     render_png,
 )
 from indexer.archive import Archive
-from indexer.catalog import Image
 from indexer.errors import IndexerError
-from indexer.governance.pseudonym import patient_reference
-from indexer.ingest.manifest import CaseInfo, Manifest
+from indexer.ingest.manifest import Manifest
+from indexer.ingest.writer import DecodedFrame, write_rows
 from indexer.storage.sources import SourceItem, UnsafeSourceError, count_items, iter_source, looks_like_image
 
 log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 256
 _SAVE_EVERY_BATCHES = 20
+# Bytes read ahead of the decoders: a chunk closes at batch_size files or at this many bytes, so a run
+# of large files (or of archive members that inflate) holds at most about two chunks in memory.
+CHUNK_BYTES = 128 * 1024**2
 
 
 @dataclass
@@ -49,6 +50,7 @@ class IngestReport:
     already_indexed: int = 0
     not_images: int = 0
     failed: int = 0
+    manifest_unmatched: int = 0
     elapsed_s: float = 0.0
 
     @property
@@ -68,15 +70,6 @@ class IngestReport:
             self.failed,
             self.rate,
         )
-
-
-@dataclass
-class _Decoded:
-    item: SourceItem
-    sha256: str
-    image: DecodedImage
-    thumbnail: bytes
-    digest: str
 
 
 @dataclass
@@ -110,28 +103,38 @@ def decode_for_ingest(
         ]
     except ImagingError as exc:
         return exc
-    except Exception as exc:  # a decoder bug must not abort a bulk run: it is recorded and the run goes on
+    except Exception as exc:  # a decoder bug (or MemoryError) must not abort a bulk run: it is recorded
         return RuntimeError(f"unexpected decoder error ({type(exc).__name__}: {exc})")
 
 
-def _chunks(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
+class CopyOfFailedFileError(IndexerError):
+    """A file with the same bytes as another file of this run, which failed: see that file's reason."""
+
+
+_Read = tuple[SourceItem, "bytes | BaseException"]
+
+
+def _read_chunks(items: Iterable[SourceItem], size: int, max_bytes: int) -> Iterator[list[_Read]]:
+    """Read each item as it is pulled (an archive is streamed, never read a batch ahead); chunk by count and bytes."""
+    chunk: list[_Read] = []
+    held = 0
+    for item in items:
+        try:
+            data: bytes | BaseException = item.read_bytes()
+        except (OSError, UnsafeSourceError) as exc:
+            data = exc
+        chunk.append((item, data))
+        held += len(data) if isinstance(data, bytes) else 0
+        if len(chunk) >= size or held >= max_bytes:
+            yield chunk
+            chunk, held = [], 0
+    if chunk:
         yield chunk
 
 
-def case_key_for(decoded: _Decoded, info: CaseInfo | None) -> str:
-    """Manifest case id, else one case per manifest row (file), else the DICOM study, else the file."""
-    if info is not None and info.case_key:
-        return info.case_key
-    if info is None and decoded.image.metadata.study_instance_uid:
-        return f"study:{decoded.image.metadata.study_instance_uid}"
-    return f"file:{decoded.sha256[:24]}"
-
-
-def _thumbnail_name(decoded: _Decoded) -> str:
-    """Thumbnail path under the data folder, from the content hash and frame (never from DICOM text)."""
-    return f"{decoded.sha256[:2]}/{decoded.sha256}-f{decoded.image.metadata.frame_index}.png"
+def _unexpected(step: str, exc: Exception) -> RuntimeError:
+    """An error outside the documented ones, kept with its type so `medcbir failures` says what happened."""
+    return RuntimeError(f"unexpected {step} error ({type(exc).__name__}: {exc})")
 
 
 class SopInstanceConflictError(IndexerError):
@@ -175,6 +178,8 @@ class Ingestor:
         self.batch_size = max(1, archive.settings.batch_size)
         self.max_pixels = max_pixels
         self.frames = frames
+        # content sha256 of files in flight this run -> later copies waiting on the first copy's outcome
+        self._in_flight: dict[str, list[SourceItem]] = {}
 
     def run(
         self, items: Iterable[SourceItem], *, total: int | None = None, progress: bool = True
@@ -188,7 +193,8 @@ class Ingestor:
             tqdm(total=total, unit="file", desc="indexing", disable=not progress, smoothing=0.05) as bar,
         ):
             pending: list[_Pending] = []
-            for chunk in _chunks(items, self.batch_size):
+            self._in_flight = {}
+            for chunk in _read_chunks(items, self.batch_size, CHUNK_BYTES):
                 submitted = self._submit(pool, chunk, report)
                 batches_since_save += self._finish(pending, report)
                 bar.update(len(chunk))
@@ -201,20 +207,22 @@ class Ingestor:
             bar.set_postfix(indexed=report.indexed, skipped=report.already_indexed, failed=report.failed)
         if report.indexed:
             self.archive.save_index()
+        if self.manifest is not None:
+            report.manifest_unmatched = self.manifest.unmatched_count()
         report.elapsed_s = time.perf_counter() - start
         report.log_done()
         return report
 
-    def _submit(self, pool: Executor, chunk: list[SourceItem], report: IngestReport) -> list[_Pending]:
-        """Read and hash a chunk; skip what is stored; send the rest to the decoders."""
+    def _submit(self, pool: Executor, chunk: list[_Read], report: IngestReport) -> list[_Pending]:
+        """Hash a chunk of read files; skip what is stored; send the rest to the decoders."""
         read: list[tuple[SourceItem, bytes, str]] = []
-        for item in chunk:
+        for item, data in chunk:
             report.seen += 1
-            try:
-                data = item.read_bytes()
-            except (OSError, UnsafeSourceError) as exc:
+            if self.manifest is not None:
+                self.manifest.note_file(item.relative)
+            if isinstance(data, BaseException):
                 report.failed += 1
-                self.archive.catalog.record_failure(item.uri, exc)
+                self.archive.catalog.record_failure(item.uri, data)
                 continue
             read.append((item, data, hashlib.sha256(data).hexdigest()))
         stored = self.archive.catalog.known_sha256(sha for _, _, sha in read)
@@ -222,46 +230,86 @@ class Ingestor:
         for item, data, sha in read:
             if sha in stored:
                 report.already_indexed += 1
-                continue
-            stored.add(sha)  # a second copy in this run is a duplicate of the first
-            future = pool.submit(decode_for_ingest, data, self.max_pixels, self.frames)
-            submitted.append(_Pending(item, sha, looks_like_image(data[:132]), future))
+            elif sha in self._in_flight:  # a copy: its fate is the first copy's, known when that is finished
+                self._in_flight[sha].append(item)
+            else:
+                self._in_flight[sha] = []
+                future = pool.submit(decode_for_ingest, data, self.max_pixels, self.frames)
+                submitted.append(_Pending(item, sha, looks_like_image(data[:132]), future))
         return submitted
 
     def _finish(self, pending: list[_Pending], report: IngestReport) -> int:
-        decoded: list[_Decoded] = []
+        outcomes: dict[str, BaseException | None] = {}  # sha -> None (indexed or duplicate), or the error
+        decoded: list[DecodedFrame] = []
         for job in pending:
-            result = job.future.result()
+            try:
+                result = job.future.result()
+            except Exception as exc:  # a decode process that died (out of memory?) fails its file only
+                result = RuntimeError(f"the decode worker failed ({type(exc).__name__}: {exc})")
             if isinstance(result, BaseException):
                 if isinstance(result, UnsupportedFormatError) and not (
                     job.item.expected_image or job.looks_like_image
                 ):
                     report.not_images += 1
+                    outcomes[job.sha256] = None
                 else:
                     report.failed += 1
+                    outcomes[job.sha256] = result
                     self.archive.catalog.record_failure(job.item.uri, result, job.sha256)
                 continue
             decoded.extend(
-                _Decoded(job.item, job.sha256, image, thumbnail, digest)
+                DecodedFrame(job.item, job.sha256, image, thumbnail, digest)
                 for image, thumbnail, digest in result
             )
-        fresh = self._drop_sop_duplicates(decoded, report)
+        written = self._embed_and_write(decoded, report, outcomes)
+        self._settle_copies(pending, outcomes, report)
+        return written
+
+    def _embed_and_write(
+        self, decoded: list[DecodedFrame], report: IngestReport, outcomes: dict[str, BaseException | None]
+    ) -> int:
+        fresh = self._drop_sop_duplicates(decoded, report, outcomes)
         if not fresh:
             return 0
-        fresh, vectors = self._embed(fresh, report)
+        fresh, vectors = self._embed(fresh, report, outcomes)
         if not fresh:
             return 0
-        ids = self._write_rows(fresh, vectors)
+        ids = write_rows(self.archive, self.manifest, fresh, vectors)
         # Row first, vector second: a crash between the two leaves the catalog ahead, and the
         # index is rebuilt from it at the next start.
         self.archive.index.add(np.asarray(ids, dtype=np.int64), vectors)
         report.indexed += len(fresh)
         return 1
 
-    def _drop_sop_duplicates(self, decoded: list[_Decoded], report: IngestReport) -> list[_Decoded]:
+    def _settle_copies(
+        self, pending: list[_Pending], outcomes: dict[str, BaseException | None], report: IngestReport
+    ) -> None:
+        """Copies of a file share its fate: a duplicate when it landed (or was not an image), else a failure."""
+        for job in pending:
+            copies = self._in_flight.pop(job.sha256, [])
+            error = outcomes.get(job.sha256)
+            if error is None:
+                if job.looks_like_image or job.item.expected_image or not copies:
+                    report.already_indexed += len(copies)
+                else:
+                    report.not_images += len(copies)
+                continue
+            for copy in copies:
+                report.failed += 1
+                reason = CopyOfFailedFileError(
+                    f"same bytes as {job.item.uri}, which failed ({type(error).__name__}: {error})"
+                )
+                self.archive.catalog.record_failure(copy.uri, reason, job.sha256)
+
+    def _drop_sop_duplicates(
+        self,
+        decoded: list[DecodedFrame],
+        report: IngestReport,
+        outcomes: dict[str, BaseException | None] | None = None,
+    ) -> list[DecodedFrame]:
         keys = [(d.image.metadata.sop_instance_uid or "", d.image.metadata.frame_index) for d in decoded]
         stored = self.archive.catalog.pixel_digests_by_sop({k for k in keys if k[0]})
-        fresh: list[_Decoded] = []
+        fresh: list[DecodedFrame] = []
         for d, key in zip(decoded, keys, strict=True):
             if not key[0] or key not in stored:
                 if key[0]:
@@ -276,84 +324,35 @@ class Ingestor:
                     "the stored image is kept. Remove it first to replace it."
                 )
                 self.archive.catalog.record_failure(d.item.uri, conflict, d.sha256)
+                if outcomes is not None:
+                    outcomes[d.sha256] = conflict
         return fresh
 
-    def _embed(self, fresh: list[_Decoded], report: IngestReport) -> tuple[list[_Decoded], np.ndarray]:
-        """Embed a batch; when the batch fails, embed one by one so only the bad image is recorded."""
+    def _embed(
+        self, fresh: list[DecodedFrame], report: IngestReport, outcomes: dict[str, BaseException | None]
+    ) -> tuple[list[DecodedFrame], np.ndarray]:
+        """Embed a batch; when the batch fails (any error), embed one by one so only the bad image is recorded."""
         encoder = self.archive.encoder
         try:
             return fresh, encoder.embed([d.image.pixels for d in fresh])
-        except EmbeddingsError:
-            log.warning("a batch of %d images failed to embed; retrying one by one", len(fresh))
-        kept: list[_Decoded] = []
+        except Exception as exc:  # MemoryError or a model error on one odd image must not lose its batch
+            log.warning(
+                "a batch of %d images failed to embed (%s); retrying one by one",
+                len(fresh),
+                type(exc).__name__,
+            )
+        kept: list[DecodedFrame] = []
         vectors: list[np.ndarray] = []
         for d in fresh:
             try:
                 vectors.append(encoder.embed([d.image.pixels])[0])
                 kept.append(d)
-            except EmbeddingsError as exc:
+            except Exception as exc:
+                error = exc if isinstance(exc, EmbeddingsError) else _unexpected("embedding", exc)
                 report.failed += 1
-                self.archive.catalog.record_failure(d.item.uri, exc, d.sha256)
+                outcomes[d.sha256] = error
+                self.archive.catalog.record_failure(d.item.uri, error, d.sha256)
         return kept, (np.stack(vectors) if vectors else np.empty((0, encoder.dim), np.float32))
-
-    def _write_rows(self, fresh: list[_Decoded], vectors: np.ndarray) -> list[int]:
-        archive = self.archive
-        thumb_dir = archive.settings.thumbnail_dir
-        for d in fresh:
-            path = thumb_dir / _thumbnail_name(d)
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(d.thumbnail)
-                os.replace(tmp, path)
-        with archive.catalog.session() as session:
-            rows: list[Image] = []
-            for d, vector in zip(fresh, vectors, strict=True):
-                info = self.manifest.lookup(d.item.relative) if self.manifest is not None else None
-                meta = d.image.metadata
-                case = archive.catalog.get_or_create_case(
-                    session,
-                    case_key_for(d, info),
-                    patient_ref=patient_reference(
-                        archive.pseudonym_key, (info.patient_id if info else None) or meta.patient_id
-                    ),
-                    study_instance_uid=meta.study_instance_uid,
-                    report=info.report if info else None,
-                    labels=info.labels if info else [],
-                )
-                row = Image(
-                    case=case,
-                    source_uri=d.item.uri,
-                    sha256=d.sha256,
-                    pixel_digest=d.digest,
-                    format=meta.format,
-                    sop_instance_uid=meta.sop_instance_uid,
-                    study_instance_uid=meta.study_instance_uid,
-                    series_instance_uid=meta.series_instance_uid,
-                    modality=meta.modality,
-                    body_part=meta.body_part,
-                    study_description=meta.study_description,
-                    series_description=meta.series_description,
-                    view_position=meta.view_position,
-                    laterality=meta.laterality,
-                    pixel_spacing_row=meta.pixel_spacing[0] if meta.pixel_spacing else None,
-                    pixel_spacing_column=meta.pixel_spacing[1] if meta.pixel_spacing else None,
-                    study_date=meta.study_date,
-                    sop_class_uid=meta.sop_class_uid,
-                    rows=meta.rows,
-                    columns=meta.columns,
-                    frames=meta.frames,
-                    frame_index=meta.frame_index,
-                    window_center=meta.window_center,
-                    window_width=meta.window_width,
-                    thumbnail_path=_thumbnail_name(d),
-                    encoder=archive.encoder.name,
-                    embedding=np.asarray(vector, dtype=np.float32).tobytes(),
-                )
-                session.add(row)
-                rows.append(row)
-            session.flush()
-            return [row.id for row in rows]
 
 
 def ingest_path(

@@ -39,6 +39,7 @@ class Manifest:
     def __init__(self, by_path: dict[str, CaseInfo], by_name: dict[str, CaseInfo | None]) -> None:
         self._by_path = by_path
         self._by_name = by_name
+        self._matched: set[int] = set()  # id() of the rows some file of this run matched
 
     def __len__(self) -> int:
         return len(self._by_path)
@@ -49,6 +50,16 @@ class Manifest:
         if normal in self._by_path:
             return self._by_path[normal]
         return self._by_name.get(PurePosixPath(normal).name)
+
+    def note_file(self, relative: str) -> None:
+        """Remember that a file of the indexed source matched its row (for `unmatched_count`)."""
+        info = self.lookup(relative)
+        if info is not None:
+            self._matched.add(id(info))
+
+    def unmatched_count(self) -> int:
+        """How many rows named no file seen since this manifest was loaded (a typo, or files not there)."""
+        return sum(1 for info in self._by_path.values() if id(info) not in self._matched)
 
 
 def split_labels(value: str, separators: str, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -24,10 +24,11 @@ from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.errors import IndexerError
 from indexer.extras import extra_hint
-from indexer.ingest.local import _SAVE_EVERY_BATCHES, FramePolicy, Ingestor, IngestReport, _Decoded
+from indexer.ingest.local import _SAVE_EVERY_BATCHES, FramePolicy, Ingestor, IngestReport
 from indexer.ingest.manifest import Manifest
 from indexer.ingest.ray_cluster import RayClusterError, RayNotInstalledError, ensure_ray, import_ray
 from indexer.ingest.ray_tasks import _COLUMNS, EmbedRows, EncoderFactory, decode_rows, encoder_factory
+from indexer.ingest.writer import DecodedFrame, write_rows
 from indexer.storage.sources import SourceItem, UnsafeSourceError, count_items, iter_folder, iter_source
 
 log = logging.getLogger(__name__)
@@ -62,18 +63,22 @@ def _is_packed(root: Path) -> bool:
         return False
 
 
-def _folder_rows(root: Path) -> list[dict[str, Any]]:
-    """References to every file under root: workers read them from the same path (a shared filesystem)."""
+def _folder_rows(root: Path) -> tuple[list[dict[str, Any]], list[tuple[SourceItem, OSError]]]:
+    """References to every file under root (workers read them from the same path: a shared filesystem),
+    and the folders that could not be listed, with why."""
     resolved = root.expanduser().resolve()
-    return [
-        {
-            "uri": item.uri,
-            "relative": item.relative,
-            "path": str(resolved if resolved.is_file() else resolved / item.relative),
-            "data": b"",
-        }
-        for item in iter_folder(resolved)
-    ]
+    rows: list[dict[str, Any]] = []
+    unreadable: list[tuple[SourceItem, OSError]] = []
+    for item in iter_folder(resolved):
+        if item.size is None:  # a folder that could not be listed: its reader says why
+            try:
+                item.read_bytes()
+            except OSError as exc:
+                unreadable.append((item, exc))
+                continue
+        path = str(resolved if resolved.is_file() else resolved / item.relative)
+        rows.append({"uri": item.uri, "relative": item.relative, "path": path, "data": b""})
+    return rows, unreadable
 
 
 class RayIngestor:
@@ -130,12 +135,19 @@ class RayIngestor:
                 for rows in self._archive_windows(root, report, bar):
                     self._consume(ray, rows, frozenset(), report, bar)
             else:
-                rows = _folder_rows(root)
+                rows, unreadable = _folder_rows(root)
+                for item, error in unreadable:
+                    report.seen += 1
+                    report.failed += 1
+                    self.archive.catalog.record_failure(item.uri, error)
+                    bar.update(1)
                 if rows:
                     self._consume(ray, rows, self._stored_digests(), report, bar)
             bar.set_postfix(indexed=report.indexed, skipped=report.already_indexed, failed=report.failed)
         if report.indexed:
             self.archive.save_index()
+        if self.writer.manifest is not None:
+            report.manifest_unmatched = self.writer.manifest.unmatched_count()
         report.elapsed_s = time.perf_counter() - start
         report.log_done("ray ingest")
         return report
@@ -240,13 +252,18 @@ class RayIngestor:
         catalog = self.archive.catalog
         fresh_sha = {str(s) for s in batch["sha256"] if s}
         concurrent = catalog.known_sha256(s for s in fresh_sha if s not in self._claimed)
-        decoded: list[_Decoded] = []
+        decoded: list[DecodedFrame] = []
         vectors: list[npt.NDArray[np.float32]] = []
         for uri, relative, sha, status, payload, vector, last in zip(
             *(batch[name] for name in _COLUMNS), strict=True
         ):
             uri, relative, sha, status = str(uri), str(relative), str(sha), str(status)
-            verdict = self._verdict(uri, sha, status, concurrent)
+            if last and self.writer.manifest is not None:
+                self.writer.manifest.note_file(relative)
+            # a copy of a failed file failed too (each copy is decoded): it is recorded, never a duplicate
+            verdict = (
+                "new" if status in ("failed", "not_image") else self._verdict(uri, sha, status, concurrent)
+            )
             if verdict == "duplicate":
                 if last:
                     report.already_indexed += 1
@@ -259,7 +276,7 @@ class RayIngestor:
                 metadata, thumbnail, pixel_digest = pickle.loads(payload)
                 item = SourceItem(uri, relative, reader=bytes)
                 image = DecodedImage(pixels=_NO_PIXELS, metadata=_metadata(metadata))
-                decoded.append(_Decoded(item, sha, image, thumbnail, pixel_digest))
+                decoded.append(DecodedFrame(item, sha, image, thumbnail, pixel_digest))
                 vectors.append(np.frombuffer(vector, dtype=np.float32))
             if last:
                 report.seen += 1
@@ -282,7 +299,7 @@ class RayIngestor:
         return "new" if owner == uri else "duplicate"
 
     def _write_decoded(
-        self, decoded: list[_Decoded], vectors: list[npt.NDArray[np.float32]], report: IngestReport
+        self, decoded: list[DecodedFrame], vectors: list[npt.NDArray[np.float32]], report: IngestReport
     ) -> None:
         if not decoded:
             return
@@ -291,7 +308,7 @@ class RayIngestor:
         if not fresh:
             return
         matrix = np.stack([by_frame[id(d)] for d in fresh]).astype(np.float32, copy=False)
-        ids = self.writer._write_rows(fresh, matrix)
+        ids = write_rows(self.archive, self.writer.manifest, fresh, matrix)
         # row first, vector second, as the local engine
         self.archive.index.add(np.asarray(ids, dtype=np.int64), matrix)
         report.indexed += len(fresh)

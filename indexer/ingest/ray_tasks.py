@@ -151,12 +151,18 @@ class EmbedRows:
             return []
         try:
             return list(self.encoder.embed(images))
-        except EmbeddingsError:
-            log.warning("a batch of %d images failed to embed; retrying one by one", len(images))
+        except Exception as exc:  # MemoryError or a model error on one odd image must not lose its batch
+            log.warning(
+                "a batch of %d images failed to embed (%s); retrying one by one",
+                len(images),
+                type(exc).__name__,
+            )
         results: list[npt.NDArray[np.float32] | BaseException] = []
         for image in images:
             try:
                 results.append(self.encoder.embed([image])[0])
             except EmbeddingsError as exc:
                 results.append(exc)
+            except Exception as exc:
+                results.append(RuntimeError(f"unexpected embedding error ({type(exc).__name__}: {exc})"))
         return results

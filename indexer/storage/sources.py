@@ -113,7 +113,12 @@ def iter_folder(root: Path) -> Iterator[SourceItem]:
         return
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is neither a file, a folder nor an archive: pass what to index")
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    unreadable: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable.append, followlinks=False):
+        while (
+            unreadable
+        ):  # a folder os.walk could not list: an item whose read says why (recorded, not skipped)
+            yield _unreadable_folder(root, unreadable.pop(0))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
@@ -128,6 +133,16 @@ def iter_folder(root: Path) -> Iterator[SourceItem]:
                 reader=path.read_bytes,
                 size=info.st_size,
             )
+
+
+def _unreadable_folder(root: Path, error: OSError) -> SourceItem:
+    path = Path(error.filename or root)
+    relative = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    failure = OSError(
+        f"folder {relative!r} cannot be listed ({error.strerror or error}): its files were not indexed; "
+        "give the indexing user read and execute permission on it and index again"
+    )
+    return SourceItem(uri=str(SourceUri.of_file(path)), relative=relative, reader=_refuse_with(failure))
 
 
 def iter_zip(path: Path, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[SourceItem]:
