@@ -10,6 +10,7 @@ from embeddings import ImageEncoder, create_encoder
 from indexer.catalog import Catalog
 from indexer.governance.pseudonym import load_or_create_key
 from indexer.settings import IndexerSettings
+from indexer.storage.private import make_data_dir_private
 from indexer.vectors.index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class Archive:
     @classmethod
     def open(cls, settings: IndexerSettings, encoder: ImageEncoder | None = None) -> Archive:
         """Open (creating when new) the data folder's catalog and index, and load the encoder."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir_private(settings.data_dir)  # 0700, and 0600/0700 for all it will hold
         catalog = Catalog(settings.resolved_database_url)
         if encoder is None:
             encoder = create_encoder(

@@ -75,28 +75,45 @@ class CaseManager:
         labels = clean_labels(labels)
         case_key = f"added:{uuid.uuid4().hex}"
         info = CaseInfo(case_key=case_key, patient_id=None, report=report or None, labels=labels)
-        items = [self._stored_item(data, digest) for data, digest in zip(uploads, digests, strict=True)]
-        manifest = Manifest({item.relative: info for item in items}, {})
-        with self.lock:
-            result = Ingestor(self.archive, manifest, workers=0, max_pixels=self.max_pixels).run(
-                items, total=len(items), progress=False
-            )
-        if result.indexed < len(items):
-            raise CaseIngestError(
-                f"{len(items) - result.indexed} of {len(items)} images could not be added; "
-                "an admin can see why with `medcbir failures`"
-            )
+        written: list[Path] = []
+        try:
+            items = [
+                self._stored_item(data, digest, written)
+                for data, digest in zip(uploads, digests, strict=True)
+            ]
+            manifest = Manifest({item.relative: info for item in items}, {})
+            with self.lock:
+                result = Ingestor(self.archive, manifest, workers=0, max_pixels=self.max_pixels).run(
+                    items, total=len(items), progress=False
+                )
+            if result.indexed < len(items):
+                raise CaseIngestError(
+                    f"{len(items) - result.indexed} of {len(items)} images could not be added; "
+                    "an admin can see why with `medcbir failures`"
+                )
+        except BaseException:
+            self._remove_unstored(written)
+            raise
         changes: list[CaseChange] = [("created", None, joined_labels(labels) or None)]
         if predicted_label:
             verdict = "confirmed" if predicted_label in labels else "corrected"
             changes.append((f"prediction {verdict}", predicted_label, joined_labels(labels)))
         return self.archive.catalog.record_case_changes(case_key, username, changes)
 
-    def _stored_item(self, data: bytes, digest: str) -> SourceItem:
+    def _remove_unstored(self, written: list[Path]) -> None:
+        """A failed request leaves no upload behind, but for images it did store (named by their sha256)."""
+        stored = self.archive.catalog.known_sha256([path.name for path in written])
+        for path in written:
+            if path.name not in stored:
+                path.unlink(missing_ok=True)
+                path.with_suffix(".tmp").unlink(missing_ok=True)
+
+    def _stored_item(self, data: bytes, digest: str, written: list[Path]) -> SourceItem:
         path = self.upload_dir / digest[:2] / digest
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
+            written.append(path)
             tmp.write_bytes(data)
             os.replace(tmp, path)
         return SourceItem(

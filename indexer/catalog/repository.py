@@ -35,6 +35,7 @@ from indexer.catalog.models import (
 )
 from indexer.catalog.vectors import StoredVectors
 from indexer.extras import require_extra
+from indexer.storage.private import make_catalog_private
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Catalog(StoredVectors, CaseRows):
         url = postgres_driver_url(url)
         connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
         self.url = url
+        make_catalog_private(url)  # reports and password hashes: owner-only, -wal/-shm included
         self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
         if url.startswith("sqlite"):
             _configure_sqlite(self.engine)

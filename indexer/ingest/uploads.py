@@ -82,6 +82,15 @@ def keep_upload(archive: Archive, temporary: Path) -> Path:
     return target
 
 
+def discard_failed_upload(archive: Archive, kept: Path) -> bool:
+    """Remove a kept upload whose request failed, unless images already stored read from it (rows a
+    failed ingest committed before it stopped, or an earlier identical upload); True when removed."""
+    if archive.catalog.has_images_under(SourceUri.members_prefix(kept.resolve())):
+        return False
+    kept.unlink(missing_ok=True)
+    return True
+
+
 def ingest_upload(
     archive: Archive,
     path: Path,

@@ -12,7 +12,13 @@ from starlette.concurrency import run_in_threadpool
 from indexer.governance.accounts import create_user, list_accounts, set_disabled, set_role
 from indexer.governance.audit import audit_records
 from indexer.ingest.manifest import ManifestColumns, load_manifest
-from indexer.ingest.uploads import ingest_upload, keep_upload, rebuild_archive_index, upload_dir
+from indexer.ingest.uploads import (
+    discard_failed_upload,
+    ingest_upload,
+    keep_upload,
+    rebuild_archive_index,
+    upload_dir,
+)
 from search_api.access import ADMIN, allow
 from search_api.deps import ApiSettingsDep, AuditDep, CatalogDep, SearcherDep, read_upload
 from search_api.errors import CONFLICT_RESPONSES, ERROR_RESPONSES, StrictJsonRoute
@@ -133,9 +139,13 @@ async def ingest_archive(
         kept = await run_in_threadpool(keep_upload, opened, temporary)
     finally:
         temporary.unlink(missing_ok=True)
-    result = await run_in_threadpool(
-        lambda: ingest_upload(opened, kept, loaded, searcher.index_lock, max_pixels=limits.max_pixels)
-    )
+    try:
+        result = await run_in_threadpool(
+            lambda: ingest_upload(opened, kept, loaded, searcher.index_lock, max_pixels=limits.max_pixels)
+        )
+    except BaseException:
+        await run_in_threadpool(discard_failed_upload, opened, kept)  # unless stored images read from it
+        raise
     report = result.report
     audit(f"archive:{kept.stem[:16]} added:{report.indexed} failed:{report.failed}")
     return ingest_out(result, len(opened.index), report.elapsed_s)
