@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -76,12 +78,50 @@ def split_labels(value: str, separators: str, ignore: tuple[str, ...] = ()) -> l
     return out
 
 
-def load_manifest(path: Path, columns: ManifestColumns) -> Manifest:
-    """Read a manifest CSV; rows naming the same file merge their labels (first report wins)."""
+# csv's own limit on one field (131072 characters); a longer field is refused with the way to fix it
+MAX_FIELD_CHARS = csv.field_size_limit()
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
+
+
+def read_manifest_text(path: Path) -> str:
+    """The manifest's text: UTF-8, or UTF-8/16/32 with a byte-order mark; anything else is a ManifestError."""
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        data = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"cannot open manifest {path}: {exc}") from exc
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"manifest {path.name} is not {encoding.upper()} text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}): save it as UTF-8 (Excel: 'CSV UTF-8'; or `iconv -f latin1 -t utf-8 old.csv > new.csv`)"
+        ) from None
+    if "\0" in text:
+        raise ManifestError(
+            f"manifest {path.name} holds NUL bytes: it is not a CSV text file; export the manifest as CSV (UTF-8)"
+        )
+    return text
+
+
+def load_manifest(path: Path, columns: ManifestColumns) -> Manifest:
+    """Read a manifest CSV; rows naming the same file merge their labels (first report wins).
+
+    Raises ManifestError (never a csv or Unicode error) for an unreadable, mis-encoded or binary file,
+    a missing column, or a field over MAX_FIELD_CHARS characters.
+    """
+    text = read_manifest_text(path)
+    try:
+        return _parse(io.StringIO(text, newline=""), path, columns)
+    except csv.Error as exc:
+        raise ManifestError(
+            f"manifest {path.name} cannot be read as CSV ({exc}); fields are limited to {MAX_FIELD_CHARS:,} "
+            "characters: shorten the longest cell (a report over 128 KiB?) or check the quoting"
+        ) from None
+
+
+def _parse(handle: io.StringIO, path: Path, columns: ManifestColumns) -> Manifest:
     with handle:
         reader = csv.DictReader(handle)
         header = [h for h in (reader.fieldnames or []) if h]
