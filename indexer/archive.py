@@ -1,9 +1,10 @@
-"""An opened archive: the catalog, the encoder and the vector index, loaded once and used together."""
+"""An opened archive: the catalog, the encoder, the vector index and its lock, loaded once and used together."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from embeddings import ImageEncoder, create_encoder
@@ -12,6 +13,8 @@ from indexer.governance.pseudonym import load_or_create_key
 from indexer.settings import IndexerSettings
 from indexer.storage.private import make_data_dir_private
 from indexer.vectors.index import VectorIndex
+from indexer.vectors.persistence import index_file_lock
+from indexer.vectors.sync import CatchUp, refresh, save_in_step
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,8 @@ class Archive:
     encoder: ImageEncoder
     index: VectorIndex
     pseudonym_key: bytes
+    # Every write to the index and every search of it holds this lock (the server's searches included).
+    index_lock: threading.RLock = field(default_factory=threading.RLock)
 
     @classmethod
     def open(cls, settings: IndexerSettings, encoder: ImageEncoder | None = None) -> Archive:
@@ -38,9 +43,11 @@ class Archive:
                 checkpoint=settings.checkpoint,
                 batch_size=settings.batch_size,
             )
-        index = VectorIndex.open(
-            index_path(settings, encoder), catalog, encoder=encoder.name, dim=encoder.dim
-        )
+        path = index_path(settings, encoder)
+        generation = catalog.generation()  # read first: the index is checked against rows at least this new
+        with index_file_lock(path):  # never read a file another process is half-way through replacing
+            index = VectorIndex.open(path, catalog, encoder=encoder.name, dim=encoder.dim)
+        index.generation = max(index.generation, generation)
         key = load_or_create_key(settings.key_path)
         log.info("archive open: encoder %s, %d vectors", encoder.name, len(index))
         return cls(settings=settings, catalog=catalog, encoder=encoder, index=index, pseudonym_key=key)
@@ -51,8 +58,12 @@ class Archive:
         return index_path(self.settings, self.encoder)
 
     def save_index(self) -> None:
-        """Persist the index atomically."""
-        self.index.save(self.index_path)
+        """Persist the index atomically, under its writer lock, in step with the catalog (never older than disk)."""
+        save_in_step(lambda: self.index, self.catalog, self.index_lock, self.index_path)
+
+    def refresh_index(self) -> CatchUp:
+        """Take in the vectors other processes wrote to (or deleted from) the catalog since the last look."""
+        return refresh(lambda: self.index, self.catalog, self.index_lock)
 
     def close(self) -> None:
         """Release database connections."""

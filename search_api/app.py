@@ -19,6 +19,7 @@ from indexer.cases import CaseManager
 from indexer.governance.accounts import limit_password_hashing, list_accounts
 from indexer.governance.pseudonym import load_or_create_key
 from indexer.settings import IndexerSettings
+from indexer.vectors.sync import PeriodicRefresh
 from search_api.access import check_route_access
 from search_api.errors import install_error_handlers
 from search_api.explanations import Explainer
@@ -81,7 +82,9 @@ def create_app(
         opened = archive if archive is not None else Archive.open(settings or IndexerSettings())
         try:
             check_can_start(limits, opened)
-            searcher = Searcher(opened, max_pixels=limits.max_pixels)
+            searcher = Searcher(
+                opened, max_pixels=limits.max_pixels, index_poll_seconds=limits.index_poll_seconds
+            )
             app.state.api_settings = limits
             app.state.searcher = searcher
             app.state.case_manager = CaseManager(opened, searcher.index_lock, limits.max_pixels)
@@ -95,9 +98,12 @@ def create_app(
                 opened.close()
             raise
         log.info("search API ready: %d vectors, encoder %s", len(opened.index), opened.encoder.name)
+        # Other processes write the same catalog: take in their rows every few seconds (see /health).
+        follower = PeriodicRefresh(opened.refresh_index, limits.index_poll_seconds).start()
         try:
             yield
         finally:
+            follower.stop()
             if archive is None:
                 opened.close()
 

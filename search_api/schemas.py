@@ -246,6 +246,27 @@ class HealthOut(BaseModel):
     index_size: int
     catalog_ok: bool
     catalog_images: int
+    catalog_size: int = Field(
+        default=0, description="Images with a vector from the served encoder: what a complete index holds"
+    )
+    catalog_generation: int = Field(
+        default=0, description="How many vector rows any writer ever added, deleted or changed"
+    )
+    index_generation: int = Field(
+        default=0, description="The catalog generation the served index is in step with"
+    )
+    index_behind_rows: int = Field(
+        default=0, description="Vector row changes in the catalog that the served index has not taken in yet"
+    )
+    index_behind_seconds: float = Field(
+        default=0.0,
+        description="0 when in step; else how long since the index was last seen in step (stale beyond "
+        "max(60 s, 3 polls): status says so)",
+    )
+    index_poll_seconds: float = Field(
+        default=0.0,
+        description="How often the server takes in other writers' rows (MEDCBIR_API_INDEX_POLL_SECONDS)",
+    )
     modalities: list[str] = Field(default_factory=list)
     head_version: str | None = Field(
         default=None, description="The trained head the API serves (`medcbir train-head`), null when none"

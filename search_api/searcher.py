@@ -66,11 +66,14 @@ def _group_key(row: Image, group_by: str | None) -> str:
 class Searcher:
     """Answers searches and lookups over an open archive; knows nothing of HTTP."""
 
-    def __init__(self, archive: Archive, max_pixels: int | None = None) -> None:
+    def __init__(
+        self, archive: Archive, max_pixels: int | None = None, index_poll_seconds: float = 0.0
+    ) -> None:
         self.archive = archive
         self.max_pixels = max_pixels
+        self.index_poll_seconds = index_poll_seconds  # how often the app catches the index up (0: never)
         # Case additions and deletions change the index while searches read it: one lock for both.
-        self.index_lock = threading.RLock()
+        self.index_lock = archive.index_lock
         self._predictors = Predictors()
         self._predictors_stamp = -1
         self._predictors_lock = threading.Lock()
@@ -380,8 +383,19 @@ class Searcher:
         stats = self.archive.catalog.stats() if catalog_ok else None
         encoder = self.archive.encoder
         predictors = self.predictors()
+        index = self.archive.index
+        generation = self.archive.catalog.generation() if catalog_ok else index.generation
+        behind_rows = max(0, generation - index.generation)
+        behind_s = 0.0 if behind_rows == 0 else max(0.0, time.time() - index.synced_at)
+        stale = behind_s > max(60.0, 3 * self.index_poll_seconds)
         return HealthOut(
-            status="ok" if catalog_ok else "degraded",
+            status=("stale" if stale else "ok") if catalog_ok else "degraded",
+            catalog_size=self.archive.catalog.vector_count(encoder.name) if catalog_ok else 0,
+            catalog_generation=generation,
+            index_generation=index.generation,
+            index_behind_rows=behind_rows,
+            index_behind_seconds=round(behind_s, 3),
+            index_poll_seconds=self.index_poll_seconds,
             encoder=encoder.name,
             dim=encoder.dim,
             device=str(getattr(encoder, "device", "cpu")),

@@ -33,6 +33,9 @@ class ApiSettings(BaseSettings):
     # POST /admin/ingest answers when the whole archive is ingested (synchronously): this caps the upload
     # so one request stays a few minutes at most; bigger archives go through `medcbir index`.
     max_ingest_bytes: int = 2 * 1024**3
+    # How often the server takes in vectors that other processes (`medcbir index`, another server, the
+    # Ray driver, a PACS follower) wrote to or deleted from the catalog; 0 turns following off.
+    index_poll_seconds: float = 5.0
     # Addresses (or CIDR networks) of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are
     # believed, comma-separated. Empty: none, so the login limiter and the audit see the real peer.
     trusted_proxies: Annotated[list[str], NoDecode] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 import typer
@@ -35,13 +36,16 @@ def verify(data_dir: DataDir = None, encoder: Encoder = None, checkpoint: Checkp
     from embeddings import create_encoder
     from indexer.archive import index_path
     from indexer.vectors.index import VectorIndex
+    from indexer.vectors.persistence import index_file_lock
 
     settings = settings_from(data_dir, encoder, checkpoint)
     enc = create_encoder(settings.encoder, checkpoint=settings.checkpoint)
     with opened_catalog(settings) as catalog:
         stored = np.sort(catalog.image_ids_where(encoder=enc.name))
+    path = index_path(settings, enc)
     try:
-        vindex = VectorIndex.load(index_path(settings, enc), encoder=enc.name, dim=enc.dim)
+        with index_file_lock(path):  # never a file half-way through being replaced by a writer
+            vindex = VectorIndex.load(path, encoder=enc.name, dim=enc.dim)
     except IndexerError as exc:
         raise fail(f"{exc}; run `medcbir rebuild-index`") from exc
     ids = np.sort(vindex.ids())
@@ -73,6 +77,7 @@ def rebuild_index(
     from indexer.archive import index_path
     from indexer.vectors.index import VectorIndex
     from indexer.vectors.kinds import spec_for_kind
+    from indexer.vectors.sync import save_in_step
 
     settings = settings_from(data_dir, encoder, checkpoint)
     enc = create_encoder(settings.encoder, checkpoint=settings.checkpoint)
@@ -82,12 +87,15 @@ def rebuild_index(
             spec = None
             if kind != "auto":
                 spec = spec_for_kind(kind, int(catalog.image_ids_where(encoder=enc.name).size), enc.dim)
+            generation = catalog.generation()  # the build reads rows at least this new
             vindex = VectorIndex.build_from_catalog(
                 catalog, encoder=enc.name, dim=enc.dim, spec=spec, memory_budget_bytes=budget
             )
         except ValueError as exc:
             raise fail(str(exc)) from exc
-    vindex.save(index_path(settings, enc))
+        vindex.generation = generation
+        # under the writer lock, caught up with rows written during the build (never older than disk)
+        save_in_step(lambda: vindex, catalog, threading.RLock(), index_path(settings, enc))
     tuning = vindex.tuning
     detail = f", {tuning.param}={tuning.value}, recall@10 {tuning.recall_at_10:.3f}" if tuning.param else ""
     typer.echo(f"rebuilt: {len(vindex)} vectors ({vindex.kind}{detail})")

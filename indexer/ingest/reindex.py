@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from indexer.errors import IndexerError
 from indexer.settings import IndexerSettings
 from indexer.storage.stored import load_stored_image
 from indexer.vectors.index import VectorIndex
+from indexer.vectors.sync import save_in_step
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +72,11 @@ def reindex_catalog(
                 embedded += len(ids)
             bar.update(len(rows))
         bar.close()
+        generation = catalog.generation()  # the build reads rows at least this new
         vindex = VectorIndex.build_from_catalog(catalog, encoder=encoder.name, dim=encoder.dim)
+        vindex.generation = generation
         path = index_path(settings, encoder)
-        vindex.save(path)
+        save_in_step(lambda: vindex, catalog, threading.RLock(), path)
         return ReindexResult(
             embedded=embedded, already=len(have), failed=failed, index_path=path, index_size=len(vindex)
         )

@@ -145,9 +145,11 @@ def rebuild_archive_index(archive: Archive, lock: threading.RLock, kind: str = "
         if kind != "auto":
             size = int(archive.catalog.image_ids_where(encoder=encoder.name).size)
             spec = spec_for_kind(kind, size, encoder.dim)
+        generation = archive.catalog.generation()  # the build reads rows at least this new
         index = VectorIndex.build_from_catalog(
             archive.catalog, encoder=encoder.name, dim=encoder.dim, spec=spec
         )
+        index.generation = generation
         archive.index = index
         archive.save_index()
     return index

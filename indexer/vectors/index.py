@@ -72,6 +72,8 @@ class VectorIndex:
         self._mmap_path: Path | None = None  # set while the index is a read-only memory map
         self._use_gpu = gpu_available() if use_gpu is None else use_gpu
         self._gpu_index: faiss.Index | None = None
+        self.generation = -1  # the catalog generation this index is in step with (-1: unknown)
+        self.synced_at = time.time()  # when it was last seen in step with the catalog
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -331,7 +333,14 @@ class VectorIndex:
 
     def save(self, path: Path) -> None:
         """Write atomically: temp file in the same folder, fsync, rename; a sidecar holds kind, tuning, checksum."""
-        write_index(path, self._index, encoder=self.encoder, spec=self.spec, tuning=self.tuning)
+        write_index(
+            path,
+            self._index,
+            encoder=self.encoder,
+            spec=self.spec,
+            tuning=self.tuning,
+            generation=self.generation,
+        )
 
     @classmethod
     def load(cls, path: Path, *, encoder: str, dim: int, mmap: bool | None = None) -> VectorIndex:
@@ -341,6 +350,7 @@ class VectorIndex:
         """
         saved = read_index(path, encoder=encoder, dim=dim, mmap=mmap)
         loaded = cls(dim, encoder, saved.index, spec=saved.spec, tuning=saved.tuning)
+        loaded.generation = saved.generation
         if saved.memory_mapped:
             loaded._mmap_path = path
         return loaded

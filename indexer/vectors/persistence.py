@@ -1,4 +1,4 @@
-"""Saving and loading a FAISS index: atomic writes, the JSON sidecar (kind, tuning, checksum), memory maps."""
+"""Saving and loading a FAISS index: atomic writes, the JSON sidecar (kind, tuning, checksum, generation), the file lock."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -28,10 +32,13 @@ class LoadedIndex:
     spec: IndexSpec
     tuning: Tuning
     memory_mapped: bool
+    generation: int  # the catalog generation the index was in step with when saved (-1: unknown)
 
 
-def write_index(path: Path, index: faiss.Index, *, encoder: str, spec: IndexSpec, tuning: Tuning) -> None:
-    """Write the index, then its sidecar (encoder, dim, count, checksum, kind, tuning), each atomically."""
+def write_index(
+    path: Path, index: faiss.Index, *, encoder: str, spec: IndexSpec, tuning: Tuning, generation: int = -1
+) -> None:
+    """Write the index, then its sidecar (encoder, dim, count, checksum, kind, tuning, generation), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = faiss.serialize_index(index).tobytes()
     meta = {
@@ -41,6 +48,7 @@ def write_index(path: Path, index: faiss.Index, *, encoder: str, spec: IndexSpec
         "sha256": hashlib.sha256(blob).hexdigest(),
         "spec": spec.to_dict(),
         "tuning": tuning.to_dict(),
+        "generation": int(generation),
     }
     atomic_write(path, blob)
     atomic_write(meta_path(path), json.dumps(meta, indent=1).encode())
@@ -55,12 +63,12 @@ def read_index(path: Path, *, encoder: str, dim: int, mmap: bool | None = None) 
     if not path.exists() or not sidecar.exists():
         raise IndexCorruptError(f"no saved index at {path}; it will be rebuilt from the catalog")
     try:
-        meta = json.loads(sidecar.read_text())
+        meta = _sidecar(sidecar)
         size = path.stat().st_size
         use_mmap = size >= MMAP_MIN_BYTES if mmap is None else mmap
         digest, blob = _file_digest(path, keep=not use_mmap)
     except (OSError, ValueError) as exc:
-        raise IndexCorruptError(f"cannot read index {path}: {exc}") from exc
+        raise IndexCorruptError(f"cannot read index {path} or its sidecar {sidecar.name}: {exc}") from exc
     if digest != meta.get("sha256"):
         raise IndexCorruptError(f"index {path} fails its checksum (truncated or modified)")
     if meta.get("encoder") != encoder or meta.get("dim") != dim:
@@ -77,9 +85,57 @@ def read_index(path: Path, *, encoder: str, dim: int, mmap: bool | None = None) 
             index = faiss.read_index(str(path), flags)
         else:
             index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
-    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        raise IndexCorruptError(f"cannot read index {path}: {exc}") from exc
-    return LoadedIndex(index, spec, tuning, use_mmap)
+        generation = int(meta.get("generation", -1))
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IndexCorruptError(f"cannot read index {path} (its sidecar {sidecar.name}): {exc}") from exc
+    return LoadedIndex(index, spec, tuning, use_mmap, generation)
+
+
+def _sidecar(sidecar: Path) -> dict[str, Any]:
+    meta = json.loads(sidecar.read_text())
+    if not isinstance(meta, dict):
+        raise ValueError(f"the sidecar {sidecar} holds {type(meta).__name__}, not a JSON object")
+    return meta
+
+
+def saved_generation(path: Path) -> int | None:
+    """The catalog generation recorded beside a saved index, or None when there is none to read."""
+    try:
+        return int(_sidecar(meta_path(path))["generation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+_FILE_LOCKS: dict[Path, tuple[threading.RLock, list[int]]] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def index_file_lock(path: Path) -> Iterator[None]:
+    """Hold the writer lock of an index file (`<index>.lock`, flock): one saver at a time across processes.
+
+    Re-entrant within a process (a thread holding it may take it again); other threads wait.
+    """
+    import fcntl  # POSIX only, like the rest of the deployment (flock on the data folder's disk)
+
+    key = path.resolve()
+    with _FILE_LOCKS_GUARD:
+        rlock, state = _FILE_LOCKS.setdefault(key, (threading.RLock(), [0, -1]))
+    with rlock:
+        if state[0] == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            state[1] = fd
+        state[0] += 1
+        try:
+            yield
+        finally:
+            state[0] -= 1
+            if state[0] == 0:
+                fcntl.flock(state[1], fcntl.LOCK_UN)
+                os.close(state[1])
+                state[1] = -1
 
 
 def saved_spec(path: Path) -> IndexSpec | None:
