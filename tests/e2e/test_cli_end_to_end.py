@@ -103,6 +103,8 @@ def test_index_reports_a_missing_manifest_column_clearly(
     assert "--report-column 'notes'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # indexes the 724-image collection with the real encoder: ~10 min on 2 busy cores
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/datasets/covid-chestxray is absent")
 def test_covid_chestxray_with_its_own_columns(tmp_path: Path) -> None:
     import csv
@@ -112,7 +114,7 @@ def test_covid_chestxray_with_its_own_columns(tmp_path: Path) -> None:
         "index", str(SHARED / "images"), "--manifest", str(SHARED / "metadata.csv"),
         "--path-column", "filename", "--patient-column", "patientid",
         "--report-column", "clinical_notes", "--diagnosis-column", "finding", "--ignore-label", "todo",
-        "--no-progress", env=env, timeout=1800,
+        "--no-progress", env=env, timeout=1700,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "failed 0" in result.stdout
@@ -144,7 +146,16 @@ def test_covid_chestxray_with_its_own_columns(tmp_path: Path) -> None:
         assert hit["diagnosis"] == expected
     # neighbours are chest images: X-ray or CT from this chest collection with findings
     assert sum(1 for h in hits if rows[Path(h["source_uri"]).name]["modality"] == "X-ray") >= 7
-    assert body["prediction"]["label"] is not None
+    prediction = body["prediction"]
+    # the prediction is the vote of these neighbours: its label is one of their findings, it leads its own
+    # scores, and its confidence is that top score
+    assert prediction["label"] in {label for h in hits for label in h["diagnosis"]}, prediction
+    scores = prediction["scores"]
+    assert scores[0]["label"] == prediction["label"] and scores[0]["score"] == pytest.approx(
+        prediction["confidence"]
+    )
+    assert [s["score"] for s in scores] == sorted((s["score"] for s in scores), reverse=True)
+    assert 0.0 < prediction["confidence"] <= 1.0
     assert rows[query]["clinical_notes"][:40] not in log
 
 

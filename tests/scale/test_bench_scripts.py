@@ -28,4 +28,10 @@ def test_bench_search_prints_per_kind_figures() -> None:
     for name, row in kinds.items():
         assert {"build_s", "bytes_per_vector", "p50_ms", "p99_ms", "qps", "recall_at_10"} <= set(row), name
     assert kinds["flat"]["recall_at_10"] == 1.0
-    assert kinds["ivf_flat"]["recall_at_10"] >= 0.9  # 50 held-out queries: a little sampling slack
+    # The tuner's promise (TARGET_RECALL 0.95) on its own tuning queries, and the same bar on the 50 held-out
+    # queries (seed 0, one thread: deterministic; measured 0.9705 tuned, 0.954 held out).
+    from indexer.vectors.tuning import TARGET_RECALL
+
+    assert TARGET_RECALL == 0.95
+    assert kinds["ivf_flat"]["tuned"]["recall_at_10"] >= TARGET_RECALL
+    assert kinds["ivf_flat"]["recall_at_10"] >= TARGET_RECALL

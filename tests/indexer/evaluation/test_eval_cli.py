@@ -34,6 +34,28 @@ def test_eval_cli_on_tiny_npz_writes_json_markdown_and_plots(tiny_npz: Path, tmp
     ):
         assert 0.0 <= metrics[name] <= 1.0, name
     assert "precision@10" in metrics  # k = 1, 5, 10 are always reported besides --k
+    # The retrieval figures, recomputed here by hand from the cached vectors (train = database, test =
+    # queries, cosine ranking): they are the numbers of this tiny set, not just numbers in [0, 1].
+    import numpy as np
+
+    (cached,) = (tmp_path / "cache").glob("*.npy")
+    vectors = np.load(cached)
+    with np.load(tiny_npz) as raw:
+        labels = np.concatenate([raw[f"{s}_labels"][:, 0] for s in ("train", "val", "test")]).astype(int)
+    assert vectors.shape[0] == len(labels) == 34
+    database, queries = vectors[:20], vectors[26:]
+    ranked = np.argsort(-(queries @ database.T), axis=1, kind="stable")
+    relevant = labels[:20][ranked] == labels[26:][:, None]
+    assert metrics["precision@1"] == pytest.approx(relevant[:, 0].mean())
+    assert metrics["precision@5"] == pytest.approx(relevant[:, :5].mean())
+    ap5 = [
+        np.mean([relevant[q, : i + 1].mean() for i in range(5) if relevant[q, i]])
+        if relevant[q, :5].any()
+        else 0.0
+        for q in range(len(queries))
+    ]
+    assert metrics["map@5"] == pytest.approx(np.mean(ap5))
+    assert metrics["acc@1"] == pytest.approx(relevant[:, 0].mean())
     assert metrics["info"]["query_images"] == 8 and metrics["info"]["database_images"] == 20
     assert metrics["info"]["input_size"] == "64x64"
     # The npz has a val split: the tempered vote is fitted on it and both ECEs are reported.

@@ -6,6 +6,8 @@ import base64
 import io
 
 import httpx
+import numpy as np
+import pydicom
 import pytest
 from PIL import Image as PILImage
 
@@ -90,7 +92,7 @@ def test_png_query_works(live_api_url: str) -> None:
     [
         (b"", 422, "empty"),
         (b"hello, this is text and not an image" * 4, 415, "DICOM"),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 422, ""),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 422, "damaged"),
     ],
 )
 def test_bad_uploads_get_a_4xx_with_a_message(
@@ -185,7 +187,17 @@ def test_window_presets_and_render_rewindow_the_display_only(live_api_url: str) 
         f"{live_api_url}/render", files={"file": ("g.png", png_query.getvalue())},
         data={"window_center": "100", "window_width": "2"}, timeout=60,
     )  # fmt: skip
-    assert response.status_code == 200  # PNG: windowed in 0-255 grey levels
+    assert response.status_code == 200, response.text  # PNG: windowed in 0-255 grey levels
+    grey = np.asarray(PILImage.open(io.BytesIO(response.content)).convert("L"))
+    # grey 100 at the centre of a 2-wide window (LINEAR_EXACT: (100 - 100) / 2 + 0.5): mid-grey, its own size
+    assert grey.shape == (32, 32) and grey.min() == grey.max() and 127 <= int(grey.min()) <= 128
+    below = API.post(
+        f"{live_api_url}/render", files={"file": ("g.png", png_query.getvalue())},
+        data={"window_center": "90", "window_width": "2"}, timeout=60,
+    )  # fmt: skip
+    assert (
+        int(np.asarray(PILImage.open(io.BytesIO(below.content)).convert("L")).min()) == 255
+    )  # above the window
 
 
 def _spread(image: PILImage.Image) -> float:
@@ -214,5 +226,17 @@ def test_cases_filters_and_search_by_archived_image(live_api_url: str) -> None:
         f"{live_api_url}/images/{image_id}/render", params={"window_center": "500", "window_width": "900"}
     )
     assert rendered.status_code == 200 and rendered.headers["content-type"] == "image/png"
+    narrow = API.get(
+        f"{live_api_url}/images/{image_id}/render", params={"window_center": "500", "window_width": "2"}
+    )
+    assert narrow.status_code == 200
+    wide, thin = (PILImage.open(io.BytesIO(r.content)).convert("L") for r in (rendered, narrow))
+    stored = pydicom.dcmread(dicom_testfile("MR2_UNCI.dcm"))
+    assert wide.size == thin.size and max(wide.size) == min(512, max(stored.Rows, stored.Columns))  # max_side
+    assert wide.size[0] / wide.size[1] == pytest.approx(stored.Columns / stored.Rows, abs=0.02)
+    # a 2-wide window makes the picture (nearly) black and white; the 900-wide one keeps mid-greys
+    thin_grey, wide_grey = np.asarray(thin, dtype=np.float32), np.asarray(wide, dtype=np.float32)
+    mid_thin, mid_wide = (float(((g > 10) & (g < 245)).mean()) for g in (thin_grey, wide_grey))
+    assert mid_thin < 0.15 and mid_wide > 0.2 and mid_wide > 2 * mid_thin, (mid_thin, mid_wide)
     assert API.post(f"{live_api_url}/search/by-image/99999").status_code == 404
     assert API.get(f"{live_api_url}/images/99999/render").status_code == 404
