@@ -29,6 +29,7 @@ from imaging import (
 from indexer.archive import Archive
 from indexer.errors import IndexerError
 from indexer.ingest.manifest import Manifest
+from indexer.ingest.orphans import die_with_parent
 from indexer.ingest.writer import DecodedFrame, write_rows
 from indexer.storage.sources import SourceItem, UnsafeSourceError, count_items, iter_source, looks_like_image
 
@@ -145,7 +146,12 @@ def _executor(workers: int) -> Executor:
     if workers <= 0:
         return ThreadPoolExecutor(1, thread_name_prefix="decode")
     # spawn, not fork: the parent holds torch/OpenMP threads that a forked child must not inherit
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=die_with_parent,  # a kill -9 of the ingest takes its decoders with it
+        initargs=(os.getpid(),),
+    )
 
 
 def default_decode_workers() -> int:
