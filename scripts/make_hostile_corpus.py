@@ -199,7 +199,7 @@ def _broken_files(folder: Path) -> list[CorpusItem]:
 # ---------------------------------------------------------------- archives
 
 
-def _bomb_member(seed: int) -> bytes:
+def bomb_member(seed: int) -> bytes:
     """BOMB_MEMBER_BYTES that deflate (level 1) about BOMB_RATIO times: random bytes sprinkled in zeros."""
     rng = np.random.default_rng(seed)
     data = np.zeros(BOMB_MEMBER_BYTES, np.uint8)
@@ -209,10 +209,10 @@ def _bomb_member(seed: int) -> bytes:
     return data.tobytes()
 
 
-def _sparse_tar(path: Path) -> None:
-    """A plain tar of old-GNU sparse members: each declares SPARSE_MEMBER_BYTES and stores 512 bytes."""
+def write_sparse_tar(path: Path, members: int = SPARSE_MEMBERS, size: int = SPARSE_MEMBER_BYTES) -> None:
+    """A plain tar of old-GNU sparse members: each declares `size` bytes and stores 512 bytes."""
     with path.open("wb") as out:
-        for i in range(SPARSE_MEMBERS):
+        for i in range(members):
             info = tarfile.TarInfo(f"sparse_{i}.dcm")
             info.size = 512  # the bytes stored in the archive
             info.type = tarfile.GNUTYPE_SPARSE
@@ -221,7 +221,7 @@ def _sparse_tar(path: Path) -> None:
             header[386:398] = b"%011o\0" % 0
             header[398:410] = b"%011o\0" % 512
             header[482] = 0
-            header[483:495] = b"%011o\0" % SPARSE_MEMBER_BYTES
+            header[483:495] = b"%011o\0" % size
             header[148:156] = b" " * 8
             header[148:156] = b"%06o\0 " % sum(header[:512])
             out.write(bytes(header[:512]) + b"\x01" * 512)
@@ -230,7 +230,7 @@ def _sparse_tar(path: Path) -> None:
 
 def _archives(folder: Path) -> list[CorpusItem]:
     folder.mkdir(parents=True, exist_ok=True)
-    members = [(f"bomb/{i:03d}.dcm", _bomb_member(i)) for i in range(BOMB_MEMBERS)]
+    members = [(f"bomb/{i:03d}.dcm", bomb_member(i)) for i in range(BOMB_MEMBERS)]
     with zipfile.ZipFile(folder / "bomb.zip", "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for name, data in members:
             archive.writestr(name, data)
@@ -244,7 +244,7 @@ def _archives(folder: Path) -> list[CorpusItem]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
-    _sparse_tar(folder / "bomb_sparse.tar")
+    write_sparse_tar(folder / "bomb_sparse.tar")
     good = [(f"good/{i}.png", _png(_texture(80, 80, 40 + i))) for i in range(2)]
     with zipfile.ZipFile(folder / "good.zip", "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in good:

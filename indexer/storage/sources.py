@@ -7,21 +7,21 @@ import stat
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-from indexer.errors import IndexerError
+from indexer.storage.archives import (
+    ArchiveLimits,
+    ArchiveSettings,
+    UnsafeSourceError,  # noqa: F401 (re-exported: where callers import it from)
+    iter_tar_members,
+    iter_zip_members,
+    refuse,
+)
 from indexer.storage.stored import SourceUri
 
 # Files with these suffixes (or none) are expected to be images: when they fail, that is recorded.
 IMAGE_SUFFIXES = frozenset({"", ".dcm", ".dicom", ".dic", ".ima", ".png", ".jpg", ".jpeg", ".jpe"})
-DEFAULT_MAX_MEMBER_BYTES = 2 * 1024**3
-# A zip member that inflates more than this many times its compressed size is treated as a bomb.
-MAX_COMPRESSION_RATIO = 200
-
-
-class UnsafeSourceError(IndexerError):
-    """An archive member that must not be read: absolute path, '..', link, device, or absurd size."""
 
 
 def _expected_image(name: str) -> bool:
@@ -53,13 +53,6 @@ def looks_like_image(head: bytes) -> bool:
     return head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff") or head[128:132] == b"DICM"
 
 
-def _refuse(reason: str) -> Callable[[], bytes]:
-    def reader() -> bytes:
-        raise UnsafeSourceError(reason)
-
-    return reader
-
-
 def safe_member_name(name: str) -> str | None:
     """The normalised member name, or None when it is absolute or climbs out with '..'."""
     name = name.replace("\\", "/")
@@ -71,13 +64,19 @@ def safe_member_name(name: str) -> str | None:
     return "/".join(parts)
 
 
-def iter_source(root: Path, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[SourceItem]:
-    """Items of a folder, a zip or tar archive, or a single file."""
+def iter_source(
+    root: Path, *, max_member_bytes: int | None = None, limits: ArchiveLimits | None = None
+) -> Iterator[SourceItem]:
+    """Items of a folder, a zip or tar archive, or a single file.
+
+    Archive members are inflated under `limits` (default: ArchiveSettings, MEDCBIR_ARCHIVE_*);
+    `max_member_bytes` overrides the member budget alone.
+    """
     root = root.expanduser()
     if root.is_file() and zipfile.is_zipfile(root):
-        yield from iter_zip(root, max_member_bytes=max_member_bytes)
+        yield from iter_zip(root, max_member_bytes=max_member_bytes, limits=limits)
     elif root.is_file() and _is_tar(root):
-        yield from iter_tar(root, max_member_bytes=max_member_bytes)
+        yield from iter_tar(root, max_member_bytes=max_member_bytes, limits=limits)
     else:
         yield from iter_folder(root)
 
@@ -142,84 +141,29 @@ def _unreadable_folder(root: Path, error: OSError) -> SourceItem:
         f"folder {relative!r} cannot be listed ({error.strerror or error}): its files were not indexed; "
         "give the indexing user read and execute permission on it and index again"
     )
-    return SourceItem(uri=str(SourceUri.of_file(path)), relative=relative, reader=_refuse_with(failure))
+    return SourceItem(uri=str(SourceUri.of_file(path)), relative=relative, reader=refuse(failure))
 
 
-def iter_zip(path: Path, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[SourceItem]:
-    """Members of a zip file, read one at a time as they are yielded; unsafe members are never read."""
-    container = path.resolve()
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if info.is_dir():
-                continue
-            name = safe_member_name(info.filename)
-            uri = str(SourceUri.of_member(container, info.filename))
-            mode = (info.external_attr >> 16) & 0o170000
-            if name is None:
-                yield SourceItem(
-                    uri, info.filename, _refuse(f"archive member {info.filename!r} has an unsafe path")
-                )
-            elif mode and mode != stat.S_IFREG:
-                yield SourceItem(uri, name, _refuse(f"archive member {name!r} is a link or special file"))
-            elif info.file_size > max_member_bytes:
-                yield SourceItem(
-                    uri,
-                    name,
-                    _refuse(f"archive member {name!r} declares {info.file_size:,} bytes, over the limit"),
-                )
-            elif info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
-                yield SourceItem(
-                    uri,
-                    name,
-                    _refuse(
-                        f"archive member {name!r} inflates {info.file_size / info.compress_size:.0f}x: a zip bomb"
-                    ),
-                )
-            else:
-                yield SourceItem(uri, name, _zip_reader(archive, info, max_member_bytes), size=info.file_size)
+def iter_zip(
+    path: Path, *, max_member_bytes: int | None = None, limits: ArchiveLimits | None = None
+) -> Iterator[SourceItem]:
+    """Members of a zip file, each inflated (under the budgets) only when read; unsafe members are never read."""
+    for uri, name, reader, size in iter_zip_members(
+        path, _limits(limits, max_member_bytes), safe_member_name
+    ):
+        yield SourceItem(uri, name, reader, size=size)
 
 
-def _zip_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> Callable[[], bytes]:
-    """Read the member now, while the archive is open (items are consumed in order, a batch at a time)."""
-    try:
-        with archive.open(info) as handle:
-            data = handle.read(limit + 1)  # never trust the declared size alone
-    except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as exc:
-        return _refuse_with(OSError(f"archive member {info.filename!r} cannot be read: {exc}"))
-    if len(data) > limit:
-        return _refuse(f"archive member {info.filename!r} inflates past {limit:,} bytes")
-    return lambda: data
+def iter_tar(
+    path: Path, *, max_member_bytes: int | None = None, limits: ArchiveLimits | None = None
+) -> Iterator[SourceItem]:
+    """Members of a tar (any compression), streamed in order; each read under the budgets as it passes."""
+    for uri, name, reader, size in iter_tar_members(
+        path, _limits(limits, max_member_bytes), safe_member_name
+    ):
+        yield SourceItem(uri, name, reader, size=size)
 
 
-def _refuse_with(exc: OSError) -> Callable[[], bytes]:
-    def reader() -> bytes:
-        raise exc
-
-    return reader
-
-
-def iter_tar(path: Path, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[SourceItem]:
-    """Members of a tar (any compression), streamed in order; each member's bytes are read as it passes."""
-    container = path.resolve()
-    with tarfile.open(path, mode="r|*") as archive:
-        for member in archive:
-            uri = str(SourceUri.of_member(container, member.name))
-            name = safe_member_name(member.name)
-            if member.isdir():
-                continue
-            if name is None:
-                yield SourceItem(
-                    uri, member.name, _refuse(f"archive member {member.name!r} has an unsafe path")
-                )
-            elif not member.isreg():
-                yield SourceItem(uri, name, _refuse(f"archive member {name!r} is a link or special file"))
-            elif member.size > max_member_bytes:
-                yield SourceItem(
-                    uri,
-                    name,
-                    _refuse(f"archive member {name!r} declares {member.size:,} bytes, over the limit"),
-                )
-            else:
-                handle = archive.extractfile(member)
-                data = handle.read() if handle is not None else b""
-                yield SourceItem(uri, name, lambda data=data: data, size=member.size)  # type: ignore[misc]
+def _limits(limits: ArchiveLimits | None, max_member_bytes: int | None) -> ArchiveLimits:
+    limits = limits or ArchiveSettings().limits()
+    return replace(limits, max_member_bytes=max_member_bytes) if max_member_bytes is not None else limits
