@@ -278,3 +278,29 @@ AUDIT_TRIGGERS_POSTGRES = (
 )
 for _trigger in AUDIT_TRIGGERS_POSTGRES:
     event.listen(AuditEvent.__table__, "after_create", DDL(_trigger).execute_if(dialect="postgresql"))
+
+
+class PacsConnection(Base):
+    """A PACS medcbir reads from: where it answers and how to link into its viewer (never its credentials)."""
+
+    __tablename__ = "pacs_connections"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str] = mapped_column(Text)  # the DICOMweb root, e.g. http://host:8042/dicom-web
+    kind: Mapped[str] = mapped_column(String(16), default="dicomweb")  # dicomweb | orthanc
+    viewer_url_template: Mapped[str | None] = mapped_column(Text)
+    verify_tls: Mapped[bool] = mapped_column(default=True)
+    write_back: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+class PacsCursor(Base):
+    """How far a PACS change feed has been read, committed in the transaction of the rows it produced."""
+
+    __tablename__ = "pacs_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=_utcnow, onupdate=_utcnow)

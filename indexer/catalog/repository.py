@@ -33,6 +33,7 @@ from indexer.catalog.models import (
     IngestFailure,
     has_vector_from,
 )
+from indexer.catalog.pacs_rows import PacsRows
 from indexer.catalog.vectors import StoredVectors
 from indexer.extras import require_extra
 from indexer.storage.private import make_catalog_private
@@ -73,7 +74,7 @@ def postgres_driver_url(url: str) -> str:
     return url
 
 
-class Catalog(StoredVectors, CaseRows):
+class Catalog(StoredVectors, CaseRows, PacsRows):
     """The source of truth: a thin typed repository over a SQLAlchemy engine."""
 
     def __init__(self, url: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from indexer.cli import governance, ingest, maintenance, prediction, serve
+from indexer.cli import governance, ingest, maintenance, pacs, prediction, serve
 
 app = typer.Typer(
     name="medcbir",
@@ -35,3 +35,5 @@ app.command("train-head")(prediction.train_head)
 app.add_typer(governance.users_app, name="users")
 app.command("audit")(governance.audit)
 app.command("export")(governance.export)
+# the hospital's PACS: connections, sync (pacs.py)
+app.add_typer(pacs.pacs_app, name="pacs")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote
 from urllib.request import url2pathname
 
 from imaging import DecodedImage, WindowSpec, load_image, read_dicom
@@ -19,9 +22,14 @@ FILE_SCHEME = "file"
 # Separates an archive file's uri from the member's name inside it: `file:///data/a.zip!/study/ct.dcm`.
 # `Path.as_uri()` percent-encodes "!", so the first "!/" of a uri always ends the archive's part.
 MEMBER_MARK = "!/"
-# Schemes whose stored bytes can be read back here; a PACS instance scheme (e.g. `dicomweb://`) joins
-# this list when its reader does.
-READABLE_SCHEMES = (FILE_SCHEME,)
+PACS_SCHEME = "pacs"
+# Schemes whose stored bytes can be read back here; `pacs://` once a process has installed its reader
+# (indexer.storage.pacs_reader.install_pacs_reader), since reading needs the PACS's address and account.
+READABLE_SCHEMES = (FILE_SCHEME, PACS_SCHEME)
+_PACS_PATH = re.compile(
+    r"^([A-Za-z0-9][A-Za-z0-9_-]{0,63})/studies/([^/]+)/series/([^/]+)/instances/([^/]+)$"
+)
+_pacs_reader: Callable[[PacsInstanceUri], bytes] | None = None
 
 
 class StoredSourceGoneError(IndexerError, FileNotFoundError):
@@ -88,6 +96,58 @@ class SourceUri:
         return base if self.member is None else f"{base}{MEMBER_MARK}{self.member}"
 
 
+@dataclass(frozen=True)
+class PacsInstanceUri:
+    """Where an image ingested from a PACS lives: the PACS's configured name and the instance's UIDs.
+
+    `str(uri)` is `pacs://NAME/studies/S/series/SE/instances/I` (the DICOMweb path of the instance).
+    """
+
+    pacs: str
+    study: str
+    series: str
+    sop: str
+
+    @classmethod
+    def parse(cls, uri: str) -> PacsInstanceUri:
+        """Parse a `pacs://` uri; UnreadableSourceUriError when it is not one."""
+        prefix = f"{PACS_SCHEME}://"
+        match = _PACS_PATH.match(uri[len(prefix) :]) if uri.startswith(prefix) else None
+        if match is None:
+            raise UnreadableSourceUriError(f"{uri!r} is not a pacs://NAME/studies/.../instances/... uri")
+        pacs, study, series, sop = match.groups()
+        return cls(pacs, unquote(study), unquote(series), unquote(sop))
+
+    @staticmethod
+    def pacs_prefix(pacs: str) -> str:
+        """How the uri of every instance of one PACS starts."""
+        return f"{PACS_SCHEME}://{pacs}/"
+
+    def __str__(self) -> str:
+        study, series, sop = (quote(uid, safe=".") for uid in (self.study, self.series, self.sop))
+        return f"{PACS_SCHEME}://{self.pacs}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def is_pacs_uri(uri: str) -> bool:
+    """True for the uri of an image ingested from a PACS."""
+    return uri.startswith(f"{PACS_SCHEME}://")
+
+
+def set_pacs_reader(reader: Callable[[PacsInstanceUri], bytes] | None) -> None:
+    """Install (or remove) how this process reads a `pacs://` instance back (a WADO-RS retrieval)."""
+    global _pacs_reader
+    _pacs_reader = reader
+
+
+def _read_pacs(uri: str) -> bytes:
+    if _pacs_reader is None:
+        raise UnreadableSourceUriError(
+            f"{uri!r} lives in a PACS and this process has no PACS reader: open the archive through "
+            "`medcbir serve` or a `medcbir pacs` command, which install one"
+        )
+    return _pacs_reader(PacsInstanceUri.parse(uri))
+
+
 def _parsed(uri: str | SourceUri) -> SourceUri:
     return uri if isinstance(uri, SourceUri) else SourceUri.parse(uri)
 
@@ -119,6 +179,8 @@ def read_stored(uri: str | SourceUri) -> bytes:
     UnreadableSourceUriError for a kind of uri that cannot be read back, and OSError when the
     archive cannot be read.
     """
+    if isinstance(uri, str) and is_pacs_uri(uri):
+        return _read_pacs(uri)
     source = _parsed(uri)
     try:
         if source.member is None:

@@ -1,0 +1,120 @@
+"""The catalog's PACS rows: connections (where each PACS answers) and the cursors of their change feeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from indexer.catalog.models import Image, PacsConnection, PacsCursor
+from indexer.errors import IndexerError, NotFoundError
+
+
+class PacsConnectionExistsError(IndexerError):
+    """A PACS connection with that name is already configured."""
+
+
+@dataclass(frozen=True)
+class PacsConnectionRow:
+    """A configured PACS, as the catalog keeps it (credentials are never stored here)."""
+
+    name: str
+    url: str
+    kind: str
+    viewer_url_template: str | None
+    verify_tls: bool
+    write_back: bool
+
+
+def _row(connection: PacsConnection) -> PacsConnectionRow:
+    return PacsConnectionRow(
+        name=connection.name,
+        url=connection.url,
+        kind=connection.kind,
+        viewer_url_template=connection.viewer_url_template,
+        verify_tls=connection.verify_tls,
+        write_back=connection.write_back,
+    )
+
+
+class PacsRows:
+    """Catalog methods for PACS connections and feed cursors."""
+
+    _sessions: sessionmaker[Session]
+
+    def add_pacs_connection(self, row: PacsConnectionRow, *, replace: bool = False) -> None:
+        """Store a connection; PacsConnectionExistsError when the name is taken (unless `replace`)."""
+        with self._sessions() as session, session.begin():
+            existing = session.scalars(select(PacsConnection).where(PacsConnection.name == row.name)).first()
+            if existing is not None and not replace:
+                raise PacsConnectionExistsError(
+                    f"a PACS named {row.name!r} is already configured: pick another name, or pass --replace"
+                )
+            target = existing or PacsConnection(name=row.name)
+            target.url = row.url
+            target.kind = row.kind
+            target.viewer_url_template = row.viewer_url_template
+            target.verify_tls = row.verify_tls
+            target.write_back = row.write_back
+            session.add(target)
+            try:
+                session.flush()
+            except IntegrityError as exc:
+                raise PacsConnectionExistsError(f"a PACS named {row.name!r} is already configured") from exc
+
+    def pacs_connections(self) -> list[PacsConnectionRow]:
+        """Every configured PACS, by name."""
+        with self._sessions() as session:
+            return [_row(c) for c in session.scalars(select(PacsConnection).order_by(PacsConnection.name))]
+
+    def pacs_connection(self, name: str) -> PacsConnectionRow:
+        """One configured PACS; NotFoundError (naming the command that lists them) when there is none."""
+        with self._sessions() as session:
+            found = session.scalars(select(PacsConnection).where(PacsConnection.name == name)).first()
+        if found is None:
+            raise NotFoundError(
+                f"no PACS named {name!r} is configured: see `medcbir pacs list`, or `pacs add`"
+            )
+        return _row(found)
+
+    def pacs_cursor(self, name: str) -> int:
+        """Where the change feed of PACS `name` was last read up to (0: from the start)."""
+        with self._sessions() as session:
+            found = session.get(PacsCursor, name)
+            return 0 if found is None else found.position
+
+    @staticmethod
+    def set_pacs_cursor(session: Session, name: str, position: int) -> None:
+        """Move a feed's cursor inside the caller's session, so it commits with the rows it produced."""
+        found = session.get(PacsCursor, name)
+        if found is None:
+            session.add(PacsCursor(name=name, position=position))
+        else:
+            found.position = position
+
+    def stored_sop_instance_uids(self, uids: set[str]) -> set[str]:
+        """The subset of the given SOP Instance UIDs that some stored image already has."""
+        wanted = sorted(uids)
+        found: set[str] = set()
+        with self._sessions() as session:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                found.update(
+                    str(uid)
+                    for uid in session.scalars(
+                        select(Image.sop_instance_uid).where(Image.sop_instance_uid.in_(chunk))
+                    )
+                )
+        return found
+
+    def source_uris_with_prefix(self, prefix: str) -> set[str]:
+        """Stored images' source uris that start with `prefix` (e.g. every instance of one PACS)."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with self._sessions() as session:
+            return set(
+                session.scalars(
+                    select(Image.source_uri).where(Image.source_uri.like(f"{escaped}%", escape="\\"))
+                )
+            )

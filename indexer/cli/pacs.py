@@ -1,0 +1,164 @@
+"""`medcbir pacs`: configure PACS connections, test them, and sync a PACS into the archive."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import typer
+
+from indexer.cli.options import DataDir, Encoder, Progress, settings_from
+from indexer.cli.runtime import cli_audit, fail, opened_archive, opened_catalog, setup_logging
+from indexer.errors import IndexerError
+
+pacs_app = typer.Typer(
+    help="Connect a PACS (DICOMweb): add, list, test, sync. Credentials come from "
+    "MEDCBIR_PACS_<NAME>_USERNAME / _PASSWORD (or _TOKEN), never from a flag.",
+    no_args_is_help=True,
+)
+
+KINDS = ("dicomweb", "orthanc")
+# The OHIF viewer's study link; {viewer} is the viewer's base URL given with --viewer-url.
+OHIF_TEMPLATE = "{viewer}/viewer?StudyInstanceUIDs={study}&initialSeriesInstanceUID={series}"
+_DATE = re.compile(r"^\d{4}-?\d{2}-?\d{2}$")
+
+PacsName = Annotated[str, typer.Argument(help="The PACS's name in medcbir (letters, digits, '-', '_')")]
+
+
+def _date(value: str | None, flag: str) -> str | None:
+    if value is None:
+        return None
+    if not _DATE.match(value):
+        raise fail(f"{flag} must be a date like 2024-01-31, not {value!r}")
+    return value.replace("-", "")
+
+
+@pacs_app.command("add")
+def add(
+    name: PacsName,
+    url: Annotated[str, typer.Option(help="The DICOMweb root, e.g. http://pacs:8042/dicom-web")],
+    kind: Annotated[
+        str, typer.Option(help="'dicomweb', or 'orthanc' (also follows its /changes feed)")
+    ] = "dicomweb",
+    viewer_url_template: Annotated[
+        str | None,
+        typer.Option(
+            help="Viewer deep link with {study}, {series}, {sop} [default: OHIF form at --viewer-url]"
+        ),
+    ] = None,
+    viewer_url: Annotated[
+        str | None, typer.Option(help="Base URL of an OHIF viewer for the default link template")
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure-skip-tls-verify", help="Do not verify the PACS's TLS certificate (unsafe)"),
+    ] = False,
+    write_back: Annotated[
+        bool, typer.Option(help="Allow writing similar-case documents (KOS/SR) back into this PACS")
+    ] = False,
+    replace: Annotated[bool, typer.Option(help="Replace a connection of that name")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Configure a PACS connection (its credentials come from the environment, never from a flag)."""
+    from indexer.catalog.pacs_rows import PacsConnectionRow
+    from indexer.storage.dicomweb import check_pacs_name, env_prefix
+
+    if kind not in KINDS:
+        raise fail(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if not url.startswith(("http://", "https://")):
+        raise fail(f"--url must be an http(s) DICOMweb root, e.g. http://pacs:8042/dicom-web, not {url!r}")
+    template = viewer_url_template
+    if template is None and viewer_url is not None:
+        template = OHIF_TEMPLATE.replace("{viewer}", viewer_url.rstrip("/"))
+    try:
+        row = PacsConnectionRow(
+            name=check_pacs_name(name),
+            url=url.rstrip("/"),
+            kind=kind,
+            viewer_url_template=template,
+            verify_tls=not insecure,
+            write_back=write_back,
+        )
+        with opened_catalog(settings_from(data_dir), create_data_dir=True) as catalog:
+            catalog.add_pacs_connection(row, replace=replace)
+            cli_audit(catalog, "pacs-add", f"pacs:{name}")
+    except IndexerError as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(
+        f"added PACS {name} at {row.url}; set {env_prefix(name)}USERNAME and _PASSWORD if it needs an account"
+    )
+    typer.echo(f"check it: medcbir pacs test {name}")
+
+
+@pacs_app.command("list")
+def list_pacs(data_dir: DataDir = None) -> None:
+    """List the configured PACS connections."""
+    with opened_catalog(settings_from(data_dir)) as catalog:
+        rows = catalog.pacs_connections()
+    if not rows:
+        typer.echo("no PACS configured: medcbir pacs add NAME --url http://host:8042/dicom-web")
+    for row in rows:
+        flags = ("" if row.verify_tls else " tls-unverified") + (" write-back" if row.write_back else "")
+        typer.echo(f"{row.name}\t{row.kind}\t{row.url}\tviewer: {row.viewer_url_template or '-'}{flags}")
+
+
+@pacs_app.command("test")
+def test(name: PacsName, data_dir: DataDir = None) -> None:
+    """Query the PACS (QIDO-RS) and say what it can reach."""
+    from indexer.storage.dicomweb import DicomwebPacs
+
+    try:
+        with opened_catalog(settings_from(data_dir)) as catalog:
+            connection = catalog.pacs_connection(name)
+        studies = DicomwebPacs(connection).reachable_studies()
+    except IndexerError as exc:
+        raise fail(str(exc)) from exc
+    more = "+" if studies >= 1000 else ""
+    typer.echo(f"PACS {name} answers at {connection.url}: QIDO-RS sees {studies}{more} studies")
+
+
+@pacs_app.command("sync")
+def sync(
+    name: PacsName,
+    since: Annotated[str | None, typer.Option(help="Only studies on or after this date (2024-01-31)")] = None,
+    until: Annotated[str | None, typer.Option(help="Only studies on or before this date")] = None,
+    modality: Annotated[str | None, typer.Option(help="Only series of these modalities, e.g. CT,MR")] = None,
+    study: Annotated[str | None, typer.Option(help="Only this Study Instance UID")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="WADO-RS retrievals at once [default: MEDCBIR_PACS_CONCURRENCY or 4]")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Decode worker processes [default: cores - 1]")] = None,
+    data_dir: DataDir = None,
+    encoder: Encoder = None,
+    progress: Progress = True,
+) -> None:
+    """Index the PACS's instances (QIDO-RS + WADO-RS); a re-run (after a kill, too) only does what is missing."""
+    from indexer.ingest.pacs_sync import sync_pacs
+    from indexer.storage.dicomweb import DicomwebPacs, StudyFilter
+    from indexer.storage.pacs_reader import install_pacs_reader
+
+    wanted = StudyFilter(
+        since=_date(since, "--since"),
+        until=_date(until, "--until"),
+        modalities=frozenset(m.strip().upper() for m in (modality or "").split(",") if m.strip()),
+        study=study,
+    )
+    setup_logging()
+    try:
+        with opened_archive(settings_from(data_dir, encoder)) as archive:
+            reader = install_pacs_reader(archive.catalog)
+            pacs: DicomwebPacs = reader.client(name)
+            report = sync_pacs(
+                archive, pacs, wanted, concurrency=concurrency, progress=progress, workers=workers
+            )
+            cli_audit(archive.catalog, "pacs-sync", f"pacs:{name} images:{report.ingest.indexed}")
+    except IndexerError as exc:
+        raise fail(f"{exc} (run the same command again to resume)") from exc
+    ingest = report.ingest
+    typer.echo(
+        f"PACS {name}: {report.studies} studies, {report.listed} instances; {report.already_here} already here; "
+        f"indexed {ingest.indexed}, already indexed {ingest.already_indexed}, failed {ingest.failed}, "
+        f"not images {ingest.not_images} ({report.elapsed_s:.1f} s, {report.rate:.1f} instances/s)"
+    )
+    if ingest.failed:
+        typer.echo("see `medcbir failures` for the reasons")
