@@ -5,7 +5,8 @@ create_app refuses to start when a route declares nothing. One ASGI middleware d
 the route reads the body: it finds the route, reads its rule (a route without one is refused: fail
 closed), authenticates the caller (a bearer JWT from POST /token, or an `X-API-Key` header; never a
 query string), checks the role, writes exactly one audit row per request to an audited route
-(denials included), and adds
+(denials included; an action that changes the archive writes its intent first, "started", and its
+outcome after, linked by the request id), and adds
 `X-Content-Type-Options: nosniff`, `Cache-Control: no-store` and an `X-Request-ID` to the answer.
 """
 
@@ -29,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer.catalog import Catalog
 from indexer.governance.accounts import Account, account_for_api_key, get_account, is_token_revoked
-from indexer.governance.audit import record_audit
+from indexer.governance.audit import CHANGING_ACTIONS, STARTED, record_audit
 from search_api.access import Principal, Rule, documentation_paths, find_route, route_rule
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,8 @@ class SecurityMiddleware:
                 await self._deny(scope, receive, send_with_headers, 401 if principal is None else 403, detail)
                 return
             scope["state"]["principal"] = principal
+        if rule.action in CHANGING_ACTIONS:  # the intent first: a killed request leaves a visible row
+            await self._audit(rule, principal, scope, path_params, None, client, request_id, STARTED)
         try:
             await self.app(scope, receive, send_with_headers)
         except BaseException:
@@ -272,9 +275,10 @@ class SecurityMiddleware:
         principal: Principal | None,
         scope: Scope,
         path_params: dict[str, Any],
-        status: int,
+        status: int | None,
         client: str | None,
         request_id: str,
+        outcome: str | None = None,
     ) -> None:
         state = scope["state"]
         username = principal.username if principal else state.get("audit_username")
@@ -284,7 +288,7 @@ class SecurityMiddleware:
                 lambda: record_audit(
                     self.fastapi_app.state.searcher.archive.catalog,
                     action=state.get("audit_action") or rule.action or "request",
-                    outcome=outcome_of(status),
+                    outcome=outcome or outcome_of(status or 500),
                     username=username,
                     role=role,
                     object=state.get("audit_object") or audit_object(path_params),

@@ -56,6 +56,36 @@ def record_audit(
         )
 
 
+# Actions that change the archive or its accounts: their intent is recorded before they run (outcome
+# "started"), and their outcome after, in a second row with the same request id (rows are append-only).
+# A "started" row with no outcome row is an interrupted action (a killed server, a lost connection).
+CHANGING_ACTIONS = frozenset(
+    {"add_case", "edit_case", "delete_case", "ingest", "rebuild_index", "create_user", "update_user"}
+)
+STARTED = "started"
+
+
+def incomplete_actions(catalog: Catalog, *, limit: int = 100) -> list[AuditRecord]:
+    """Intents ("started" rows) that have no outcome row: actions interrupted before they answered, newest first."""
+    finished = select(AuditEvent.request_id).where(
+        AuditEvent.outcome != STARTED, AuditEvent.request_id.is_not(None)
+    )
+    query = (
+        select(AuditEvent)
+        .where(AuditEvent.outcome == STARTED, AuditEvent.request_id.not_in(finished))
+        .order_by(AuditEvent.id.desc())
+        .limit(limit)
+    )
+    with catalog.session() as session:
+        return [_record(r) for r in session.scalars(query)]
+
+
+def _record(r: AuditEvent) -> AuditRecord:
+    return AuditRecord(
+        r.id, r.at, r.username, r.role, r.action, r.object, r.outcome, r.status, r.client, r.request_id
+    )
+
+
 def audit_records(
     catalog: Catalog,
     *,
