@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import numpy as np
 
 from indexer.catalog import Case, CaseEdit, Image
+from indexer.catalog.pacs_rows import PacsConnectionRow
 from indexer.governance.accounts import Account
 from indexer.governance.audit import AuditRecord
 from indexer.ingest.uploads import UploadIngest
+from indexer.storage.pacs_links import pacs_link
 from indexer.vectors.index import VectorIndex
 from search_api.access import Principal
 from search_api.schemas import (
@@ -22,6 +26,7 @@ from search_api.schemas import (
     Hit,
     IngestFailureOut,
     IngestOut,
+    PacsLink,
     RebuildOut,
     SearchResponse,
     UserOut,
@@ -48,8 +53,16 @@ def excerpt(text: str | None, limit: int = EXCERPT_CHARS) -> str | None:
     return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
-def hit_out(rank: int, row: Image, similarity: float) -> Hit:
-    """A retrieved image row (with its case) as a search hit."""
+def pacs_link_out(uri: str, connections: Mapping[str, PacsConnectionRow]) -> PacsLink | None:
+    """The way back into the PACS of an image ingested from one; None for other images."""
+    link = pacs_link(uri, connections)
+    return None if link is None else PacsLink(**dataclasses.asdict(link))
+
+
+def hit_out(
+    rank: int, row: Image, similarity: float, pacs: Mapping[str, PacsConnectionRow] | None = None
+) -> Hit:
+    """A retrieved image row (with its case) as a search hit (`pacs`: the configured PACS by name)."""
     case = row.case
     return Hit(
         rank=rank,
@@ -70,6 +83,7 @@ def hit_out(rank: int, row: Image, similarity: float) -> Hit:
         patient_ref=case.patient_ref,
         thumbnail_url=f"/images/{row.id}/thumbnail",
         case_url=f"/cases/{case.id}",
+        pacs=pacs_link_out(row.source_uri, pacs or {}),
     )
 
 

@@ -10,6 +10,19 @@ GroupBy = Literal["study", "series"]
 WindowUnits = Literal["modality", "display"]
 
 
+class PacsLink(BaseModel):
+    """Where a hit ingested from a PACS lives there: its UIDs, a WADO-RS URL, and a viewer deep link."""
+
+    pacs: str = Field(description="The PACS's name in medcbir (`medcbir pacs list`)")
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    wado_url: str | None = Field(default=None, description="WADO-RS retrieve URL of the instance")
+    viewer_url: str | None = Field(
+        default=None, description="Deep link into the PACS's viewer, if configured"
+    )
+
+
 class Hit(BaseModel):
     """One retrieved neighbour: the stored image, its case, and how similar it is to the query."""
 
@@ -31,6 +44,7 @@ class Hit(BaseModel):
     patient_ref: str | None = Field(default=None, description="Pseudonymous patient reference")
     thumbnail_url: str
     case_url: str
+    pacs: PacsLink | None = Field(default=None, description="Set when the image was ingested from a PACS")
 
 
 class LabelScore(BaseModel):

@@ -17,7 +17,12 @@ from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.errors import NotFoundError
 from indexer.prediction.versions import heads_stamp, latest_head, latest_vote_calibration
-from indexer.storage.stored import UnreadableSourceUriError, load_stored_image, read_stored_if_present
+from indexer.storage.stored import (
+    UnreadableSourceUriError,
+    is_pacs_uri,
+    load_stored_image,
+    read_stored_if_present,
+)
 from search_api.exclusion import QueryPatient, archived_patient, excluded_ids, upload_patient
 from search_api.mappers import case_out, case_summary, hit_out
 from search_api.predictions import Predictors, calibrated_vote, flag_uncertain, head_prediction, vote
@@ -229,6 +234,11 @@ class Searcher:
             with self.index_lock:
                 result = self.archive.index.search(vector[None, :], fetch, allowed_ids=allowed)[0]
             rows = catalog.images_by_ids([int(i) for i in result.ids])
+            pacs = (
+                {c.name: c for c in catalog.pacs_connections()}
+                if any(is_pacs_uri(r.source_uri) for r in rows.values())
+                else {}
+            )
             top = next(
                 (
                     float(s)
@@ -251,7 +261,7 @@ class Searcher:
                 if key in seen:
                     continue
                 seen.add(key)
-                hits.append(hit_out(len(hits) + 1, row, float(similarity)))
+                hits.append(hit_out(len(hits) + 1, row, float(similarity), pacs))
                 if len(hits) == filters.k:
                     break
             exhausted = len(result.ids) < fetch or fetch >= pool

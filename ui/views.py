@@ -384,6 +384,12 @@ def render_explanation(fetch: Callable[[], bytes], what: str, caption: str) -> N
     st.caption(caption)
 
 
+def viewer_link(hit: Hit) -> str | None:
+    """The deep link into the PACS viewer of a hit ingested from a PACS (http(s) links only)."""
+    url = hit.pacs.viewer_url if hit.pacs is not None else None
+    return url if url is not None and url.startswith(("https://", "http://")) else None
+
+
 def render_hit(
     hit: Hit,
     thumbnail: Callable[[str], bytes],
@@ -420,6 +426,9 @@ def render_hit(
             st.text(
                 f"Study UID: {hit.study_instance_uid or '—'}\nSeries UID: {hit.series_instance_uid or '—'}"
             )
+        viewer = viewer_link(hit)
+        if viewer is not None:
+            st.link_button("Open in viewer", viewer, icon=":material/open_in_new:")
         if link:
             st.page_link(
                 CASE_PAGE,

@@ -104,3 +104,29 @@ def test_sync_filters_by_modality(
     assert report.ingest.indexed == 1
     modalities = {i.modality for i in archive.catalog.images_by_ids(ids_of(archive)).values()}
     assert modalities == expected
+
+
+def test_a_hit_from_the_pacs_points_back_into_it(orthanc: OrthancServer, tmp_path: Path) -> None:
+    from search_api.searcher import Searcher
+    from tests.helpers import dicom_testfile
+
+    orthanc.upload([dicom_testfile("CT_small.dcm"), dicom_testfile("MR_small.dcm")])
+    archive = open_archive(tmp_path / "data")
+    pacs = connect(orthanc, archive)
+    template = "https://ohif.example/viewer?StudyInstanceUIDs={study}&initialSeriesInstanceUID={series}"
+    archive.catalog.add_pacs_connection(
+        PacsConnectionRow("test-pacs", orthanc.dicomweb_url, "orthanc", template, True, False), replace=True
+    )
+    assert sync_pacs(archive, pacs, progress=False, workers=0).ingest.indexed == 2
+    hit = Searcher(archive).search(dicom_testfile("CT_small.dcm").read_bytes(), k=1).hits[0]
+    assert hit.pacs is not None and hit.pacs.pacs == "test-pacs"
+    assert hit.pacs.sop_instance_uid == hit.source_uri.rsplit("/", 1)[1]
+    assert hit.pacs.study_instance_uid == hit.study_instance_uid
+    assert hit.pacs.viewer_url == template.format(
+        study=hit.study_instance_uid, series=hit.series_instance_uid
+    )
+    with orthanc.client() as client:  # the WADO-RS URL retrieves that very instance
+        answer = client.get(
+            hit.pacs.wado_url or "", headers={"Accept": "multipart/related; type=application/dicom"}
+        )
+    assert answer.status_code == 200 and hit.pacs.sop_instance_uid.encode() in answer.content

@@ -385,3 +385,25 @@ def test_live_engine_search_dicom(monkeypatch: pytest.MonkeyPatch, live_api: str
     if expected.hits[0].report:
         assert any(t.startswith(expected.hits[0].report[:20]) for t in plain_texts(at))
     assert len(at.image) == 1 + len(expected.hits)
+
+
+def test_viewer_link_only_for_pacs_hits_with_http_links() -> None:
+    from search_api.schemas import Hit, PacsLink
+    from ui.views import viewer_link
+
+    base = {
+        "rank": 1,
+        "image_id": 1,
+        "case_id": 1,
+        "case_key": "k",
+        "source_uri": "pacs://p/studies/1/series/2/instances/3",
+        "similarity": 0.9,
+        "thumbnail_url": "/t",
+        "case_url": "/c",
+    }
+    link = {"pacs": "p", "study_instance_uid": "1", "series_instance_uid": "2", "sop_instance_uid": "3"}
+    assert viewer_link(Hit(**base)) is None
+    assert viewer_link(
+        Hit(**base, pacs=PacsLink(**link, viewer_url="https://v/viewer?StudyInstanceUIDs=1"))
+    ) == ("https://v/viewer?StudyInstanceUIDs=1")
+    assert viewer_link(Hit(**base, pacs=PacsLink(**link, viewer_url="javascript:alert(1)"))) is None
