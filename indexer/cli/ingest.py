@@ -32,6 +32,15 @@ def index(
     diagnosis_column: Annotated[
         str | None, typer.Option(help="Manifest column with diagnosis labels [default: diagnosis if present]")
     ] = None,
+    modality_column: Annotated[
+        str | None, typer.Option(help="Manifest column with the modality (CR, DX, CT...) of non-DICOM files")
+    ] = None,
+    body_part_column: Annotated[
+        str | None, typer.Option(help="Manifest column with the body part of non-DICOM files")
+    ] = None,
+    view_column: Annotated[
+        str | None, typer.Option(help="Manifest column with the view (PA, AP, LATERAL...) of non-DICOM files")
+    ] = None,
     label_separators: Annotated[
         str, typer.Option(help="Characters that separate several labels in one cell")
     ] = ";|,",
@@ -94,6 +103,9 @@ def index(
                 patient=patient_column,
                 report=report_column,
                 diagnosis=diagnosis_column,
+                modality=modality_column,
+                body_part=body_part_column,
+                view=view_column,
                 label_separators=label_separators,
                 ignore_labels=tuple(ignore_label or ()),
             )
@@ -130,6 +142,13 @@ def index(
         typer.echo(
             f"{report.manifest_unmatched} manifest rows matched no file under {path}: check --path-column "
             "and that its paths are relative to PATH"
+        )
+    if report.manifest_unlisted:
+        typer.echo(f"{report.manifest_unlisted} files have no manifest row: indexed without labels or report")
+    if report.manifest_patient_conflicts:
+        typer.echo(
+            f"{report.manifest_patient_conflicts} files are listed under two patients in the manifest: "
+            "the first row's patient was kept; fix the manifest and re-run"
         )
     if report.failed:
         typer.echo("see `medcbir failures` for the reasons")

@@ -52,6 +52,8 @@ class IngestReport:
     not_images: int = 0
     failed: int = 0
     manifest_unmatched: int = 0
+    manifest_unlisted: int = 0  # files no manifest row names (indexed without labels)
+    manifest_patient_conflicts: int = 0  # files the manifest lists under two patients
     elapsed_s: float = 0.0
 
     @property
@@ -215,6 +217,8 @@ class Ingestor:
             self.archive.save_index()
         if self.manifest is not None:
             report.manifest_unmatched = self.manifest.unmatched_count()
+            report.manifest_unlisted = self.manifest.unlisted
+            report.manifest_patient_conflicts = self.manifest.patient_conflicts
         report.elapsed_s = time.perf_counter() - start
         report.log_done()
         return report

@@ -5,11 +5,14 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import logging
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from indexer.errors import ManifestError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,10 @@ class ManifestColumns:
     patient: str | None = None
     report: str | None = None
     diagnosis: str | None = None
+    # Header fields a non-DICOM archive can only get from its manifest (a DICOM header wins when set).
+    modality: str | None = None
+    body_part: str | None = None
+    view: str | None = None
     label_separators: str = ";|,"
     ignore_labels: tuple[str, ...] = ()
 
@@ -33,14 +40,21 @@ class CaseInfo:
     patient_id: str | None = None
     report: str | None = None
     labels: list[str] = field(default_factory=list)
+    modality: str | None = None
+    body_part: str | None = None
+    view_position: str | None = None
 
 
 class Manifest:
     """Rows of a manifest, looked up by the file's path relative to the indexed root, or by its name."""
 
-    def __init__(self, by_path: dict[str, CaseInfo], by_name: dict[str, CaseInfo | None]) -> None:
+    def __init__(
+        self, by_path: dict[str, CaseInfo], by_name: dict[str, CaseInfo | None], patient_conflicts: int = 0
+    ) -> None:
         self._by_path = by_path
         self._by_name = by_name
+        self.patient_conflicts = patient_conflicts  # files listed under two patients (the first row wins)
+        self.unlisted = 0  # files seen that no row names (indexed without labels)
         self._matched: set[int] = set()  # id() of the rows some file of this run matched
 
     def __len__(self) -> int:
@@ -58,6 +72,8 @@ class Manifest:
         info = self.lookup(relative)
         if info is not None:
             self._matched.add(id(info))
+        else:
+            self.unlisted += 1
 
     def unmatched_count(self) -> int:
         """How many rows named no file seen since this manifest was loaded (a typo, or files not there)."""
@@ -132,6 +148,9 @@ def _parse(handle: io.StringIO, path: Path, columns: ManifestColumns) -> Manifes
             "--patient-column": columns.patient,
             "--report-column": columns.report,
             "--diagnosis-column": columns.diagnosis,
+            "--modality-column": columns.modality,
+            "--body-part-column": columns.body_part,
+            "--view-column": columns.view,
         }
         missing = [
             f"{flag} {name!r}" for flag, name in wanted.items() if name is not None and name not in header
@@ -142,6 +161,7 @@ def _parse(handle: io.StringIO, path: Path, columns: ManifestColumns) -> Manifes
                 "Pass the right names with those flags."
             )
         by_path: dict[str, CaseInfo] = {}
+        conflicts: set[str] = set()
         for row in reader:
             raw = (row.get(columns.path) or "").strip()
             if not raw:
@@ -154,9 +174,14 @@ def _parse(handle: io.StringIO, path: Path, columns: ManifestColumns) -> Manifes
                 labels=split_labels(
                     _cell(row, columns.diagnosis) or "", columns.label_separators, columns.ignore_labels
                 ),
+                modality=_upper(_cell(row, columns.modality)),
+                body_part=_upper(_cell(row, columns.body_part)),
+                view_position=_upper(_cell(row, columns.view)),
             )
             if key in by_path:
                 merged = by_path[key]
+                if merged.patient_id and info.patient_id and merged.patient_id != info.patient_id:
+                    conflicts.add(key)  # counted and said; the first row's patient is kept
                 merged.labels.extend(lbl for lbl in info.labels if lbl not in merged.labels)
                 merged.report = merged.report or info.report
             else:
@@ -165,7 +190,11 @@ def _parse(handle: io.StringIO, path: Path, columns: ManifestColumns) -> Manifes
     for key, info in by_path.items():
         name = PurePosixPath(key).name
         by_name[name] = None if name in by_name else info  # ambiguous names match nothing
-    return Manifest(by_path, by_name)
+    if conflicts:
+        log.warning(
+            "%d files are listed under two patients in %s; the first row wins", len(conflicts), path.name
+        )
+    return Manifest(by_path, by_name, patient_conflicts=len(conflicts))
 
 
 _CONVENTIONAL = {"case": "case_id", "patient": "patient_id", "report": "report", "diagnosis": "diagnosis"}
@@ -179,6 +208,10 @@ def _with_conventional_columns(columns: ManifestColumns, header: list[str]) -> M
         if getattr(columns, field_name) is None and name in header
     }
     return replace(columns, **found) if found else columns  # type: ignore[arg-type]
+
+
+def _upper(value: str | None) -> str | None:
+    return value.upper()[:32] if value else None
 
 
 def _cell(row: dict[str, str | None], column: str | None) -> str | None:
