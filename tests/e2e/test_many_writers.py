@@ -76,11 +76,7 @@ def test_server_follows_a_concurrent_cli_ingest_and_never_overwrites_its_index(t
             output = cli.communicate()[0]
             assert cli.returncode == 0, output
             assert "indexed 24," in output
-            # the server saves after the CLI's last save: it must not put back its older index
-            name, data = f"case{seed}.png", _png(seed)
-            assert client.post("/cases", files=[("files", (name, data, "image/png"))]).status_code == 201
-            added[name] = data
-            cli_done = time.monotonic()
+            cli_done = time.monotonic()  # from here only the server's follower can bring the rows in
             while True:
                 health = client.get("/health").json()
                 if health["index_behind_rows"] == 0 and health["index_size"] == health["catalog_size"]:
@@ -94,6 +90,10 @@ def test_server_follows_a_concurrent_cli_ingest_and_never_overwrites_its_index(t
             assert missing == [], missing
             assert health["catalog_size"] == len(first) + len(second) + len(added)
             assert health["status"] == "ok"
+            # the server saves after the CLI's last save: it must not put back an older index
+            name, data = f"case{seed}.png", _png(seed)
+            assert client.post("/cases", files=[("files", (name, data, "image/png"))]).status_code == 201
+            added[name] = data
             print(
                 f"caught up {caught_up_s:.2f} s after the CLI ingest ended; {seed - 500} API cases meanwhile"
             )
