@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 import uvicorn
@@ -45,33 +45,39 @@ def dicom_testfile(name: str) -> Path:
 
 
 def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def serve_app(app: FastAPI) -> Iterator[str]:
-    """Run a real uvicorn server on a free loopback port for the duration; yields the base URL."""
+def start_server(app: FastAPI, **options: Any) -> tuple[str, uvicorn.Server, threading.Thread]:
+    """A real uvicorn server for `app` in a daemon thread on a free loopback port, started (lifespan run);
+    `options` go to uvicorn.Config (log_config, access_log, ...). Answers (base URL, server, thread)."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
+    config = {"log_level": "warning", "lifespan": "on", **options}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        server.should_exit = True
-        raise RuntimeError("test server did not start")
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+def stop_server(server: uvicorn.Server, thread: threading.Thread) -> None:
+    server.should_exit = True
+    thread.join(timeout=15)
+
+
+@contextmanager
+def serve_app(app: FastAPI, **options: Any) -> Iterator[str]:
+    """Run a real uvicorn server on a free loopback port for the duration; yields the base URL."""
+    url, server, thread = start_server(app, **options)
     try:
         yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+        stop_server(server, thread)

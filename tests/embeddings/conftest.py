@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from embeddings import Encoder, create_encoder
+from embeddings import Encoder
 
 
 def _as_float(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
@@ -29,6 +29,6 @@ def images() -> dict[str, npt.NDArray[np.float32]]:
 
 
 @pytest.fixture(scope="session")
-def lite0() -> Encoder:
-    """The default encoder with its real offline weights, on CPU."""
-    return create_encoder("efficientnet_lite0", device="cpu")
+def lite0(real_encoder: Encoder) -> Encoder:
+    """The default encoder with its real offline weights, on CPU: the session's one (tests/conftest.py)."""
+    return real_encoder

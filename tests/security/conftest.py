@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from indexer.ingest.manifest import ManifestColumns, load_manifest
 from indexer.settings import IndexerSettings
 from search_api.app import create_app
 from search_api.settings import ApiSettings
-from tests.helpers import ThumbnailEncoder, dicom_testfile, free_port
+from tests.helpers import ThumbnailEncoder, dicom_testfile, start_server
 
 PASSWORD = "a long test password 42"
 # A patient whose name, id and report must never reach a log line or an API answer.
@@ -100,18 +99,7 @@ class SecuredApi:
 
 def serve_logged(app: FastAPI) -> tuple[str, uvicorn.Server, threading.Thread]:
     """uvicorn on a free loopback port with its access log on (its records reach the root logger)."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=True, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the secured test API did not start")
-        time.sleep(0.05)
-    return url, server, thread
+    return start_server(app, log_config=None, access_log=True)
 
 
 def build_secured_archive(root: Path) -> tuple[Archive, list[Path]]:

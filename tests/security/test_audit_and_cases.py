@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -118,11 +118,9 @@ def _variant(seed: int) -> bytes:
     ds.SOPInstanceUID = f"1.2.826.0.1.3680043.9.8.{seed}"
     ds.StudyInstanceUID = f"1.2.826.0.1.3680043.9.8.{seed}.0"
     ds.PatientID = f"NEW-{seed}"
-    path = Path(f"/tmp/medcbir-variant-{seed}-{uuid.uuid4().hex}.dcm")
-    ds.save_as(path)
-    data = path.read_bytes()
-    path.unlink()
-    return data
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
 
 
 def test_add_edit_and_delete_a_case(secured_api: SecuredApi) -> None:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, File, Form, Header, HTTPException, UploadFile
 from fastapi.responses import Response
 from PIL import Image
@@ -35,6 +31,7 @@ from search_api.schemas import (
     SearchResponse,
     TokenOut,
 )
+from tests.helpers import free_port, start_server, stop_server
 
 # Magic first bytes that make the contract server answer with an error, to test the UI's error paths.
 UNSUPPORTED_PREFIX = b"UNSUPPORTED"
@@ -337,30 +334,14 @@ def create_contract_app(record: ContractApi) -> FastAPI:
     return app
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def contract_api() -> Iterator[ContractApi]:
     """A real uvicorn server, in a thread, answering the API contract with fixed responses."""
-    port = free_port()
-    record = ContractApi(url=f"http://127.0.0.1:{port}")
-    config = uvicorn.Config(create_contract_app(record), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the contract API server did not start")
-        time.sleep(0.02)
+    record = ContractApi(url="")
+    url, server, thread = start_server(create_contract_app(record), lifespan="auto")
+    record.url = url
     yield record
-    server.should_exit = True
-    thread.join(timeout=5)
+    stop_server(server, thread)
 
 
 @pytest.fixture
