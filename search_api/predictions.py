@@ -58,6 +58,8 @@ def calibrated_vote(
 
 
 def _vote_method(calibration: VoteCalibrationFile) -> str:
+    if calibration.temperature is None:  # the fit kept the uncalibrated weights (see the card's guard)
+        return f"kNN vote, similarity weights kept by train-head (eps={calibration.epsilon:g})"
     return f"calibrated kNN vote (T={calibration.temperature:g}, eps={calibration.epsilon:g})"
 
 

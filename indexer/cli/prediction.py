@@ -249,6 +249,10 @@ def finetune(
     typer.echo(f"use it: medcbir reindex --encoder {eval_config.encoder} --checkpoint {report.checkpoint}")
 
 
+def _recalls(recall: dict[str, float | None]) -> str:
+    return ", ".join(f"{label} {'n/a' if r is None else f'{r:.2f}'}" for label, r in recall.items())
+
+
 def train_head(
     data_dir: DataDir = None,
     encoder: Encoder = None,
@@ -281,9 +285,16 @@ def train_head(
         typer.echo(
             f"head: {len(result.head.labels)} classes, {card['n_train']} train / {card['n_val']} val images "
             f"({card['n_train_patients']} / {card['n_val_patients']} patients, none shared); "
-            f"val accuracy {card['val_accuracy']:.3f} (chance {card['chance_accuracy']:.3f}); "
+            f"val accuracy {card['val_accuracy']:.3f} (chance {card['chance_accuracy']:.3f}), balanced accuracy "
+            f"{card['val_balanced_accuracy']:.3f} ({card['class_weighting']} class weights); "
             f"val ECE {card['val_ece_before']:.3f} -> {card['val_ece_after']:.3f} (T={result.head.temperature:.3g})"
         )
+        typer.echo("  val recall per class: " + _recalls(card["val_per_class_recall"]))
+        if not card["temperature_kept"]:
+            typer.echo(
+                f"  temperature {card['temperature_fitted']:.3g} not kept: it did not lower the cross-fitted "
+                "validation ECE; T = 1"
+            )
         if card["val_accuracy"] <= card["chance_accuracy"] + 0.01:
             typer.echo("  warning: the head is no better than always answering the most frequent label")
         if card["skipped_multi_label_images"] or card["left_out_classes"]:
@@ -293,12 +304,18 @@ def train_head(
             )
     vote = result.vote
     if "holdout_ece_after" in vote.card:
+        weights = (
+            "similarity weights (uncalibrated)" if vote.temperature is None else f"T={vote.temperature:g}"
+        )
         typer.echo(
-            f"vote: T={vote.temperature:g}, eps={vote.epsilon:g}; holdout accuracy "
-            f"{vote.card['holdout_accuracy_before']:.3f} -> {vote.card['holdout_accuracy']:.3f}; "
+            f"vote: {weights}, eps={vote.epsilon:g}; holdout accuracy "
+            f"{vote.card['holdout_accuracy_before']:.3f} -> {vote.card['holdout_accuracy']:.3f}, balanced "
+            f"{vote.card['holdout_balanced_accuracy_before']:.3f} -> {vote.card['holdout_balanced_accuracy']:.3f}; "
             f"holdout ECE {vote.card['holdout_ece_before']:.3f} -> "
             f"{vote.card['holdout_ece_after']:.3f} ({vote.card['n_holdout']} held-out images)"
         )
+        typer.echo("  holdout recall per class: " + _recalls(vote.card["holdout_per_class_recall"]))
+        typer.echo(f"  fit guard: {vote.card['fit']['guard']}")
     else:
         typer.echo(f"vote: not calibrated ({vote.card.get('note', 'too few labeled images')})")
     typer.echo(

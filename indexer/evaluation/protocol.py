@@ -240,6 +240,12 @@ def score_retrieval(
     scores = metrics.vote_scores(neighbor_labels, np.nan_to_num(neighbor_sims), n_classes, kv, weighted=True)
     predicted = np.where(scores.sum(axis=1) > 0, scores.argmax(axis=1), -1)
     values["knn_vote_accuracy"] = float((predicted == query_labels).mean())
+    recall = np.bincount(query_labels[predicted == query_labels], minlength=n_classes) / np.maximum(
+        np.bincount(query_labels, minlength=n_classes), 1
+    )
+    values["knn_vote_balanced_accuracy"] = float(
+        recall[np.bincount(query_labels, minlength=n_classes) > 0].mean()
+    )
     values["macro_f1"] = metrics.macro_f1(query_labels, predicted, n_classes)
     values["macro_auc"] = metrics.macro_auc(query_labels, scores)
     confusion = metrics.confusion_matrix(query_labels, predicted, n_classes)
@@ -324,19 +330,35 @@ def _add_calibration(
         banned=banned_neighbours(dataset, as_queries),
     )
     val_labels = np.where(found.positions >= 0, dataset.labels[split.train][found.positions], -1)
-    fitted = calibration.fit_vote_calibration(
-        dataset.labels[split.val], val_labels, found.similarities, n_classes, k
+    from indexer.prediction.constrained import fit_vote_constrained, scores
+    from indexer.prediction.vote import one_hot_shares
+
+    fitted = fit_vote_constrained(
+        dataset.labels[split.val],
+        one_hot_shares(val_labels, n_classes),
+        np.asarray(found.similarities, dtype=np.float64),
+        n_classes,
+        k,
     )
     truth = dataset.labels[split.test]
     raw = calibration.product_vote(test_labels, test_sims, n_classes, k)
     tuned = calibration.tempered_vote(
         test_labels, test_sims, n_classes, k, temperature=fitted.temperature, epsilon=fitted.epsilon
     )
+    before, after = scores(truth, raw, n_classes), scores(truth, tuned, n_classes)
+    result.metrics["vote_balanced_accuracy"] = before["balanced_accuracy"]
+    result.metrics["calibrated_balanced_accuracy"] = after["balanced_accuracy"]
+    for row, r_before, r_after in zip(
+        result.per_class, before["per_class_recall"], after["per_class_recall"], strict=True
+    ):
+        row["calibrated_vote_recall_before"], row["calibrated_vote_recall"] = r_before, r_after
     result.metrics["ece_vote"] = metrics.expected_calibration_error(truth, raw)
     result.metrics["ece_calibrated"] = metrics.expected_calibration_error(truth, tuned)
     result.metrics["nll_vote"] = calibration.negative_log_likelihood(truth, raw)
     result.metrics["nll_calibrated"] = calibration.negative_log_likelihood(truth, tuned)
     result.metrics["calibrated_accuracy"] = float((tuned.argmax(axis=1) == truth).mean())
     result.info["calibration"] = (
-        f"tempered vote fitted on {len(split.val)} val queries: T = {fitted.temperature}, eps = {fitted.epsilon}"
+        f"vote fitted on {len(split.val)} val queries under an accuracy constraint (within "
+        f"{fitted.tolerance:g} of the plain vote's accuracy and balanced accuracy, class-balanced NLL): "
+        f"T = {fitted.temperature} (None: similarity weights), eps = {fitted.epsilon}"
     )

@@ -42,10 +42,10 @@ def tempered_vote(
     n_classes: int,
     k: int,
     *,
-    temperature: float,
+    temperature: float | None,
     epsilon: float = 0.0,
 ) -> FloatArray:
-    """(Q, C) probabilities of the tempered vote of the first k single-label neighbours (indexer.prediction.vote)."""
+    """(Q, C) probabilities of the tempered vote (None: similarity weights) of the first k single-label neighbours."""
     return vote_probabilities(
         one_hot_shares(neighbor_labels, n_classes), neighbor_sims, k, temperature=temperature, epsilon=epsilon
     )

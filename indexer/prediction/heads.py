@@ -17,6 +17,7 @@ from indexer.catalog import Catalog
 from indexer.errors import HeadError
 from indexer.evaluation.metrics import expected_calibration_error
 from indexer.prediction.calibration import negative_log_likelihood
+from indexer.prediction.constrained import class_balanced_weights, scores
 from indexer.prediction.labeled import LabeledEmbeddings, grouped_split, load_labeled_embeddings
 
 log = logging.getLogger(__name__)
@@ -104,14 +105,20 @@ class LinearHead:
 
 
 def _fit_logistic(
-    x: FloatArray, y: npt.NDArray[np.int64], n_classes: int, l2: float, max_iter: int
+    x: FloatArray,
+    y: npt.NDArray[np.int64],
+    n_classes: int,
+    l2: float,
+    max_iter: int,
+    class_weight: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray]:
-    """Full-batch L-BFGS on the mean cross-entropy + l2/2 * |W|^2 (torch, CPU, float64)."""
+    """Full-batch L-BFGS on the (class-weighted) mean cross-entropy + l2/2 * |W|^2 (torch, CPU, float64)."""
     import torch
 
     torch.manual_seed(0)
     features = torch.from_numpy(x)
     targets = torch.from_numpy(y)
+    weights = torch.from_numpy(class_weight) if class_weight is not None else None
     weight = torch.zeros((n_classes, x.shape[1]), dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
@@ -120,7 +127,7 @@ def _fit_logistic(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(features @ weight.T + bias, targets)
+        loss = torch.nn.functional.cross_entropy(features @ weight.T + bias, targets, weight=weights)
         loss = loss + 0.5 * l2 * (weight * weight).sum()
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
@@ -131,18 +138,19 @@ def _fit_logistic(
 
 def _crossfit_ece(
     logits: FloatArray, true: npt.NDArray[np.int64], groups: list[str], seed: int
-) -> float | None:
-    """ECE of temperature scaling fitted on half of the validation patients, measured on the other half."""
+) -> tuple[float, float] | None:
+    """(ECE at T=1, ECE of a T fitted on the other half), over two halves of the validation patients."""
     halves = grouped_split(groups, true, 0.5, seed + 1)
     if halves.all() or not halves.any():
         return None
-    errors, weights = [], []
+    plain, scaled, weights = [], [], []
     for fit_part in (halves, ~halves):
         t = fit_temperature(logits[fit_part], true[fit_part])
         rest = ~fit_part
-        errors.append(expected_calibration_error(true[rest], _softmax(logits[rest] / t)))
+        plain.append(expected_calibration_error(true[rest], _softmax(logits[rest])))
+        scaled.append(expected_calibration_error(true[rest], _softmax(logits[rest] / t)))
         weights.append(int(rest.sum()))
-    return float(np.average(errors, weights=weights))
+    return float(np.average(plain, weights=weights)), float(np.average(scaled, weights=weights))
 
 
 def version_stamp(payload: bytes) -> str:
@@ -159,12 +167,18 @@ def train_head(
     l2_grid: tuple[float, ...] = L2_GRID,
     max_iter: int = 200,
     data: LabeledEmbeddings | None = None,
+    class_weighting: str = "balanced",
 ) -> LinearHead:
     """Train a linear probe on the catalog's single-label images, patients split between train and val.
 
-    The L2 penalty is picked on validation accuracy (then NLL), the temperature by validation NLL.
+    `class_weighting` "balanced" weighs each class's cross-entropy by n / (C * n_c) and picks the L2
+    penalty on validation balanced accuracy (then NLL); "none": plain cross-entropy, picked on accuracy.
+    The temperature is fitted by validation NLL and kept only when it lowers the cross-fitted ECE (fitted
+    on half the validation patients, measured on the other half); otherwise T = 1 and the card says so.
     Features are standardised with training statistics, folded into the saved weight and bias.
     """
+    if class_weighting not in ("balanced", "none"):
+        raise HeadError(f"class_weighting must be 'balanced' or 'none', not {class_weighting!r}")
     data = data or load_labeled_embeddings(catalog, encoder_name)
     labeled = data.classes >= 0
     if len(data.labels) < 2:
@@ -185,22 +199,44 @@ def train_head(
     scale = x_all[train].std(axis=0) + 1e-6
     z = (x_all - mean) / scale
     n_classes = len(data.labels)
+    class_weight: FloatArray | None = None
+    if class_weighting == "balanced":
+        per_image = class_balanced_weights(y_all[train], n_classes)
+        class_weight = np.ones(n_classes, dtype=np.float64)
+        for c in range(n_classes):
+            if (y_all[train] == c).any():
+                class_weight[c] = float(per_image[y_all[train] == c][0])
     best: tuple[float, float, float, FloatArray, FloatArray] | None = None
     for l2 in l2_grid:
-        weight, bias = _fit_logistic(z[train], y_all[train], n_classes, l2, max_iter)
+        weight, bias = _fit_logistic(z[train], y_all[train], n_classes, l2, max_iter, class_weight)
         logits = z[val] @ weight.T + bias
-        accuracy = float((logits.argmax(axis=1) == y_all[val]).mean())
+        measured = scores(y_all[val], _softmax(logits), n_classes)
+        criterion = measured["balanced_accuracy"] if class_weight is not None else measured["accuracy"]
         nll = negative_log_likelihood(y_all[val], _softmax(logits))
-        log.info("head l2=%g: val accuracy %.3f, val NLL %.3f", l2, accuracy, nll)
-        if best is None or (accuracy, -nll) > (best[1], -best[2]):
-            best = (l2, accuracy, nll, weight, bias)
+        log.info("head l2=%g: val accuracy %.3f, val NLL %.3f", l2, measured["accuracy"], nll)
+        if best is None or (criterion, -nll) > (best[1], -best[2]):
+            best = (l2, criterion, nll, weight, bias)
     assert best is not None
-    l2, accuracy, nll, weight, bias = best
+    l2, _, nll, weight, bias = best
     # Fold the standardisation into the linear map: w.((x - m) / s) + b = (w / s).x + (b - (w / s).m).
     folded_weight = weight / scale
     folded_bias = bias - folded_weight @ mean
     val_logits = x_all[val] @ folded_weight.T + folded_bias
-    temperature = fit_temperature(val_logits, y_all[val])
+    fitted_temperature = fit_temperature(val_logits, y_all[val])
+    crossfit = _crossfit_ece(
+        val_logits, y_all[val], [g for g, keep in zip(groups, val, strict=True) if keep], seed
+    )
+    temperature_kept = crossfit is not None and crossfit[1] <= crossfit[0]
+    temperature = fitted_temperature if temperature_kept else 1.0
+    if not temperature_kept:
+        log.warning(
+            "head temperature %.3g not kept: it did not lower the cross-fitted validation ECE (%s); T = 1",
+            fitted_temperature,
+            "too few validation patients to check"
+            if crossfit is None
+            else f"{crossfit[0]:.3f} -> {crossfit[1]:.3f}",
+        )
+    val_scores = scores(y_all[val], _softmax(val_logits), n_classes)
     val_groups = [g for g, keep in zip(groups, val, strict=True) if keep]
     train_groups = {g for g, keep in zip(groups, train, strict=True) if keep}
     overlap = train_groups & set(val_groups)
@@ -218,13 +254,22 @@ def train_head(
         "n_val_patients": len(set(val_groups)),
         "class_counts": {label: int((y_all == i).sum()) for i, label in enumerate(data.labels)},
         "l2": l2,
-        "val_accuracy": accuracy,
+        "class_weighting": class_weighting,
+        "val_accuracy": val_scores["accuracy"],
+        "val_balanced_accuracy": val_scores["balanced_accuracy"],
+        "val_per_class_recall": dict(zip(data.labels, val_scores["per_class_recall"], strict=True)),
+        "val_class_counts": {label: int((y_all[val] == i).sum()) for i, label in enumerate(data.labels)},
         "val_nll_before": nll,
         "temperature": temperature,
+        "temperature_fitted": fitted_temperature,
+        "temperature_kept": temperature_kept,
+        "temperature_note": "T is fitted on validation NLL and kept only when the cross-fitted ECE (T fitted on "
+        "half the validation patients, ECE on the other half) is no worse than at T = 1",
         "val_nll_after": negative_log_likelihood(y_all[val], _softmax(val_logits / temperature)),
         "val_ece_before": expected_calibration_error(y_all[val], _softmax(val_logits)),
         "val_ece_after": expected_calibration_error(y_all[val], _softmax(val_logits / temperature)),
-        "val_ece_after_crossfit": _crossfit_ece(val_logits, y_all[val], val_groups, seed),
+        "val_ece_before_crossfit": crossfit[0] if crossfit else None,
+        "val_ece_after_crossfit": crossfit[1] if crossfit else None,
         "ece_note": "val_ece_after uses the split T was fitted on; val_ece_after_crossfit fits T on half "
         "the validation patients and measures on the other half",
         "chance_accuracy": float(np.bincount(y_all[val], minlength=n_classes).max() / val.sum()),

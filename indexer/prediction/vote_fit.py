@@ -14,8 +14,7 @@ import numpy.typing as npt
 
 from indexer.catalog import Catalog
 from indexer.errors import HeadError
-from indexer.evaluation.metrics import expected_calibration_error
-from indexer.prediction.calibration import EPSILONS, TEMPERATURES, negative_log_likelihood
+from indexer.prediction.constrained import ACCURACY_TOLERANCE, fit_vote_guarded, scores
 from indexer.prediction.heads import version_stamp
 from indexer.prediction.labeled import (
     LabeledEmbeddings,
@@ -48,12 +47,16 @@ MIN_CONFIDENCE = 0.5
 
 @dataclass(frozen=True)
 class VoteCalibrationFile:
-    """The kNN vote's fitted temperature and uniform share, the OOD threshold and how they were measured."""
+    """The kNN vote's fitted temperature and uniform share, the OOD threshold and how they were measured.
+
+    `temperature` None: the uncalibrated weights max(cosine, 0) (with the uniform share `epsilon`), chosen
+    when every tempered vote cost accuracy or scored worse.
+    """
 
     encoder: str
     version: str
     labels: list[str]
-    temperature: float
+    temperature: float | None
     epsilon: float
     k: int
     ood_similarity: float
@@ -72,39 +75,6 @@ class VoteCalibrationFile:
         return cls(**data)
 
 
-def fit_vote_by_ece(
-    true: npt.NDArray[np.int64],
-    neighbour_shares: FloatArray,
-    neighbor_sims: FloatArray,
-    n_classes: int,
-    k: int,
-) -> tuple[float, float]:
-    """The (T, eps) of the calibration grids with the lowest ECE + 0.1 * NLL on these (fit) queries.
-
-    `neighbour_shares` is (Q, k, C) over the vote's columns, the first `n_classes` the fitted classes:
-    the probabilities are the served vote's (`indexer.prediction.vote`), multi-label neighbours and
-    labels outside the fitted classes included.
-
-    NLL alone lets the few queries of rare classes (no neighbour of their class: p = eps / C) push eps up
-    until every confidence is flattened; on the imbalanced COVID-19 collection that made the held-out ECE
-    worse than the uncalibrated vote's (0.10 -> 0.14). ECE alone picks eps = 0 and confident mistakes
-    (held-out NLL 0.7-1.0 on brain MRI). The sum lowered the held-out ECE on both, over three seeds.
-    """
-    best: tuple[float, float, float] | None = None
-    for temperature in TEMPERATURES:
-        for epsilon in EPSILONS:
-            probabilities = vote_probabilities(
-                neighbour_shares, neighbor_sims, k, temperature=temperature, epsilon=epsilon, fixed=n_classes
-            )
-            loss = expected_calibration_error(true, probabilities) + 0.1 * negative_log_likelihood(
-                true, probabilities
-            )
-            if best is None or loss < best[0] - 1e-12:
-                best = (loss, temperature, epsilon)
-    assert best is not None
-    return best[1], best[2]
-
-
 def fit_vote(
     catalog: Catalog,
     encoder_name: str,
@@ -114,11 +84,17 @@ def fit_vote(
     holdout_fraction: float = 0.5,
     max_queries: int = 4000,
     data: LabeledEmbeddings | None = None,
+    tolerance: float = ACCURACY_TOLERANCE,
+    balanced: bool = True,
 ) -> VoteCalibrationFile:
-    """Fit the vote's (T, eps) on leave-one-patient-out neighbour lists; measure ECE on held-out patients.
+    """Fit the vote's (T, eps) on leave-one-patient-out neighbour lists; measure it on held-out patients.
 
     Each stored image (up to `max_queries`, sampled) queries every stored image of other patients. The
-    same runs give the OOD threshold: the OOD_QUANTILE of each query's best similarity to other patients.
+    (T, eps) is chosen on the fit patients under an accuracy constraint (`indexer.prediction.constrained`:
+    never below the uncalibrated vote's accuracy or balanced accuracy by more than `tolerance`; NLL
+    class-balanced). The card reports accuracy, balanced accuracy, per-class recall, ECE and NLL of the
+    uncalibrated and the calibrated vote on the held-out patients. The same runs give the OOD threshold:
+    the OOD_QUANTILE of each query's best similarity to other patients.
     """
     data = data or load_labeled_embeddings(catalog, encoder_name)
     rng = np.random.default_rng(seed)
@@ -140,7 +116,8 @@ def fit_vote(
         "ood_quantile": OOD_QUANTILE,
         "top1_similarity_median": float(np.median(finite_top1)),
     }
-    temperature, epsilon = 1.0, 0.0
+    temperature: float | None = None
+    epsilon = 0.0
     n_classes = len(data.labels)
     if n_classes >= 2 and usable.sum() >= 4:
         q_groups = [data.groups[i] for i in queries[usable]]
@@ -148,9 +125,19 @@ def fit_vote(
         fit_part = ~holdout
         if holdout.any() and fit_part.any():
             shares_u, sims_u, true_u = neighbour_shares[usable], sims[usable], true[usable]
-            temperature, epsilon = fit_vote_by_ece(
-                true_u[fit_part], shares_u[fit_part], sims_u[fit_part], n_classes, k
+            fit_groups = [g for g, keep in zip(q_groups, fit_part, strict=True) if keep]
+            fitted = fit_vote_guarded(
+                true_u[fit_part],
+                shares_u[fit_part],
+                sims_u[fit_part],
+                n_classes,
+                k,
+                grouped_split(fit_groups, true_u[fit_part], 0.5, seed + 1),
+                tolerance=tolerance,
+                balanced=balanced,
             )
+            temperature, epsilon = fitted.temperature, fitted.epsilon
+            truth = true_u[holdout]
             before = vote_probabilities(shares_u[holdout], sims_u[holdout], k, fixed=n_classes)
             after = vote_probabilities(
                 shares_u[holdout],
@@ -160,16 +147,27 @@ def fit_vote(
                 epsilon=epsilon,
                 fixed=n_classes,
             )
+            held_before, held_after = scores(truth, before, n_classes), scores(truth, after, n_classes)
             card.update(
                 n_fit=int(fit_part.sum()),
                 n_holdout=int(holdout.sum()),
-                selection="lowest ECE + 0.1 * NLL on the fit patients",
-                holdout_accuracy_before=float((before.argmax(axis=1) == true_u[holdout]).mean()),
-                holdout_accuracy=float((after.argmax(axis=1) == true_u[holdout]).mean()),
-                holdout_ece_before=expected_calibration_error(true_u[holdout], before),
-                holdout_ece_after=expected_calibration_error(true_u[holdout], after),
-                holdout_nll_before=negative_log_likelihood(true_u[holdout], before),
-                holdout_nll_after=negative_log_likelihood(true_u[holdout], after),
+                selection=f"lowest ECE + 0.1 * NLL ({fitted.class_weighting} class weights) on the fit "
+                f"patients among the (T, eps) whose accuracy and balanced accuracy stay within "
+                f"{fitted.tolerance:g} of the uncalibrated vote's (T null: the uncalibrated weights)",
+                fit=fitted.card(),
+                holdout_accuracy_before=held_before["accuracy"],
+                holdout_accuracy=held_after["accuracy"],
+                holdout_balanced_accuracy_before=held_before["balanced_accuracy"],
+                holdout_balanced_accuracy=held_after["balanced_accuracy"],
+                holdout_per_class_recall_before=dict(
+                    zip(data.labels, held_before["per_class_recall"], strict=True)
+                ),
+                holdout_per_class_recall=dict(zip(data.labels, held_after["per_class_recall"], strict=True)),
+                holdout_ece_before=held_before["ece"],
+                holdout_ece_after=held_after["ece"],
+                holdout_nll_before=held_before["nll"],
+                holdout_nll_after=held_after["nll"],
+                holdout_class_counts={label: int((truth == c).sum()) for c, label in enumerate(data.labels)},
             )
     else:
         card["note"] = "too few labeled images for a vote calibration: only the OOD threshold was fitted"
