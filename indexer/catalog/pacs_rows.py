@@ -109,6 +109,21 @@ class PacsRows:
                 )
         return found
 
+    def study_case_ids(self, prefix: str) -> dict[str, set[int]]:
+        """Case ids by Study Instance UID of the stored images whose source uri starts with `prefix`."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        found: dict[str, set[int]] = {}
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Image.study_instance_uid, Image.case_id).where(
+                    Image.source_uri.like(f"{escaped}%", escape="\\")
+                )
+            )
+            for study, case_id in rows:
+                if study:
+                    found.setdefault(str(study), set()).add(int(case_id))
+        return found
+
     def source_uris_with_prefix(self, prefix: str) -> set[str]:
         """Stored images' source uris that start with `prefix` (e.g. every instance of one PACS)."""
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

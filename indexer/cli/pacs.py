@@ -162,3 +162,49 @@ def sync(
     )
     if ingest.failed:
         typer.echo("see `medcbir failures` for the reasons")
+
+
+@pacs_app.command("follow")
+def follow(
+    name: PacsName,
+    once: Annotated[bool, typer.Option(help="Read the feed to its end, then stop")] = False,
+    poll_s: Annotated[float, typer.Option(help="Seconds between looks at the feed")] = 1.0,
+    reconcile_s: Annotated[
+        float, typer.Option(help="Seconds between checks for studies deleted in the PACS")
+    ] = 60.0,
+    data_dir: DataDir = None,
+    encoder: Encoder = None,
+) -> None:
+    """Follow an Orthanc's change feed: stable studies are indexed, deleted ones leave the index (Ctrl-C stops)."""
+    import signal
+    import threading
+
+    from indexer.ingest.follow import OrthancFollower
+    from indexer.storage.pacs_reader import install_pacs_reader
+
+    setup_logging()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with opened_archive(settings_from(data_dir, encoder)) as archive:
+            follower = OrthancFollower(
+                archive, install_pacs_reader(archive.catalog).client(name), reconcile_s=reconcile_s
+            )
+            typer.echo(f"following PACS {name} from change {follower.report.cursor}")
+            try:
+                if once:
+                    while not follower.step():
+                        pass
+                else:
+                    follower.run(stop, poll_s)
+            except KeyboardInterrupt:
+                pass
+            report = follower.report
+            cli_audit(archive.catalog, "pacs-follow", f"pacs:{name} images:{report.images_indexed}")
+    except IndexerError as exc:
+        raise fail(f"{exc} (run the same command again: it resumes from the stored cursor)") from exc
+    typer.echo(
+        f"PACS {name}: {report.changes} changes read, {report.studies_ingested} stable studies "
+        f"({report.images_indexed} images indexed), {report.studies_deleted} deleted studies removed; "
+        f"cursor at {report.cursor}"
+    )

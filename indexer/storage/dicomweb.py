@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -155,11 +155,11 @@ class DicomwebPacs:
             retriable_error_codes=RETRIED_STATUSES,
         )
 
-    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, method: str | Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call the client, turning every transport or protocol failure into a PacsError that says what to do."""
         requests = require_extra("requests", "pacs")
         name, url = self.connection.name, self.connection.url
-        call = self._retrieve_raw if method == "_medcbir_retrieve_raw" else getattr(self._client, method)
+        call = method if callable(method) else getattr(self._client, method)
         try:
             return call(*args, **kwargs)
         except requests.exceptions.SSLError as exc:
@@ -227,7 +227,7 @@ class DicomwebPacs:
 
     def retrieve(self, instance: PacsInstance) -> bytes:
         """The instance's file exactly as the PACS keeps it (WADO-RS, any transfer syntax, bytes untouched)."""
-        return bytes(self._call("an instance retrieval", "_medcbir_retrieve_raw", instance))
+        return bytes(self._call("an instance retrieval", self._retrieve_raw, instance))
 
     def _retrieve_raw(self, instance: PacsInstance) -> bytes:
         # dicomweb-client parses what it retrieves with pydicom, which refuses files without a preamble
@@ -275,6 +275,23 @@ class DicomwebPacs:
     def store(self, datasets: list[Dataset]) -> None:
         """Store data sets in the PACS (STOW-RS)."""
         self._call("a STOW-RS store", "store_instances", datasets)
+
+    @property
+    def orthanc_root(self) -> str:
+        """The Orthanc REST root: the DICOMweb root without its last segment (`.../dicom-web`)."""
+        return self.connection.url.rstrip("/").rsplit("/", 1)[0]
+
+    def orthanc_get(self, path: str, **params: Any) -> Any:
+        """GET an Orthanc REST resource (JSON), with the same account, retries and errors as DICOMweb."""
+
+        def get() -> Any:
+            answer = self._client._session.get(
+                f"{self.orthanc_root}{path}", params=params, timeout=self.settings.timeout_s
+            )
+            answer.raise_for_status()
+            return answer.json()
+
+        return self._call(f"GET {path.split('?')[0]}", get)
 
     def reachable_studies(self) -> int:
         """How many studies one QIDO-RS query sees (at most 1000): the `pacs test` probe."""
