@@ -12,6 +12,7 @@ from indexer.cases import CaseManager
 from indexer.catalog import Catalog
 from search_api.access import Principal
 from search_api.explanations import Explainer, QueryStore
+from search_api.refine import Refiner
 from search_api.schemas import DisplayWindow, GroupBy, SearchFilters
 from search_api.searcher import Searcher
 from search_api.security import LoginLimiter
@@ -58,6 +59,14 @@ def get_explainer(request: Request) -> Explainer:
 def get_query_store(explainer: Annotated[Explainer, Depends(get_explainer)]) -> QueryStore:
     """Where query images are kept (memory only, for their owner) so their matches can be explained."""
     return explainer.queries
+
+
+def get_refiner(
+    searcher: Annotated[Searcher, Depends(get_searcher)],
+    queries: Annotated[QueryStore, Depends(get_query_store)],
+) -> Refiner:
+    """Relevance feedback over the searcher and the kept query images (no state of its own)."""
+    return Refiner(searcher, queries)
 
 
 def get_login_limiter(request: Request) -> LoginLimiter:
@@ -194,6 +203,7 @@ ApiSettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
 CaseManagerDep = Annotated[CaseManager, Depends(get_case_manager)]
 ExplainerDep = Annotated[Explainer, Depends(get_explainer)]
 QueryStoreDep = Annotated[QueryStore, Depends(get_query_store)]
+RefinerDep = Annotated[Refiner, Depends(get_refiner)]
 LoginLimiterDep = Annotated[LoginLimiter, Depends(get_login_limiter)]
 JwtSecretDep = Annotated[bytes, Depends(get_jwt_secret)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -30,6 +30,7 @@ from indexer.governance.accounts import (
 from indexer.ingest.uploads import UploadError
 from indexer.vectors.kinds import TooFewVectorsError
 from search_api.explanations import ExplanationUnavailableError, NoHeadError, UnknownLabelError
+from search_api.refine import InvalidFeedbackError
 from search_api.schemas import ErrorOut
 from search_api.windows import InvalidWindowError
 
@@ -58,6 +59,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     InvalidWindowError: 422,
     UnknownLabelError: 422,
     TooFewVectorsError: 422,
+    InvalidFeedbackError: 422,
 }
 
 # The error answers every route may give, for the OpenAPI document.

@@ -153,6 +153,20 @@ class Exclusion(BaseModel):
     )
 
 
+class Refinement(BaseModel):
+    """What a POST /search/refine answer was refined with (relevance feedback)."""
+
+    round: int = Field(description="The round the client says this is (1 for the first refine)")
+    positives: int = Field(description="Images marked relevant so far")
+    negatives: int = Field(description="Images marked not relevant so far")
+    pinned: list[int] = Field(
+        default_factory=list, description="Marked positives shown first (in refined order)"
+    )
+    alpha: float
+    beta: float
+    gamma: float
+
+
 class SearchResponse(BaseModel):
     """The answer to POST /search and POST /search/by-image/{image_id}."""
 
@@ -176,6 +190,9 @@ class SearchResponse(BaseModel):
     )
     exclusion: Exclusion = Field(
         default_factory=Exclusion, description="What exclude_patient did: applied or not, and why"
+    )
+    refinement: Refinement | None = Field(
+        default=None, description="POST /search/refine only: the marks this list was refined with"
     )
 
 

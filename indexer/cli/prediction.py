@@ -95,11 +95,31 @@ def evaluate(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Reuse embeddings saved here (keyed by data, encoder, size)")
     ] = None,
+    max_images: Annotated[
+        int | None, typer.Option(help="Use a fixed random subsample of this many images (CPU budgets)")
+    ] = None,
+    feedback_rounds: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Relevance feedback: rounds of an oracle marking the first k neighbours by label"
+        ),
+    ] = 0,
+    feedback_weights: Annotated[
+        str | None,
+        typer.Option(help="Rocchio alpha,beta,gamma for --feedback-rounds [default: the product's]"),
+    ] = None,
 ) -> None:
     """Measure retrieval quality on a labeled dataset (precision@k, mAP@k, mMV@k, kNN vote, F1, AUC)."""
     setup_logging()
-    from indexer.evaluation.report import to_markdown, write_json, write_markdown, write_plots
+    from indexer.evaluation.feedback import feedback_markdown
+    from indexer.evaluation.report import to_markdown, write_json, write_plots
     from indexer.evaluation.runner import EvaluationConfig, run_evaluation
+    from indexer.vectors.feedback import DEFAULT_WEIGHTS, FeedbackWeights
+
+    try:
+        weights = FeedbackWeights.parse(feedback_weights) if feedback_weights else DEFAULT_WEIGHTS
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
 
     config = EvaluationConfig(
         data=data,
@@ -115,18 +135,24 @@ def evaluate(
         dedupe=dedupe,
         min_class_count=min_class_count,
         cache_dir=cache_dir,
+        max_images=max_images,
+        feedback_rounds=feedback_rounds,
+        feedback_weights=weights,
     )
     try:
         result = run_evaluation(config)
     except (IndexerError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
     if json_path is not None:
-        write_json(result, json_path)
+        write_json(result, json_path)  # the feedback rounds go in its info
+    feedback = result.info.pop("feedback", None)
+    text = to_markdown(result) + (feedback_markdown(feedback) if feedback else "")
     if markdown is not None:
-        write_markdown(result, markdown)
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text)
     if plots is not None:
         write_plots(result, plots)
-    typer.echo(to_markdown(result))
+    typer.echo(text)
 
 
 def finetune(

@@ -18,6 +18,7 @@ from indexer.evaluation.datasets import (
     load_catalog_dataset,
     load_dataset,
 )
+from indexer.evaluation.feedback import evaluate_feedback
 from indexer.evaluation.protocol import (
     DEFAULT_SEED,
     EvaluationResult,
@@ -25,6 +26,7 @@ from indexer.evaluation.protocol import (
     evaluate_vectors,
     make_split,
 )
+from indexer.vectors.feedback import DEFAULT_WEIGHTS, FeedbackWeights
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,11 @@ class EvaluationConfig:
     # A catalog database URL: the dataset is the catalog's single-label cases (then `data` only names
     # the data folder in reports).
     from_catalog: str | None = None
+    # Relevance feedback: oracle rounds on the test queries (0: none), the Rocchio weights, and
+    # whether to try the weight grid on the val queries too.
+    feedback_rounds: int = 0
+    feedback_weights: FeedbackWeights = DEFAULT_WEIGHTS
+    feedback_tune: bool = True
 
 
 def prepare_dataset(config: EvaluationConfig) -> LabeledDataset:
@@ -102,6 +109,16 @@ def run_evaluation(
         progress=progress,
     )
     result = evaluate_vectors(dataset, vectors, split, k=config.k)
+    if config.feedback_rounds > 0:
+        result.info["feedback"] = evaluate_feedback(
+            dataset,
+            vectors,
+            split,
+            rounds=config.feedback_rounds,
+            k=config.k,
+            weights=config.feedback_weights,
+            tune=config.feedback_tune,
+        )
     result.info.update(
         {
             "encoder": chosen.name,

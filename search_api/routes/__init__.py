@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from search_api.routes import admin, auth, cases, explain, search
+from search_api.routes import admin, auth, cases, explain, refine, search
 
 # In the order the OpenAPI document lists them.
-ROUTERS: list[APIRouter] = [auth.router, search.router, explain.router, cases.router, admin.router]
+ROUTERS: list[APIRouter] = [
+    auth.router,
+    search.router,
+    refine.router,
+    explain.router,
+    cases.router,
+    admin.router,
+]
