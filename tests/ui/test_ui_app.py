@@ -256,13 +256,13 @@ def test_uncertain_prediction_says_no_reliable_match_and_shows_the_head(
     warnings = [w.value for w in at.warning]
     expected = "No reliable match: the query is far from every stored case (top similarity 0.27 < 0.62)."
     assert warnings == [expected, expected]  # the vote's panel and the head's panel
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics == {
-        "Predicted label": "pneumonia",
-        "Confidence": "75.0%",
-        "Head label": "nodule",
-        "Head confidence": "90.0%",
-    }
+    # Unreliable predictions get no big label: each panel leans in a small caption instead.
+    assert not at.metric
+    leaning = [c.value for c in at.caption if c.value.startswith("Leaning")]
+    assert leaning == [
+        "Leaning pneumonia (75.0%), not shown as a prediction: read the neighbours instead.",
+        "Leaning nodule (90.0%), not shown as a prediction: read the neighbours instead.",
+    ]
     assert [s.value for s in at.subheader if s.value in ("Prediction", "Trained head")] == [
         "Prediction",
         "Trained head",
@@ -363,6 +363,9 @@ def test_live_engine_search(
         assert f"Case: {hit.case_key}" in text
     if expected.prediction.label is None:
         assert any("No labeled neighbours" in i.value for i in at.info)
+    elif expected.prediction.uncertain:
+        assert not at.metric  # no big label for an unreliable prediction
+        assert any(c.value.startswith(f"Leaning {expected.prediction.label} (") for c in at.caption)
     else:
         assert {m.label: m.value for m in at.metric}["Predicted label"] == expected.prediction.label
 
