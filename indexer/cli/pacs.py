@@ -208,3 +208,51 @@ def follow(
         f"({report.images_indexed} images indexed), {report.studies_deleted} deleted studies removed; "
         f"cursor at {report.cursor}"
     )
+
+
+def receive(
+    aet: Annotated[str, typer.Option(help="This node's AE title")] = "MEDCBIR",
+    port: Annotated[int, typer.Option(help="DICOM port to listen on")] = 11112,
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0: every interface)")] = "127.0.0.1",
+    allow_aet: Annotated[
+        list[str] | None, typer.Option(help="Calling AE title allowed to send (repeatable) [default: any]")
+    ] = None,
+    data_dir: DataDir = None,
+    encoder: Encoder = None,
+) -> None:
+    """Be a DICOM node: accept C-STORE (and C-ECHO), spool each instance safely, index it (Ctrl-C stops)."""
+    import signal
+    import threading
+
+    from indexer.ingest.receiver import DicomReceiver, Spool, SpoolWorker
+
+    setup_logging()
+    settings = settings_from(data_dir, encoder)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with opened_archive(settings) as archive:
+            spool = Spool(settings.data_dir / "received")
+            worker = SpoolWorker(archive, spool)
+            worker.drain()  # what a crash left spooled comes first
+            receiver = DicomReceiver(spool, aet, allow_aet or (), host=host)
+            receiver.start(port)
+            if not allow_aet:
+                typer.echo("warning: any calling AE title may send; restrict with --allow-aet", err=True)
+            typer.echo(f"listening as {aet} on {host}:{port}; received instances are indexed as they arrive")
+            try:
+                worker.run(stop)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                receiver.stop()
+                worker.drain()
+            cli_audit(
+                archive.catalog, "receive", f"images:{worker.report.indexed} failed:{worker.report.failed}"
+            )
+    except (IndexerError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    report = worker.report
+    typer.echo(
+        f"received and indexed {report.indexed}, already indexed {report.already_indexed}, failed {report.failed}"
+    )
