@@ -28,6 +28,7 @@ from indexer.governance.accounts import (
     UnknownAccountError,
 )
 from indexer.ingest.uploads import UploadError
+from indexer.storage.dicomweb import PacsError, PacsNotFoundError
 from indexer.vectors.kinds import TooFewVectorsError
 from search_api.explanations import ExplanationUnavailableError, NoHeadError, UnknownLabelError
 from search_api.refine import InvalidFeedbackError
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 # map to another status than its base.
 ERROR_STATUS: dict[type[Exception], int] = {
     NotFoundError: 404,
+    PacsNotFoundError: 404,
+    PacsError: 502,  # the PACS behind us failed, not the request
     NoHeadError: 404,
     UnknownAccountError: 404,
     AccountConflictError: 409,

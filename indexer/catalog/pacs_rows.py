@@ -124,6 +124,14 @@ class PacsRows:
                     found.setdefault(str(study), set()).add(int(case_id))
         return found
 
+    def image_ids_with_source_uri(self, uri: str) -> list[int]:
+        """Ids of the stored images read from exactly this source uri (one per frame kept)."""
+        with self._sessions() as session:
+            return [
+                int(i)
+                for i in session.scalars(select(Image.id).where(Image.source_uri == uri).order_by(Image.id))
+            ]
+
     def source_uris_with_prefix(self, prefix: str) -> set[str]:
         """Stored images' source uris that start with `prefix` (e.g. every instance of one PACS)."""
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.catalog.pacs_rows import PacsConnectionRow
-from indexer.errors import IndexerError
+from indexer.errors import IndexerError, NotFoundError
 from indexer.extras import require_extra
 
 if TYPE_CHECKING:
@@ -28,6 +28,10 @@ _STUDY, _SERIES, _SOP, _MODALITY, _DATE = "0020000D", "0020000E", "00080018", "0
 
 class PacsError(IndexerError):
     """A PACS could not be reached, refused us, or answered something that is not DICOMweb."""
+
+
+class PacsNotFoundError(PacsError, NotFoundError):
+    """The PACS does not have what was asked for (HTTP 404)."""
 
 
 class PacsUnreachableError(PacsError):
@@ -179,6 +183,10 @@ class DicomwebPacs:
                 if status in (401, 403)
                 else "see the PACS's own log"
             )
+            if status == 404:
+                raise PacsNotFoundError(
+                    f"PACS {name!r} answered HTTP 404 to {what}: it does not have it"
+                ) from exc
             raise PacsError(f"PACS {name!r} answered HTTP {status} to {what}: {hint}") from exc
         except Exception as exc:  # garbage in the answer (bad JSON, broken multipart, not DICOM)
             if "RetryError" in type(exc).__name__:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from search_api.routes import admin, auth, cases, explain, refine, search
+from search_api.routes import admin, auth, cases, explain, pacs, refine, search
 
 # In the order the OpenAPI document lists them.
 ROUTERS: list[APIRouter] = [
     auth.router,
     search.router,
+    pacs.router,
     refine.router,
     explain.router,
     cases.router,

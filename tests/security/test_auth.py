@@ -48,12 +48,20 @@ def _stored_files_zip(api: SecuredApi) -> dict[str, Any]:
 
 
 Request = Callable[[SecuredApi], dict[str, Any]]
+_INSTANCE_IN_NO_PACS = {
+    "pacs": "nope",
+    "study_instance_uid": "1",
+    "series_instance_uid": "2",
+    "sop_instance_uid": "3",
+}
 # (method, path, request, status for a radiologist, status for an admin). Anonymous callers get 401
 # everywhere; service accounts (API key, radiologist role) get the radiologist column.
 ROLE_MATRIX: list[tuple[str, str, Request, int, int]] = [
     ("GET", "/me", lambda a: {}, 200, 200),
     ("POST", "/search", _file, 200, 200),
     ("POST", "/search/by-image/{image_id}", lambda a: {"data": {"k": "2"}}, 200, 200),
+    # by reference to a PACS instance: the test archive has no PACS configured
+    ("POST", "/search/by-instance", lambda a: {"data": _INSTANCE_IN_NO_PACS}, 404, 404),
     ("POST", "/render", _file, 200, 200),
     ("GET", "/images/{image_id}/render", lambda a: {}, 200, 200),
     ("GET", "/images/{image_id}/thumbnail", lambda a: {}, 200, 200),

@@ -1,0 +1,117 @@
+"""POST /search/by-instance against a live Orthanc: search by reference, role-checked, audited, PACS errors mapped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from indexer.archive import Archive
+from indexer.catalog.pacs_rows import PacsConnectionRow
+from indexer.governance.accounts import create_user
+from indexer.ingest.local import ingest_path
+from indexer.ingest.pacs_sync import sync_pacs
+from indexer.storage.dicomweb import StudyFilter
+from tests.helpers import dicom_testfile, free_port, serve_app
+from tests.pacs.orthanc import OrthancServer
+from tests.pacs.test_pacs_sync import connect, open_archive
+
+PASSWORD = "by-instance test password"
+
+
+@pytest.fixture()
+def api(
+    orthanc: OrthancServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, dict[str, str], Archive]]:
+    from search_api.app import create_app
+
+    monkeypatch.setenv("MEDCBIR_PACS_TEST_PACS_USERNAME", orthanc.username)
+    monkeypatch.setenv("MEDCBIR_PACS_TEST_PACS_PASSWORD", orthanc.password)
+    archive = open_archive(tmp_path / "data")
+    create_user(archive.catalog, "rad", PASSWORD, "radiologist")
+    with serve_app(create_app(archive=archive)) as url:
+        token = httpx.post(f"{url}/token", data={"username": "rad", "password": PASSWORD}).json()[
+            "access_token"
+        ]
+        yield url, {"Authorization": f"Bearer {token}"}, archive
+
+
+def test_search_by_instance_fetches_and_searches_or_uses_the_stored_vector(
+    orthanc: OrthancServer, api: tuple[str, dict[str, str], Archive], tmp_path: Path
+) -> None:
+    url, auth, archive = api
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    (folder / "ct.dcm").write_bytes(dicom_testfile("CT_small.dcm").read_bytes())
+    assert ingest_path(archive, folder, progress=False, workers=0).indexed == 1  # the twin, from disk
+    pacs = connect(orthanc, archive)
+    orthanc.upload([dicom_testfile("CT_small.dcm"), dicom_testfile("MR_small.dcm")])
+    mr_study = "1.3.6.1.4.1.5962.1.2.4.20040826185059.5457"
+    assert (
+        sync_pacs(archive, pacs, StudyFilter(study=mr_study), progress=False, workers=0).ingest.indexed == 1
+    )
+    archive.save_index()
+    ct = {
+        "study_instance_uid": "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322",
+        "series_instance_uid": "1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322",
+        "sop_instance_uid": "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322",
+    }
+
+    # not indexed from the PACS: retrieved with WADO-RS, and its twin from disk comes first
+    answer = httpx.post(
+        f"{url}/search/by-instance", data={"pacs": "test-pacs", "k": 2, **ct}, headers=auth, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    top = answer.json()["hits"][0]
+    assert top["image_id"] == 1 and top["similarity"] > 0.99  # image 1: the copy indexed from disk
+
+    # indexed from the PACS: its stored vector, itself left out
+    mr_row = next(
+        r
+        for r in archive.catalog.images_by_ids(list(range(1, 10))).values()
+        if r.source_uri.startswith("pacs://")
+    )
+    by_ref = {
+        "study_instance_uid": mr_row.study_instance_uid,
+        "series_instance_uid": mr_row.series_instance_uid,
+        "sop_instance_uid": mr_row.sop_instance_uid,
+    }
+    answer = httpx.post(
+        f"{url}/search/by-instance", data={"pacs": "test-pacs", **by_ref}, headers=auth, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    assert mr_row.id not in [h["image_id"] for h in answer.json()["hits"]]
+
+    unknown = httpx.post(f"{url}/search/by-instance", data={"pacs": "nope", **ct}, headers=auth)
+    assert unknown.status_code == 404 and "pacs list" in unknown.text
+    missing = httpx.post(
+        f"{url}/search/by-instance",
+        data={"pacs": "test-pacs", **{**ct, "sop_instance_uid": "1.2.3"}},
+        headers=auth,
+    )
+    assert missing.status_code == 404
+    assert httpx.post(f"{url}/search/by-instance", data={"pacs": "test-pacs", **ct}).status_code == 401
+
+    from indexer.governance.audit import audit_records
+
+    _, events = audit_records(archive.catalog, action="search")
+    assert any("pacs:test-pacs sop:" in (e.object or "") for e in events)
+
+
+def test_a_pacs_that_is_down_answers_502(
+    api: tuple[str, dict[str, str], Archive], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, auth, archive = api
+    monkeypatch.setenv("MEDCBIR_PACS_RETRIES", "0")
+    archive.catalog.add_pacs_connection(
+        PacsConnectionRow("down", f"http://127.0.0.1:{free_port()}/dicom-web", "dicomweb", None, True, False)
+    )
+    answer = httpx.post(
+        f"{url}/search/by-instance",
+        data={"pacs": "down", "study_instance_uid": "1", "series_instance_uid": "2", "sop_instance_uid": "3"},
+        headers=auth,
+        timeout=60,
+    )
+    assert answer.status_code == 502 and "does not answer" in answer.text
