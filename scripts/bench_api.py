@@ -6,6 +6,8 @@ errors for one sequential client (the in-run baseline) and for --clients concurr
 load: each client waits for its answer before sending the next). Ends by printing one JSON line.
 
     python scripts/bench_api.py --clients 8 --requests 25
+    python scripts/bench_api.py --clients 8 --requests 25 --hostile-clients 2   # while the hostile corpus
+                                                                                # (scripts/make_hostile_corpus.py) is posted
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -74,6 +77,32 @@ def run_clients(
     }
 
 
+def post_hostile(url: str, items: list[Any], stop: threading.Event, statuses: list[int]) -> None:
+    """Post the hostile corpus again and again until `stop`: images as queries, archives and manifests
+    (with a good zip) to /admin/ingest; every answer's status is kept."""
+    good_zip = next(i.path for i in items if i.kind == "archive" and i.expectation == "index")
+    with httpx.Client(timeout=600.0) as http:
+        while not stop.is_set():
+            for item in items:
+                if stop.is_set():
+                    break
+                data = item.path.read_bytes()
+                try:
+                    if item.kind == "image":
+                        answer = http.post(f"{url}/search", files={"file": (item.path.name, data)})
+                    elif item.kind == "archive":
+                        answer = http.post(f"{url}/admin/ingest", files={"archive": (item.path.name, data)})
+                    else:
+                        files = {
+                            "archive": ("good.zip", good_zip.read_bytes()),
+                            "manifest": (item.path.name, data),
+                        }
+                        answer = http.post(f"{url}/admin/ingest", files=files)
+                    statuses.append(answer.status_code)
+                except httpx.HTTPError:
+                    statuses.append(0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -81,6 +110,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=25, help="requests per concurrent client")
     parser.add_argument("--baseline-requests", type=int, default=30)
+    parser.add_argument(
+        "--hostile-clients", type=int, default=0, help="extra clients posting the hostile corpus meanwhile"
+    )
     args = parser.parse_args()
 
     from embeddings import create_encoder
@@ -119,7 +151,30 @@ def main() -> None:
                 time.sleep(0.5)
             run_clients(url, payloads, 1, 3)  # warm-up
             baseline = run_clients(url, payloads, 1, args.baseline_requests)
+            stop = threading.Event()
+            hostile_statuses: list[int] = []
+            items: list[Any] = []
+            if args.hostile_clients:
+                sys.path.insert(0, str(Path(__file__).parent))
+                from make_hostile_corpus import build_corpus
+
+                items = build_corpus(root / "hostile")
+            hostile = [
+                threading.Thread(
+                    target=post_hostile, args=(url, items[i:] + items[:i], stop, hostile_statuses)
+                )
+                for i in range(args.hostile_clients)
+            ]
+            for thread in hostile:
+                thread.start()
+            while hostile and not hostile_statuses:  # the good clients start once the hostile ones are in
+                time.sleep(0.1)
+            overlapping_from = len(hostile_statuses)
             loaded = run_clients(url, payloads, args.clients, args.requests)
+            overlapping = len(hostile_statuses) - overlapping_from
+            stop.set()
+            for thread in hostile:
+                thread.join()
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -132,6 +187,13 @@ def main() -> None:
                 "backend": os.environ.get("MEDCBIR_EMBEDDINGS_BACKEND", "torch"),
                 "one_client": baseline,
                 "concurrent": loaded,
+                "hostile_clients": args.hostile_clients,
+                "hostile_requests": len(hostile_statuses),
+                "hostile_requests_answered_during_good_load": overlapping,
+                "hostile_5xx_or_no_answer": sum(1 for s in hostile_statuses if s >= 500 or s == 0),
+                "hostile_statuses": {
+                    str(s): hostile_statuses.count(s) for s in sorted(set(hostile_statuses))
+                },
                 "p50_ratio_concurrent_over_one": round(
                     float(loaded["p50_ms"]) / float(baseline["p50_ms"]), 2
                 ),  # type: ignore[arg-type]

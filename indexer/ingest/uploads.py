@@ -82,13 +82,34 @@ def keep_upload(archive: Archive, temporary: Path) -> Path:
     return target
 
 
-def discard_failed_upload(archive: Archive, kept: Path) -> bool:
-    """Remove a kept upload whose request failed, unless images already stored read from it (rows a
-    failed ingest committed before it stopped, or an earlier identical upload); True when removed."""
-    if archive.catalog.has_images_under(SourceUri.members_prefix(kept.resolve())):
-        return False
-    kept.unlink(missing_ok=True)
-    return True
+# Requests of this process ingesting each kept upload: identical uploads share one kept file, so a failed
+# request removes it only when no other request is still reading it.
+_readers: dict[Path, int] = {}
+_readers_lock = threading.Lock()
+
+
+def keep_upload_for_ingest(archive: Archive, temporary: Path) -> Path:
+    """keep_upload, counting this request among the kept file's readers (release with release_upload)."""
+    with _readers_lock:  # atomic with the keep: no failed request can remove the file in between
+        kept = keep_upload(archive, temporary)
+        _readers[kept] = _readers.get(kept, 0) + 1
+    return kept
+
+
+def release_upload(archive: Archive, kept: Path, *, failed: bool) -> bool:
+    """This request is done with the kept upload; after a failure it is removed unless another request
+    still reads it or stored images read from it (rows a failed ingest committed before it stopped, or
+    an earlier identical upload). True when removed."""
+    with _readers_lock:
+        left = _readers.get(kept, 1) - 1
+        if left > 0:
+            _readers[kept] = left
+            return False
+        _readers.pop(kept, None)
+        if not failed or archive.catalog.has_images_under(SourceUri.members_prefix(kept.resolve())):
+            return False
+        kept.unlink(missing_ok=True)
+        return True
 
 
 def ingest_upload(

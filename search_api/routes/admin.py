@@ -13,10 +13,10 @@ from indexer.governance.accounts import create_user, list_accounts, set_disabled
 from indexer.governance.audit import audit_records
 from indexer.ingest.manifest import ManifestColumns, load_manifest
 from indexer.ingest.uploads import (
-    discard_failed_upload,
     ingest_upload,
-    keep_upload,
+    keep_upload_for_ingest,
     rebuild_archive_index,
+    release_upload,
     upload_dir,
 )
 from search_api.access import ADMIN, allow
@@ -136,16 +136,17 @@ async def ingest_archive(
                 loaded = load_manifest(csv_path, ManifestColumns())
             finally:
                 csv_path.unlink(missing_ok=True)
-        kept = await run_in_threadpool(keep_upload, opened, temporary)
+        kept = await run_in_threadpool(keep_upload_for_ingest, opened, temporary)
     finally:
         temporary.unlink(missing_ok=True)
     try:
         result = await run_in_threadpool(
             lambda: ingest_upload(opened, kept, loaded, searcher.index_lock, max_pixels=limits.max_pixels)
         )
-    except BaseException:
-        await run_in_threadpool(discard_failed_upload, opened, kept)  # unless stored images read from it
+    except BaseException:  # removed unless another request or a stored image still reads it
+        await run_in_threadpool(lambda: release_upload(opened, kept, failed=True))
         raise
+    await run_in_threadpool(lambda: release_upload(opened, kept, failed=False))
     report = result.report
     audit(f"archive:{kept.stem[:16]} added:{report.indexed} failed:{report.failed}")
     return ingest_out(result, len(opened.index), report.elapsed_s)

@@ -155,3 +155,21 @@ def test_an_archive_upload_that_fails_leaves_no_file_unless_stored_images_read_i
             assert len(_files(kept_dir)) == 1  # its stored image reads from it: kept
     finally:
         archive.close()
+
+
+def test_a_failed_request_keeps_an_upload_that_an_identical_request_still_reads(tmp_path: Path) -> None:
+    from indexer.ingest.uploads import keep_upload_for_ingest, release_upload
+
+    archive, _ = build_secured_archive(tmp_path)
+    try:
+        data = _zip(c_png=_png(7))
+        (tmp_path / "first").write_bytes(data)
+        (tmp_path / "second").write_bytes(data)
+        kept = keep_upload_for_ingest(archive, tmp_path / "first")
+        assert keep_upload_for_ingest(archive, tmp_path / "second") == kept  # one kept file, two readers
+        assert (
+            release_upload(archive, kept, failed=True) is False and kept.exists()
+        )  # the other still reads it
+        assert release_upload(archive, kept, failed=True) is True and not kept.exists()
+    finally:
+        archive.close()
