@@ -19,6 +19,7 @@ from indexer.cases import CaseManager
 from indexer.governance.accounts import limit_password_hashing, list_accounts
 from indexer.governance.pseudonym import load_or_create_key
 from indexer.settings import IndexerSettings
+from indexer.storage.pacs_reader import install_pacs_reader
 from indexer.vectors.sync import PeriodicRefresh
 from search_api.access import check_route_access
 from search_api.errors import install_error_handlers
@@ -93,6 +94,7 @@ def create_app(
             )
             app.state.jwt_secret = jwt_secret(limits, opened)
             app.state.login_limiter = LoginLimiter(limits.login_attempts_per_minute)
+            install_pacs_reader(opened.catalog)  # images ingested from a PACS are read back by WADO-RS
         except BaseException:
             if archive is None:
                 opened.close()

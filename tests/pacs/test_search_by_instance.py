@@ -83,6 +83,8 @@ def test_search_by_instance_fetches_and_searches_or_uses_the_stored_vector(
     )
     assert answer.status_code == 200, answer.text
     assert mr_row.id not in [h["image_id"] for h in answer.json()["hits"]]
+    rendered = httpx.get(f"{url}/images/{mr_row.id}/render", headers=auth, timeout=60)  # re-read by WADO-RS
+    assert rendered.status_code == 200 and rendered.content.startswith(b"\x89PNG")
 
     unknown = httpx.post(f"{url}/search/by-instance", data={"pacs": "nope", **ct}, headers=auth)
     assert unknown.status_code == 404 and "pacs list" in unknown.text
