@@ -29,6 +29,7 @@ from indexer.governance.accounts import (
 )
 from indexer.ingest.uploads import UploadError
 from indexer.storage.dicomweb import PacsError, PacsNotFoundError
+from indexer.storage.pacs_writeback import WriteBackDisabledError
 from indexer.vectors.kinds import TooFewVectorsError
 from search_api.explanations import ExplanationUnavailableError, NoHeadError, UnknownLabelError
 from search_api.refine import InvalidFeedbackError
@@ -49,6 +50,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     AccountConflictError: 409,
     DuplicateImageError: 409,
     ExplanationUnavailableError: 409,
+    WriteBackDisabledError: 409,
     ImageTooLargeError: 413,
     PasswordHashingBusyError: 429,
     UnsupportedFormatError: 415,

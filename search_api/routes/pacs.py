@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Form, Response
 from starlette.concurrency import run_in_threadpool
 
+from indexer.catalog import Catalog
 from indexer.storage.pacs_reader import PacsReader
+from indexer.storage.pacs_writeback import SimilarCase, write_similar_cases
 from indexer.storage.stored import PacsInstanceUri
 from search_api.access import RADIOLOGY, allow
 from search_api.deps import AuditDep, CatalogDep, PrincipalDep, SearcherDep, SearchFiltersDep
@@ -18,7 +20,8 @@ from search_api.schemas import SearchResponse
 router = APIRouter(route_class=StrictJsonRoute)
 
 Uid = Annotated[str, Form(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z.\-_]+$")]
-PACS_RESPONSES = {**ERROR_RESPONSES, 502: ERROR_RESPONSES[404]}
+PACS_RESPONSES = {**ERROR_RESPONSES, 409: ERROR_RESPONSES[404], 502: ERROR_RESPONSES[404]}
+WRITTEN_BACK_HEADER = "X-Medcbir-Written-Back"
 
 
 @router.post(
@@ -37,17 +40,55 @@ async def search_by_instance(
     study_instance_uid: Uid,
     series_instance_uid: Uid,
     sop_instance_uid: Uid,
+    response: Response,
+    write_back: Annotated[
+        bool,
+        Form(
+            description="Also store a Key Object Selection document listing the similar cases in the query's "
+            "study (only for a PACS added with --write-back; 409 otherwise); its SOP Instance UID comes back "
+            "in the X-Medcbir-Written-Back header"
+        ),
+    ] = False,
 ) -> SearchResponse:
     """Cases like one instance of a PACS: its stored vector when it is indexed (itself left out), else the
     instance retrieved with WADO-RS and searched like an upload. 404: no such PACS or instance; 502: the
-    PACS failed."""
+    PACS failed; 409: write-back asked of a PACS that does not allow it."""
     where = PacsInstanceUri(pacs, study_instance_uid, series_instance_uid, sop_instance_uid)
-    catalog.pacs_connection(pacs)  # NotFoundError (404) for a PACS that is not configured
+    connection = catalog.pacs_connection(pacs)  # NotFoundError (404) for a PACS that is not configured
+    reader = PacsReader(catalog)
+    if write_back and not connection.write_back:
+        write_similar_cases(reader.client(pacs), where, [])  # raises WriteBackDisabledError (409)
     stored = catalog.image_ids_with_source_uri(str(where))
     if stored:
         result = await run_in_threadpool(searcher.search_by_image, stored[0], filters, None)
     else:
-        data = await run_in_threadpool(PacsReader(catalog), where)
+        data = await run_in_threadpool(reader, where)
         result = await run_in_threadpool(lambda: searcher.search(data, filters=filters))
-    audit(f"pacs:{pacs} sop:{sop_instance_uid} cases:" + ",".join(str(h.case_id) for h in result.hits))
+    note = f"pacs:{pacs} sop:{sop_instance_uid} cases:" + ",".join(str(h.case_id) for h in result.hits)
+    if write_back:
+        cases = similar_cases(catalog, result)
+        written = await run_in_threadpool(write_similar_cases, reader.client(pacs), where, cases)
+        response.headers[WRITTEN_BACK_HEADER] = written
+        note += f" written-back:{written}"
+    audit(note)
     return redact(result, principal)
+
+
+def similar_cases(catalog: Catalog, result: SearchResponse) -> list[SimilarCase]:
+    """The hits as the write-back lists them, with the DICOM identity of those that are instances."""
+    rows = catalog.images_by_ids([hit.image_id for hit in result.hits])
+    cases = []
+    for hit in result.hits:
+        row = rows.get(hit.image_id)
+        cases.append(
+            SimilarCase(
+                rank=hit.rank,
+                similarity=hit.similarity,
+                diagnoses=hit.diagnosis,
+                study_instance_uid=row.study_instance_uid if row else None,
+                series_instance_uid=row.series_instance_uid if row else None,
+                sop_instance_uid=row.sop_instance_uid if row else None,
+                sop_class_uid=row.sop_class_uid if row else None,
+            )
+        )
+    return cases
