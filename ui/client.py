@@ -140,6 +140,30 @@ class ApiClient:
         form = _filter_form(filters or SearchFilters())
         return self._parse(self._request("POST", f"/search/by-image/{image_id}", data=form), SearchResponse)
 
+    def refine(
+        self,
+        *,
+        query_id: str | None,
+        image_id: int | None,
+        positive: list[int],
+        negative: list[int],
+        filters: SearchFilters | None = None,
+        round_number: int = 1,
+        patient_ref: str | None = None,
+    ) -> SearchResponse:
+        """POST /search/refine: the search again, moved towards `positive` and away from `negative`
+        (every mark so far); `query_id` of an upload's answer, or the archived query's `image_id`."""
+        form: dict[str, Any] = {**_filter_form(filters or SearchFilters()), "round": str(round_number)}
+        if query_id:
+            form["query_id"] = query_id
+        elif image_id is not None:
+            form["image_id"] = str(image_id)
+        form["positive"] = [str(i) for i in positive]
+        form["negative"] = [str(i) for i in negative]
+        if patient_ref and patient_ref.strip():
+            form["patient_ref"] = patient_ref.strip()
+        return self._parse(self._request("POST", "/search/refine", data=form), SearchResponse)
+
     def render(self, data: bytes, filename: str, center: float, width: float, max_side: int = 512) -> bytes:
         """POST /render: the uploaded image as a PNG with this window/level (display only)."""
         form = {"window_center": f"{center:g}", "window_width": f"{width:g}", "max_side": str(max_side)}

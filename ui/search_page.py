@@ -18,6 +18,7 @@ from ui.context import (
     session_token,
     thumbnail_fetcher,
 )
+from ui.feedback import refined_result, render_mark, render_refine_bar
 from ui.views import (
     ANY_MODALITY,
     body_part_options,
@@ -273,6 +274,9 @@ def main() -> None:
                     scope=f"image:{image_id}",
                     presets=presets,
                 )
+        # Relevance feedback: after "Refine", the refined answer stands in for the search's (same query).
+        scope = str(st.session_state.get("search_key"))
+        original, result = result, refined_result(scope) or result
         with right:
             render_exclusion(result)
             render_predictions(result.prediction, result.head_prediction)
@@ -291,6 +295,19 @@ def main() -> None:
                 f"{result.took_ms:.0f} ms"
             )
         with middle:
+            sent_patient = str(st.session_state.get("patient_ref") or "") if filters.exclude_patient else ""
+            render_refine_bar(
+                scope,
+                lambda positive, negative, round_number: client.refine(
+                    query_id=original.query_id,
+                    image_id=None if original.query_id else original.query.image_id,
+                    positive=positive,
+                    negative=negative,
+                    filters=filters,
+                    round_number=round_number,
+                    patient_ref=sent_patient or None,
+                ),
+            )
             render_hits(
                 result.hits,
                 thumbnail_fetcher(client, settings),
@@ -299,6 +316,7 @@ def main() -> None:
                     f"similarity:{hit.image_id}",
                     lambda: client.explain_similarity(query_id, query_image_id, hit.image_id),
                 ),
+                mark=lambda hit: render_mark(hit, scope),
             )
 
 

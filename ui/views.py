@@ -396,9 +396,11 @@ def render_hit(
     query_patient: str | None = None,
     link: bool = True,
     explain: Callable[[Hit], bytes] | None = None,
+    mark: Callable[[Hit], None] | None = None,
 ) -> None:
     """One neighbour card: thumbnail, similarity, labels, modality, study/series, report, case link, and
-    (when `explain` is given) a "Why similar?" toggle showing the similarity maps of query and neighbour."""
+    (when `explain` is given) a "Why similar?" toggle showing the similarity maps of query and neighbour;
+    `mark` draws the relevance-feedback marks under the similarity."""
     with st.container(border=True):
         try:
             data = thumbnail(hit.thumbnail_url)
@@ -408,6 +410,8 @@ def render_hit(
             show_image(data, f"Neighbour {hit.rank}", "thumbnail")
         st.markdown(f"**#{hit.rank}** · similarity **{format_similarity(hit.similarity)}**")
         st.progress(min(max(hit.similarity, 0.0), 1.0))
+        if mark is not None:
+            mark(hit)
         st.text(hit_summary(hit))
         if query_patient and hit.patient_ref == query_patient:
             st.caption(":orange[Same patient as the query]")
@@ -446,6 +450,7 @@ def render_hits(
     link: bool = True,
     empty_hint: str = "No neighbours: the index is empty, or nothing matches the filters.",
     explain: Callable[[Hit], bytes] | None = None,
+    mark: Callable[[Hit], None] | None = None,
 ) -> None:
     """The neighbours in a grid, best first, `columns` per row."""
     st.subheader(f"Similar cases ({len(hits)})")
@@ -456,7 +461,7 @@ def render_hits(
         row = st.columns(columns)
         for column, hit in zip(row, hits[start : start + columns], strict=False):
             with column:
-                render_hit(hit, thumbnail, query_patient, link, explain)
+                render_hit(hit, thumbnail, query_patient, link, explain, mark)
 
 
 # -- case view ---------------------------------------------------------------------------------

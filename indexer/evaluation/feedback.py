@@ -14,16 +14,16 @@ from indexer.evaluation.datasets import DatasetError, LabeledDataset
 from indexer.evaluation.protocol import Split, banned_neighbours
 from indexer.vectors.feedback import DEFAULT_WEIGHTS, FeedbackWeights, pin_positives, rocchio
 
-# Weights tried on the calibration (val) queries; the first row is the product default.
+# Weights tried on the calibration (val) queries; the first row is the product default (chosen there).
 WEIGHT_GRID: tuple[FeedbackWeights, ...] = (
     DEFAULT_WEIGHTS,
+    FeedbackWeights(1.0, 1.0, 0.25),
     FeedbackWeights(1.0, 0.75, 0.15),
     FeedbackWeights(1.0, 0.5, 0.0),
     FeedbackWeights(1.0, 0.75, 0.0),
     FeedbackWeights(1.0, 1.0, 0.0),
     FeedbackWeights(1.0, 1.0, 0.5),
     FeedbackWeights(1.0, 2.0, 0.25),
-    FeedbackWeights(1.0, 2.0, 0.5),
     FeedbackWeights(0.5, 2.0, 0.5),
 )
 

@@ -156,8 +156,8 @@ def test_oracle_marks_raise_precision_pin_positives_and_drop_negatives(api: Refi
         "negatives": len(negative),
         "pinned": refined[: len(positive)],
         "alpha": 1.0,
-        "beta": 1.0,
-        "gamma": 0.25,
+        "beta": 2.0,
+        "gamma": 0.5,
     }
     # audited with the marks' counts
     _, records = audit_records(api.archive.catalog, username="alice", action="search", limit=5)
@@ -210,3 +210,22 @@ def test_bad_marks_are_422_saying_what_to_do(api: RefineApi) -> None:
     assert many.status_code == 422 and f"at most {MAX_MARKS}" in many.json()["detail"]
     neither = _refine(api, positive=[first])
     assert neither.status_code == 422 and "query_id" in neither.json()["detail"]
+
+
+def test_the_ui_client_refines_and_says_what_went_wrong(api: RefineApi) -> None:
+    from ui.client import ApiClient, ApiError
+
+    token = api.headers["alice"]["Authorization"].split()[1]
+    with ApiClient(api.url, token=token) as client:
+        plain = client.search(api.query, "q.png", k=K)
+        shown = [h.image_id for h in plain.hits]
+        positive = [i for i in shown if api.labels[i] == "alpha"]
+        negative = [i for i in shown if api.labels[i] != "alpha"]
+        refined = client.refine(
+            query_id=plain.query_id, image_id=None, positive=positive, negative=negative, round_number=1
+        )
+        assert refined.refinement is not None and refined.refinement.positives == len(positive)
+        assert not {h.image_id for h in refined.hits} & set(negative)
+        with pytest.raises(ApiError, match="mark each once") as caught:
+            client.refine(query_id=plain.query_id, image_id=None, positive=shown[:1], negative=shown[:1])
+        assert caught.value.status_code == 422
