@@ -117,3 +117,27 @@ def test_a_pacs_that_is_down_answers_502(
         timeout=60,
     )
     assert answer.status_code == 502 and "does not answer" in answer.text
+
+
+@pytest.mark.parametrize("stem", ["MR2", "RG1"])
+def test_search_finds_the_twin_across_pacs_and_disk(
+    orthanc: OrthancServer, api: tuple[str, dict[str, str], Archive], tmp_path: Path, stem: str
+) -> None:
+    """The uncompressed original synced from the PACS; its JPEG 2000 copy on disk is the same instance
+    (SOP Instance UID, pixels within the digest): `index` skips it, and POST /search with it finds the
+    PACS's copy first (pydicom-data's _UNCI and _J2KI files)."""
+    url, auth, archive = api
+    orthanc.upload([dicom_testfile(f"{stem}_UNCI.dcm")])
+    assert sync_pacs(archive, connect(orthanc, archive), progress=False, workers=0).ingest.indexed == 1
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    (folder / "j2k.dcm").write_bytes(dicom_testfile(f"{stem}_J2KI.dcm").read_bytes())
+    assert (
+        ingest_path(archive, folder, progress=False, workers=0).already_indexed == 1
+    )  # dedup across sources
+    archive.save_index()
+    files = {"file": (f"{stem}_J2KI.dcm", dicom_testfile(f"{stem}_J2KI.dcm").read_bytes())}
+    answer = httpx.post(f"{url}/search", files=files, data={"k": "1"}, headers=auth, timeout=120)
+    assert answer.status_code == 200, answer.text
+    (top,) = answer.json()["hits"]
+    assert top["pacs"]["pacs"] == "test-pacs" and top["similarity"] > 0.99
