@@ -162,6 +162,14 @@ WidthForm = Annotated[float | None, Form(gt=0, description="Window width for the
 PresetForm = Annotated[
     str | None, Form(max_length=32, description="A named CT window: " + ", ".join(PRESET_NAMES))
 ]
+BoxForm = Annotated[
+    str | None,
+    Form(
+        max_length=64,
+        description="A region of the query to search with: x0,y0,x1,y1 in the query's pixels (left, top, "
+        "right, bottom; at least 8 x 8); the answer's hits then carry where it matches in each neighbour",
+    ),
+]
 PatientRefForm = Annotated[
     str | None,
     Form(

@@ -19,6 +19,7 @@ from imaging import (
     MissingCodecError,
     UnsupportedFormatError,
 )
+from imaging.region import InvalidBoxError
 from indexer.cases import CaseIngestError, DuplicateImageError
 from indexer.errors import ManifestError, NotFoundError
 from indexer.governance.accounts import (
@@ -65,6 +66,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     UnknownLabelError: 422,
     TooFewVectorsError: 422,
     InvalidFeedbackError: 422,
+    InvalidBoxError: 422,
 }
 
 # The error answers every route may give, for the OpenAPI document.

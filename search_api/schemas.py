@@ -23,6 +23,15 @@ class PacsLink(BaseModel):
     )
 
 
+class RegionMatch(BaseModel):
+    """Where a region query matches best inside a neighbour: a box in that neighbour's pixels."""
+
+    box: list[int] = Field(description="x0, y0, x1, y1 in the neighbour's decoded pixels (end exclusive)")
+    rows: int = Field(description="The neighbour's height in pixels, to scale the box onto a thumbnail")
+    columns: int
+    score: float = Field(description="Cosine of the region's vector and that box's pooled features")
+
+
 class Hit(BaseModel):
     """One retrieved neighbour: the stored image, its case, and how similar it is to the query."""
 
@@ -44,6 +53,9 @@ class Hit(BaseModel):
     patient_ref: str | None = Field(default=None, description="Pseudonymous patient reference")
     thumbnail_url: str
     case_url: str
+    region: RegionMatch | None = Field(
+        default=None, description="Region queries only: where the region matches best in this neighbour"
+    )
     pacs: PacsLink | None = Field(default=None, description="Set when the image was ingested from a PACS")
 
 
@@ -111,6 +123,9 @@ class QueryInfo(BaseModel):
     )
     image_id: int | None = Field(default=None, description="Set when the query is an archived image")
     case_id: int | None = None
+    box: list[int] | None = Field(
+        default=None, description="The region searched (x0, y0, x1, y1 in the query's pixels), if one was"
+    )
 
 
 class DisplayWindow(BaseModel):

@@ -8,10 +8,12 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from imaging.region import parse_box
 from search_api.access import PUBLIC, RADIOLOGY, allow
 from search_api.deps import (
     ApiSettingsDep,
     AuditDep,
+    BoxForm,
     CenterForm,
     PatientRefForm,
     PresetForm,
@@ -26,6 +28,7 @@ from search_api.deps import (
 )
 from search_api.errors import ERROR_RESPONSES, PNG_RESPONSES, StrictJsonRoute
 from search_api.mappers import redact
+from search_api.regions import RegionSearcher
 from search_api.schemas import FilterOptions, HealthOut, SearchResponse
 
 router = APIRouter(route_class=StrictJsonRoute)
@@ -56,17 +59,26 @@ async def search(
     window_width: WidthForm = None,
     preset: PresetForm = None,
     patient_ref: PatientRefForm = None,
+    box: BoxForm = None,
 ) -> SearchResponse:
     window = form_window(window_center, window_width)
+    region = parse_box(box) if box else None
     data = await read_upload(file, limits.max_upload_bytes)
-    result = await run_in_threadpool(
-        lambda: searcher.search(
-            data, filters=filters, window=window, window_preset=preset or None, patient_ref=patient_ref
+    if region is not None:  # the box alone is embedded and searched; each hit says where it matches
+        result = await run_in_threadpool(
+            lambda: RegionSearcher(searcher).search_upload(
+                data, region, filters, window=window, window_preset=preset or None, patient_ref=patient_ref
+            )
         )
-    )
+    else:
+        result = await run_in_threadpool(
+            lambda: searcher.search(
+                data, filters=filters, window=window, window_preset=preset or None, patient_ref=patient_ref
+            )
+        )
     # The query image is kept (memory only, for its owner) so its matches can be explained later.
     query_id = queries.put(principal.username, data)
-    audit("cases:" + ",".join(str(h.case_id) for h in result.hits))
+    audit((f"box:{region} " if region else "") + "cases:" + ",".join(str(h.case_id) for h in result.hits))
     return redact(result, principal).model_copy(update={"query_id": query_id})
 
 
@@ -84,11 +96,20 @@ async def search_by_image(
     filters: SearchFiltersDep,
     window_center: CenterForm = None,
     window_width: WidthForm = None,
+    box: BoxForm = None,
 ) -> SearchResponse:
-    """Search with an archived image's stored embedding (no re-encoding); the image itself is left out."""
+    """Search with an archived image's stored embedding (no re-encoding); the image itself is left out.
+    With `box`, the region of the image is decoded, embedded and searched instead."""
     window = form_window(window_center, window_width)
-    result = await run_in_threadpool(searcher.search_by_image, image_id, filters, window)
-    audit(f"image:{image_id} cases:" + ",".join(str(h.case_id) for h in result.hits))
+    region = parse_box(box) if box else None
+    if region is not None:
+        result = await run_in_threadpool(
+            lambda: RegionSearcher(searcher).search_archived(image_id, region, filters, window=window)
+        )
+    else:
+        result = await run_in_threadpool(searcher.search_by_image, image_id, filters, window)
+    where = f" box:{region}" if region else ""
+    audit(f"image:{image_id}{where} cases:" + ",".join(str(h.case_id) for h in result.hits))
     return redact(result, principal)
 
 
