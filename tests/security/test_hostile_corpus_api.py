@@ -176,11 +176,6 @@ def test_hostile_images_and_manifests_get_no_5xx_and_memory_stays_bounded(
     assert "Traceback" not in server.log.read_text()
 
 
-@pytest.mark.xfail(
-    reason="issue 12 item 7: archive members are not streamed with an inflation budget yet (a sparse tar "
-    "costs +3 GiB); remove this mark when they are",
-    strict=False,
-)
 def test_archive_bombs_get_no_5xx_and_memory_stays_bounded(
     hostile_server: HostileServer, corpus: list[Any]
 ) -> None:
