@@ -76,8 +76,11 @@ def test_head_temperature_that_worsens_cross_fitted_ece_is_refused(monkeypatch: 
 
 
 def test_head_card_reports_balanced_accuracy_and_recall_per_class() -> None:
-    head = train_head(None, "synthetic", data=imbalanced_classes(1), l2_grid=(1e-2,))  # type: ignore[arg-type]
-    card = head.card
-    recall = card["val_per_class_recall"]
-    assert set(recall) == {"class-0", "class-1"} and card["class_weighting"] == "balanced"
-    assert card["val_balanced_accuracy"] == pytest.approx(np.mean(list(recall.values())))
+    data = imbalanced_classes(1)
+    plain = train_head(None, "synthetic", data=data, l2_grid=(1e-2,)).card  # type: ignore[arg-type]
+    recall = plain["val_per_class_recall"]
+    assert set(recall) == {"class-0", "class-1"} and plain["class_weighting"] == "none"
+    assert plain["val_balanced_accuracy"] == pytest.approx(np.mean(list(recall.values())))
+    weighted = train_head(None, "synthetic", data=data, l2_grid=(1e-2,), class_weighting="balanced").card  # type: ignore[arg-type]
+    assert weighted["class_weighting"] == "balanced"
+    assert weighted["val_per_class_recall"]["class-1"] >= recall["class-1"]  # the minority class gains
