@@ -51,7 +51,7 @@ def test_fitting_and_serving_give_identical_calibrated_probabilities(
     queries = np.arange(len(data.ids))
     positions, sims = top_neighbours(data, queries, K)
     shares = data.neighbour_shares(positions)
-    # What train-head computes for its fit and hold-out queries (heads.fit_vote / fit_vote_by_ece):
+    # What train-head computes for its fit and hold-out queries (heads.fit_vote / fit_vote):
     fitted = vote_probabilities(
         shares, sims, K, temperature=temperature, epsilon=epsilon, fixed=len(data.labels)
     )
