@@ -43,7 +43,9 @@ def _archive(seed: int = 0) -> LabeledEmbeddings:
     )
 
 
-@pytest.mark.parametrize(("temperature", "epsilon"), [(0.05, 0.0), (0.1, 0.02), (1.0, 0.3), (10.0, 0.5)])
+@pytest.mark.parametrize(
+    ("temperature", "epsilon"), [(None, 0.0), (0.05, 0.0), (0.1, 0.02), (1.0, 0.3), (10.0, 0.5)]
+)
 def test_fitting_and_serving_give_identical_calibrated_probabilities(
     temperature: float, epsilon: float
 ) -> None:
