@@ -10,7 +10,9 @@ import numpy as np
 import numpy.typing as npt
 
 from imaging import load_image
+from imaging.region import Box, check_box, crop
 from indexer.errors import NotFoundError
+from indexer.storage.stored import read_stored_if_present
 from indexer.vectors.feedback import DEFAULT_WEIGHTS, FeedbackWeights, pin_positives, rocchio
 from search_api.exclusion import QueryPatient, archived_patient, upload_patient
 from search_api.explanations import QueryStore
@@ -76,8 +78,10 @@ class Refiner:
         filters: SearchFilters,
         patient_ref: str | None = None,
         round_number: int = 1,
+        box: Box | None = None,
     ) -> SearchResponse:
-        """The refined answer; exactly one of query_id (an upload's) and image_id (an archived query)."""
+        """The refined answer; exactly one of query_id (an upload's) and image_id (an archived query).
+        With `box`, the original query is that region of the image, as in a region search."""
         start = time.perf_counter()
         check_marks(positive, negative)
         if (query_id is None) == (image_id is None):
@@ -87,9 +91,9 @@ class Refiner:
         positives = self._vectors(positive)
         negatives = self._vectors(negative)
         origin = (
-            self._upload(owner, query_id, patient_ref)
+            self._upload(owner, query_id, patient_ref, box)
             if query_id is not None
-            else self._archived(int(image_id or 0), filters)
+            else self._archived(int(image_id or 0), filters, box)
         )
         refined = rocchio(origin.vector, positives, negatives, self.weights)
         marked = set(positive) | set(negative)
@@ -143,16 +147,18 @@ class Refiner:
         vectors = self._vectors(ids)
         return {i: float(v @ query) for i, v in zip(ids, vectors, strict=True)}
 
-    def _upload(self, owner: str, query_id: str | None, patient_ref: str | None) -> _Origin:
+    def _upload(self, owner: str, query_id: str | None, patient_ref: str | None, box: Box | None) -> _Origin:
         data = self.queries.get(str(query_id), owner)  # another user's, or expired: NotFoundError
         archive = self.searcher.archive
         decoded = load_image(data, max_pixels=self.searcher.max_pixels)
-        vector = archive.encoder.embed([decoded.pixels])[0]
+        vector = archive.encoder.embed([_region(decoded.pixels, box)])[0]
         patient = upload_patient(archive, data, decoded, patient_ref)
         query = self.searcher._query_info(data, decoded, None, patient.patient_ref)
-        return _Origin(vector, patient, query, None)
+        return _Origin(
+            vector, patient, query.model_copy(update={"box": box.as_list() if box else None}), None
+        )
 
-    def _archived(self, image_id: int, filters: SearchFilters) -> _Origin:
+    def _archived(self, image_id: int, filters: SearchFilters, box: Box | None) -> _Origin:
         archive = self.searcher.archive
         row = archive.catalog.image(image_id)
         vector = archive.catalog.embedding_of(image_id, archive.encoder.name) if row else None
@@ -162,4 +168,21 @@ class Refiner:
                 "pick one from GET /cases"
             )
         query = self.searcher.search_by_image(image_id, filters.model_copy(update={"k": 1})).query
+        if box is not None:
+            source = read_stored_if_present(row.source_uri)
+            if source is None:
+                raise NotFoundError(
+                    f"image {image_id}: its source file is no longer reachable, and a region is cut from "
+                    "the full image; refine the whole-image search instead (no box)"
+                )
+            pixels = load_image(source, max_pixels=self.searcher.max_pixels, frame=row.frame_index).pixels
+            vector = archive.encoder.embed([_region(pixels, box)])[0]
+            query = query.model_copy(update={"box": box.as_list()})
         return _Origin(vector, archived_patient(row.case.patient_ref, row.case_id), query, row.id)
+
+
+def _region(pixels: npt.NDArray[np.float32], box: Box | None) -> npt.NDArray[np.float32]:
+    """The whole image, or the checked box of it."""
+    if box is None:
+        return pixels
+    return crop(pixels, check_box(box, pixels.shape[0], pixels.shape[1]))

@@ -123,6 +123,7 @@ class ApiClient:
         *,
         filters: SearchFilters | None = None,
         patient_ref: str | None = None,
+        box: str | None = None,
     ) -> SearchResponse:
         """POST /search with the image bytes; the API sniffs the format from the bytes, not the name.
 
@@ -132,12 +133,19 @@ class ApiClient:
         form = _filter_form(filters or SearchFilters(k=k, modality=modality or None))
         if patient_ref and patient_ref.strip():
             form["patient_ref"] = patient_ref.strip()
+        if box:
+            form["box"] = box  # 'x0,y0,x1,y1': search that region only
         files = {"file": (filename or "query", data, "application/octet-stream")}
         return self._parse(self._request("POST", "/search", data=form, files=files), SearchResponse)
 
-    def search_by_image(self, image_id: int, filters: SearchFilters | None = None) -> SearchResponse:
-        """POST /search/by-image/{id}: search with an archived image's stored embedding (itself left out)."""
+    def search_by_image(
+        self, image_id: int, filters: SearchFilters | None = None, box: str | None = None
+    ) -> SearchResponse:
+        """POST /search/by-image/{id}: search with an archived image's stored embedding (itself left out);
+        with `box` ('x0,y0,x1,y1'), with that region of it."""
         form = _filter_form(filters or SearchFilters())
+        if box:
+            form["box"] = box
         return self._parse(self._request("POST", f"/search/by-image/{image_id}", data=form), SearchResponse)
 
     def refine(
@@ -150,6 +158,7 @@ class ApiClient:
         filters: SearchFilters | None = None,
         round_number: int = 1,
         patient_ref: str | None = None,
+        box: str | None = None,
     ) -> SearchResponse:
         """POST /search/refine: the search again, moved towards `positive` and away from `negative`
         (every mark so far); `query_id` of an upload's answer, or the archived query's `image_id`."""
@@ -160,6 +169,8 @@ class ApiClient:
             form["image_id"] = str(image_id)
         form["positive"] = [str(i) for i in positive]
         form["negative"] = [str(i) for i in negative]
+        if box:
+            form["box"] = box
         if patient_ref and patient_ref.strip():
             form["patient_ref"] = patient_ref.strip()
         return self._parse(self._request("POST", "/search/refine", data=form), SearchResponse)

@@ -19,6 +19,7 @@ from ui.context import (
     thumbnail_fetcher,
 )
 from ui.feedback import refined_result, render_mark, render_refine_bar
+from ui.regions import region_box_input
 from ui.views import (
     ANY_MODALITY,
     body_part_options,
@@ -220,9 +221,10 @@ def main() -> None:
                 image_id = pick_archived_image(client)
                 if image_id is None:
                     return
+            box = region_box_input("upload" if upload is not None else f"image{image_id}")
 
         presets = options.window_presets if options else {}  # the server's presets (imaging's table)
-        filters_key = filters.model_dump_json()
+        filters_key = filters.model_dump_json() + (f":box:{box}" if box else "")
         try:
             with st.spinner("Searching similar cases…"):
                 if upload is not None:
@@ -234,13 +236,14 @@ def main() -> None:
                     result = cached_search(
                         f"upload:{digest}:{upload.name}:{filters_key}:{hashlib.sha256(patient.encode()).hexdigest()}",
                         lambda: client.search(
-                            data, upload.name, filters=filters, patient_ref=patient or None
+                            data, upload.name, filters=filters, patient_ref=patient or None, box=box
                         ),
                     )
                 else:
                     assert image_id is not None
                     result = cached_search(
-                        f"image:{image_id}:{filters_key}", lambda: client.search_by_image(image_id, filters)
+                        f"image:{image_id}:{filters_key}",
+                        lambda: client.search_by_image(image_id, filters, box),
                     )
         except ApiError as exc:
             code = f" (HTTP {exc.status_code})" if exc.status_code else ""
@@ -306,6 +309,7 @@ def main() -> None:
                     filters=filters,
                     round_number=round_number,
                     patient_ref=sent_patient or None,
+                    box=box,
                 ),
             )
             render_hits(

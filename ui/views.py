@@ -20,6 +20,7 @@ from search_api.schemas import (
     QueryInfo,
 )
 from ui.client import ApiError
+from ui.regions import draw_region
 
 ANY_MODALITY = "any"
 ANY = "any"
@@ -407,8 +408,12 @@ def render_hit(
         except ApiError as exc:
             st.warning(f"No thumbnail: {exc.message}")
         else:
+            if hit.region is not None:  # a region query: where the region matches best in this neighbour
+                data = draw_region(data, hit.region)
             show_image(data, f"Neighbour {hit.rank}", "thumbnail")
         st.markdown(f"**#{hit.rank}** · similarity **{format_similarity(hit.similarity)}**")
+        if hit.region is not None:
+            st.caption(f"Best match of the region: the yellow box (cosine {hit.region.score:.2f})")
         st.progress(min(max(hit.similarity, 0.0), 1.0))
         if mark is not None:
             mark(hit)

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Form
 from starlette.concurrency import run_in_threadpool
 
+from imaging.region import parse_box
 from search_api.access import RADIOLOGY, allow
-from search_api.deps import AuditDep, PatientRefForm, PrincipalDep, RefinerDep, SearchFiltersDep
+from search_api.deps import AuditDep, BoxForm, PatientRefForm, PrincipalDep, RefinerDep, SearchFiltersDep
 from search_api.errors import ERROR_RESPONSES, StrictJsonRoute
 from search_api.mappers import redact
 from search_api.schemas import SearchResponse
@@ -43,6 +44,7 @@ async def refine(
     negative: MarkedIds = [],  # noqa: B006
     round_number: Annotated[int, Form(alias="round", ge=1, le=1000, description="Which refine this is")] = 1,
     patient_ref: PatientRefForm = None,
+    box: BoxForm = None,
 ) -> SearchResponse:
     """Rocchio relevance feedback: the query moved towards the images marked relevant (`positive`) and
     away from those marked not relevant (`negative`), searched again with the same filters, exclusions,
@@ -58,6 +60,7 @@ async def refine(
             filters=filters,
             patient_ref=patient_ref,
             round_number=round_number,
+            box=parse_box(box) if box else None,
         )
     )
     origin = f"query:{query_id}" if query_id else f"image:{image_id}"

@@ -140,3 +140,30 @@ def test_a_bad_box_is_422_saying_what_to_do(api: RegionApi, box: str, phrase: st
         f"{api.url}/search/by-image/{api.ids['camera']}", data={"box": box}, headers=api.headers, timeout=60
     )
     assert by_image.status_code == 422 and phrase in by_image.json()["detail"]
+
+
+def test_refining_a_region_search_keeps_the_region(api: RegionApi) -> None:
+    canvas = _picture("chelsea").copy()
+    x0, y0, x1, y1 = INNER
+    canvas[0:128, 0:128] = _picture("astronaut")[y0:y1, x0:x1]
+    first = _search(api, _png(canvas), k=3, box="0,0,128,128").json()
+    top = first["hits"][0]["image_id"]
+    response = httpx.post(
+        f"{api.url}/search/refine",
+        data={"query_id": first["query_id"], "positive": [str(top)], "k": "3", "box": "0,0,128,128"},
+        headers=api.headers,
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["query"]["box"] == [0, 0, 128, 128]
+    assert body["hits"][0]["image_id"] == top and body["hits"][0]["case_key"] == "astronaut"
+    # the similarity shown is the region's, as in the region search
+    assert body["hits"][0]["similarity"] == pytest.approx(first["hits"][0]["similarity"], abs=1e-4)
+    outside = httpx.post(
+        f"{api.url}/search/refine",
+        data={"query_id": first["query_id"], "positive": [str(top)], "box": "0,0,999,128"},
+        headers=api.headers,
+        timeout=60,
+    )
+    assert outside.status_code == 422 and "outside" in outside.json()["detail"]
