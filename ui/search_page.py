@@ -19,6 +19,7 @@ from ui.context import (
     thumbnail_fetcher,
 )
 from ui.feedback import refined_result, render_mark, render_refine_bar
+from ui.hits import render_hits
 from ui.regions import region_box_input
 from ui.views import (
     ANY_MODALITY,
@@ -28,7 +29,6 @@ from ui.views import (
     modality_options,
     render_head_gradcam,
     render_health,
-    render_hits,
     render_predictions,
     render_query,
 )

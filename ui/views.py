@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import altair as alt
@@ -15,20 +15,16 @@ from search_api.schemas import (
     CaseOut,
     FilterOptions,
     HealthOut,
-    Hit,
     Prediction,
     QueryInfo,
 )
 from ui.client import ApiError
-from ui.regions import draw_region
 
 ANY_MODALITY = "any"
 ANY = "any"
 AS_DECODED = "as decoded"
 CUSTOM = "custom"
 EXCERPT_CHARS = 200
-CARD_EXCERPT_CHARS = 110
-GRID_COLUMNS = 3
 CASE_PAGE = "case_page.py"
 SEARCH_PAGE = "search_page.py"
 
@@ -360,19 +356,6 @@ def render_head_gradcam(head: Prediction | None, fetch: Callable[[str], bytes]) 
         )
 
 
-def hit_summary(hit: Hit) -> str:
-    """The plain-text lines of a neighbour card: diagnosis, modality and body part, case, study/series."""
-    kind = " · ".join(v for v in (hit.modality, hit.body_part) if v) or "—"
-    lines = [
-        f"Diagnosis: {', '.join(hit.diagnosis) if hit.diagnosis else '—'}",
-        f"Modality: {kind}",
-        f"Case: {hit.case_key}",
-    ]
-    if hit.study_description or hit.series_description:
-        lines.append(f"Study: {hit.study_description or '—'} · Series: {hit.series_description or '—'}")
-    return "\n".join(lines)
-
-
 def render_explanation(fetch: Callable[[], bytes], what: str, caption: str) -> None:
     """Fetch an explanation PNG from the API and show it, or say why it is not available."""
     try:
@@ -383,90 +366,6 @@ def render_explanation(fetch: Callable[[], bytes], what: str, caption: str) -> N
         return
     show_image(data, caption, what)
     st.caption(caption)
-
-
-def viewer_link(hit: Hit) -> str | None:
-    """The deep link into the PACS viewer of a hit ingested from a PACS (http(s) links only)."""
-    url = hit.pacs.viewer_url if hit.pacs is not None else None
-    return url if url is not None and url.startswith(("https://", "http://")) else None
-
-
-def render_hit(
-    hit: Hit,
-    thumbnail: Callable[[str], bytes],
-    query_patient: str | None = None,
-    link: bool = True,
-    explain: Callable[[Hit], bytes] | None = None,
-    mark: Callable[[Hit], None] | None = None,
-) -> None:
-    """One neighbour card: thumbnail, similarity, labels, modality, study/series, report, case link, and
-    (when `explain` is given) a "Why similar?" toggle showing the similarity maps of query and neighbour;
-    `mark` draws the relevance-feedback marks under the similarity."""
-    with st.container(border=True):
-        try:
-            data = thumbnail(hit.thumbnail_url)
-        except ApiError as exc:
-            st.warning(f"No thumbnail: {exc.message}")
-        else:
-            if hit.region is not None:  # a region query: where the region matches best in this neighbour
-                data = draw_region(data, hit.region)
-            show_image(data, f"Neighbour {hit.rank}", "thumbnail")
-        st.markdown(f"**#{hit.rank}** · similarity **{format_similarity(hit.similarity)}**")
-        if hit.region is not None:
-            st.caption(f"Best match of the region: the yellow box (cosine {hit.region.score:.2f})")
-        st.progress(min(max(hit.similarity, 0.0), 1.0))
-        if mark is not None:
-            mark(hit)
-        st.text(hit_summary(hit))
-        if query_patient and hit.patient_ref == query_patient:
-            st.caption(":orange[Same patient as the query]")
-        if explain is not None and st.checkbox("Why similar?", key=f"why_similar_{hit.rank}_{hit.image_id}"):
-            render_explanation(
-                lambda: explain(hit),
-                "similarity map",
-                "Query | neighbour: warm colours mark the regions that drove this similarity.",
-            )
-        if hit.report:
-            st.text(excerpt(hit.report, CARD_EXCERPT_CHARS))
-        else:
-            st.text("No report.")
-        with st.expander("Full report"):
-            st.text(hit.report or "No report.")
-            st.text(
-                f"Study UID: {hit.study_instance_uid or '—'}\nSeries UID: {hit.series_instance_uid or '—'}"
-            )
-        viewer = viewer_link(hit)
-        if viewer is not None:
-            st.link_button("Open in viewer", viewer, icon=":material/open_in_new:")
-        if link:
-            st.page_link(
-                CASE_PAGE,
-                label="Open case",
-                icon=":material/folder_open:",
-                query_params={"case_id": str(hit.case_id)},
-            )
-
-
-def render_hits(
-    hits: Sequence[Hit],
-    thumbnail: Callable[[str], bytes],
-    columns: int = GRID_COLUMNS,
-    query_patient: str | None = None,
-    link: bool = True,
-    empty_hint: str = "No neighbours: the index is empty, or nothing matches the filters.",
-    explain: Callable[[Hit], bytes] | None = None,
-    mark: Callable[[Hit], None] | None = None,
-) -> None:
-    """The neighbours in a grid, best first, `columns` per row."""
-    st.subheader(f"Similar cases ({len(hits)})")
-    if not hits:
-        st.info(empty_hint)
-        return
-    for start in range(0, len(hits), columns):
-        row = st.columns(columns)
-        for column, hit in zip(row, hits[start : start + columns], strict=False):
-            with column:
-                render_hit(hit, thumbnail, query_patient, link, explain, mark)
 
 
 # -- case view ---------------------------------------------------------------------------------

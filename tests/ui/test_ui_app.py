@@ -116,9 +116,8 @@ def test_upload_shows_query_prediction_and_neighbours(
     short, full = sorted(excerpts, key=len)
     assert len(short) <= 111 and short.endswith("…") and "END-OF-REPORT-0" not in short
     assert full.endswith("END-OF-REPORT-0")
-    assert [e.label for e in at.expander if e.label != "Save this query as a new case"] == [
-        "Full report"
-    ] * 10
+    others = {"Save this query as a new case", "Search a region of the image"}
+    assert [e.label for e in at.expander if e.label not in others] == ["Full report"] * 10
     links = at.get("page_link")
     assert len(links) == 10
     assert links[0].proto.page == "case" and "case_id=200" in links[0].proto.query_string
@@ -392,7 +391,7 @@ def test_live_engine_search_dicom(monkeypatch: pytest.MonkeyPatch, live_api: str
 
 def test_viewer_link_only_for_pacs_hits_with_http_links() -> None:
     from search_api.schemas import Hit, PacsLink
-    from ui.views import viewer_link
+    from ui.hits import viewer_link
 
     base = {
         "rank": 1,
