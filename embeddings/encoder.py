@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -12,9 +13,9 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from embeddings.onnx_runtime import OnnxForward
+from embeddings.onnx_runtime import OnnxForward, default_cache_dir
 from embeddings.preprocessing import Preprocessing, validate_image
-from embeddings.settings import BACKENDS, configured_backend
+from embeddings.settings import BACKENDS, EmbeddingsSettings, configured
 from embeddings.types import EmbeddingsError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,14 @@ def choose_device(device: str | torch.device | None = None) -> torch.device:
             f"device {device!r} does not exist; {torch.cuda.device_count()} CUDA device(s) visible"
         )
     return chosen
+
+
+def _settings_or_default() -> EmbeddingsSettings:
+    """The settings, or their defaults when the environment holds a bad value (an explicit backend was given)."""
+    try:
+        return configured()
+    except EmbeddingsError:
+        return EmbeddingsSettings.model_construct()
 
 
 def _feature_dim(model: torch.nn.Module) -> int:
@@ -89,30 +98,55 @@ class Encoder:
         self._model = model.eval().to(self._device).to(memory_format=self._memory_format)
         for parameter in self._model.parameters():
             parameter.requires_grad_(False)
-        # CPU backend (EmbeddingsSettings.backend, read when the encoder is built): ONNX Runtime gives the
-        # same vectors faster. "auto" (what `medcbir serve` uses) takes it on CPU when it is installed and
-        # agrees with torch, else torch.
-        asked = backend or configured_backend()
-        self._forward: Callable[[torch.Tensor], torch.Tensor] = self._model
-        self._backend = "torch"
+        # CPU forward pass (EmbeddingsSettings.backend unless given): "auto", the default, takes ONNX
+        # Runtime on CPU when it is installed and agrees with torch, else torch. It is chosen at the first
+        # embed (or `backend`), so a command that only needs the name and dim never exports the model.
+        settings = configured() if backend is None else None
+        asked = backend or (settings.backend if settings else "auto")
         if asked not in BACKENDS:
             raise EmbeddingsError(f"unknown backend {asked!r}; choose one of {', '.join(BACKENDS)}")
-        if asked == "onnxruntime":
-            if on_cuda:
-                raise EmbeddingsError("the onnxruntime backend runs on CPU; leave it unset on CUDA")
-            self._forward = OnnxForward(self._model, self._preprocess.input_size)
-            self._backend = "onnxruntime"
-        elif asked == "auto" and not on_cuda:
-            try:
-                self._forward = OnnxForward(self._model, self._preprocess.input_size)
-                self._backend = "onnxruntime"
-            except EmbeddingsError as exc:
-                log.info("encoder forward pass on torch (ONNX Runtime not used: %s)", exc)
+        if asked == "onnxruntime" and on_cuda:
+            raise EmbeddingsError("the onnxruntime backend runs on CPU; leave it unset on CUDA")
+        self._asked = "torch" if on_cuda else asked
+        self._onnx_cache = default_cache_dir() if (settings or _settings_or_default()).onnx_cache else None
+        self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._backend = "torch"
+        self._forward_lock = threading.Lock()
+
+    def _chosen_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        forward = self._forward
+        if forward is not None:
+            return forward
+        with self._forward_lock:
+            if self._forward is None:
+                chosen: Callable[[torch.Tensor], torch.Tensor] = self._model
+                if self._asked in ("onnxruntime", "auto"):
+                    try:
+                        size = self._preprocess.input_size
+                        chosen = OnnxForward(self._model, size, cache_dir=self._onnx_cache)
+                        self._backend = "onnxruntime"
+                    except EmbeddingsError as exc:
+                        if self._asked == "onnxruntime":
+                            raise
+                        log.info("encoder forward pass on torch (ONNX Runtime not used: %s)", exc)
+                self._forward = chosen
+            return self._forward
 
     @property
     def backend(self) -> str:
-        """The forward pass in use: "torch" or "onnxruntime"."""
+        """The forward pass in use: "torch" or "onnxruntime" (chosen now if no image was embedded yet)."""
+        self._chosen_forward()
         return self._backend
+
+    @property
+    def embedded_with(self) -> str | None:
+        """The forward pass that has embedded images so far; None before the first embed."""
+        return self._backend if self._forward is not None else None
+
+    @property
+    def requested_backend(self) -> str:
+        """What was asked for: "torch", "onnxruntime" or "auto" ("torch" on CUDA)."""
+        return self._asked
 
     @property
     def name(self) -> str:
@@ -156,7 +190,8 @@ class Encoder:
 
     @property
     def model(self) -> torch.nn.Module:
-        """The underlying timm feature model (eval mode)."""
+        """The underlying timm feature model (eval mode). Changing its weights after the first embed leaves
+        an ONNX Runtime forward pass on the old ones: build a new Encoder (or use backend="torch")."""
         return self._model
 
     def __repr__(self) -> str:
@@ -198,7 +233,7 @@ class Encoder:
             else contextlib.nullcontext()
         )
         with autocast:
-            features = self._forward(batch)
+            features = self._chosen_forward()(batch)
         if features.ndim != 2 or features.shape[1] != self._dim:
             raise EmbeddingsError(
                 f"{self._model_name} returned features of shape {tuple(features.shape)}, "

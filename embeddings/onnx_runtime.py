@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,43 +21,117 @@ log = logging.getLogger(__name__)
 
 MIN_COSINE = 0.999
 ONNX_HINT = 'pip install "medcbir[onnx]"'
+OPSET = 17
+# Sessions already checked against torch in this process, by weights fingerprint (a few encoders at most).
+_SESSIONS: OrderedDict[str, Any] = OrderedDict()
+_SESSIONS_KEPT = 4
+_LOCK = threading.Lock()
+
+
+def default_cache_dir() -> Path:
+    """Where exported models are kept between runs: $XDG_CACHE_HOME/medcbir/onnx (~/.cache by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "medcbir" / "onnx"
+
+
+def weights_fingerprint(model: torch.nn.Module, input_size: tuple[int, int], threads: int) -> str:
+    """A hash of the architecture, every weight, the input size and the library versions: the export's identity."""
+    import onnxruntime as ort
+
+    digest = hashlib.blake2b(digest_size=16)
+    head = f"{type(model).__module__}.{type(model).__qualname__}|{input_size}|{threads}"
+    digest.update(f"{head}|torch {torch.__version__}|ort {ort.__version__}|opset {OPSET}".encode())
+    for key, tensor in model.state_dict().items():
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _export(model: torch.nn.Module, probe: torch.Tensor, path: Path) -> None:
+    try:
+        torch.onnx.export(
+            model, (probe[:1],), str(path), input_names=["x"], output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=OPSET, dynamo=False,
+        )  # fmt: skip
+    except Exception as exc:  # exporter failures are many and version-specific
+        raise EmbeddingsError(f"cannot export the model to ONNX ({exc}); use backend='torch'") from exc
+
+
+def _cached_export(model: torch.nn.Module, probe: torch.Tensor, cache: Path, fresh: bool) -> Path | None:
+    """The exported file in `cache` (exported now when absent or `fresh`); None when the folder is unusable."""
+    path = cache / "encoder.onnx"
+    if path.is_file() and not fresh:
+        return path
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:  # written whole, then renamed: never half a file
+            part = Path(tmp) / "encoder.onnx"
+            _export(model, probe, part)
+            os.replace(part, path)
+    except OSError as exc:
+        log.info("ONNX export not cached in %s (%s)", cache, exc)
+        return None
+    return path
 
 
 class OnnxForward:
-    """Runs a timm feature model exported to ONNX; checked against torch before it is used."""
+    """Runs a timm feature model exported to ONNX; checked against torch before it is used.
+
+    The export (seconds) is kept in `cache_dir` under a fingerprint of the weights, so the next run with
+    the same weights only loads it; a cached file is checked against torch like a fresh one.
+    """
 
     def __init__(
-        self, model: torch.nn.Module, input_size: tuple[int, int], threads: int | None = None
+        self,
+        model: torch.nn.Module,
+        input_size: tuple[int, int],
+        threads: int | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise EmbeddingsError(f"the onnxruntime backend needs ONNX Runtime: {ONNX_HINT}") from exc
         height, width = input_size
+        threads = threads or torch.get_num_threads()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        key = weights_fingerprint(model, input_size, threads)
+        with _LOCK:
+            known = _SESSIONS.get(key)
+        if known is not None:  # this process checked these very weights already
+            self._session = known
+            return
         probe = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "encoder.onnx"
-            try:
-                torch.onnx.export(
-                    model, (probe[:1],), str(path), input_names=["x"], output_names=["y"],
-                    dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False,
-                )  # fmt: skip
-            except Exception as exc:  # exporter failures are many and version-specific
-                raise EmbeddingsError(
-                    f"cannot export the model to ONNX ({exc}); use backend='torch'"
-                ) from exc
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads or torch.get_num_threads()
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         with torch.inference_mode():
-            expected = F.normalize(model(probe).float(), dim=1)
-        got = F.normalize(self(probe), dim=1)
-        agreement = float((expected * got).sum(dim=1).min())
-        if agreement < MIN_COSINE:
-            raise EmbeddingsError(
-                f"ONNX Runtime vectors differ from torch (cosine {agreement:.5f} < {MIN_COSINE}); use backend='torch'"
-            )
+            self._expected = F.normalize(model(probe).float(), dim=1)
+        folder = cache_dir / key if cache_dir is not None else None
+        for fresh in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = _cached_export(model, probe, folder, fresh) if folder is not None else None
+                if path is None:
+                    path = Path(tmp) / "encoder.onnx"
+                    _export(model, probe, path)
+                self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            agreement = self.agreement(probe)
+            if agreement >= MIN_COSINE:
+                break
+            if folder is None or fresh:
+                raise EmbeddingsError(
+                    f"ONNX Runtime vectors differ from torch (cosine {agreement:.5f} < {MIN_COSINE}); "
+                    "use backend='torch'"
+                )
+            log.warning("cached ONNX export in %s disagrees with torch; exporting again", folder)
+        with _LOCK:
+            _SESSIONS[key] = self._session
+            while len(_SESSIONS) > _SESSIONS_KEPT:
+                _SESSIONS.popitem(last=False)
         log.info("encoder forward pass on ONNX Runtime (cosine to torch %.6f)", agreement)
+
+    def agreement(self, probe: torch.Tensor) -> float:
+        """The smallest cosine between this forward's and torch's vectors of the probe batch."""
+        got = F.normalize(self(probe), dim=1)
+        return float((self._expected * got).sum(dim=1).min())
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(batch.detach().float().cpu().numpy())

@@ -10,8 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embeddings.types import EmbeddingsError
 
-# The CPU forward pass: "auto" takes ONNX Runtime on CPU when it is installed and gives the torch
-# vectors (cosine >= 0.999), else torch; "onnxruntime" insists on it; CUDA always runs torch.
+# The CPU forward pass: "auto" (the default, for every command) takes ONNX Runtime on CPU when it is
+# installed and gives the torch vectors (cosine >= 0.999), else torch; "onnxruntime" insists on it;
+# "torch" keeps the torch forward; CUDA always runs torch.
 Backend = Literal["torch", "onnxruntime", "auto"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 
@@ -26,13 +27,20 @@ class EmbeddingsSettings(BaseSettings):
     batch_size: int = Field(default=32, ge=1)
     checkpoint: Path | None = None
     # Read by the Encoder when it is built without an explicit backend (builders take no backend).
-    backend: Backend = "torch"
+    backend: Backend = "auto"
+    # Keep ONNX exports between runs (default_cache_dir(), keyed by a hash of the weights): saves seconds a run.
+    onnx_cache: bool = True
 
 
 def configured_backend() -> Backend:
     """The backend MEDCBIR_EMBEDDINGS_BACKEND asks for, read now; a bad value raises EmbeddingsError."""
+    return configured().backend
+
+
+def configured() -> EmbeddingsSettings:
+    """EmbeddingsSettings read now; a bad value raises EmbeddingsError naming the setting."""
     try:
-        return EmbeddingsSettings().backend
+        return EmbeddingsSettings()
     except ValidationError as exc:
         for error in exc.errors():
             if error["loc"] == ("backend",):

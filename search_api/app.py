@@ -86,6 +86,7 @@ def create_app(
             searcher = Searcher(
                 opened, max_pixels=limits.max_pixels, index_poll_seconds=limits.index_poll_seconds
             )
+            getattr(opened.encoder, "backend", None)  # choose the forward pass now, not at the first query
             app.state.api_settings = limits
             app.state.searcher = searcher
             app.state.case_manager = CaseManager(opened, searcher.index_lock, limits.max_pixels)

@@ -132,12 +132,15 @@ def index(
                     frames=frames,  # type: ignore[arg-type]
                 )
             cli_audit(archive.catalog, "ingest", f"images:{report.indexed} failed:{report.failed}")
+            used = getattr(archive.encoder, "embedded_with", None)  # None when nothing was embedded here
     except (IndexerError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
     typer.echo(
         f"indexed {report.indexed}, already indexed {report.already_indexed}, failed {report.failed}, "
         f"not images {report.not_images} ({report.seen} files in {report.elapsed_s:.1f} s, {report.rate:.1f} files/s)"
     )
+    if used:
+        typer.echo(f"embedded with the {used} forward pass")
     if report.manifest_unmatched:
         typer.echo(
             f"{report.manifest_unmatched} manifest rows matched no file under {path}: check --path-column "

@@ -23,10 +23,29 @@ def stats(data_dir: DataDir = None) -> None:
     typer.echo(f"failures:      {s.failures}")
     for name, count in sorted(s.images_by_encoder.items()):
         typer.echo(f"encoder:       {name}: {count} vectors")
+    typer.echo(f"backend:       {backend_summary()}")
     for modality, count in sorted(s.images_by_modality.items()):
         typer.echo(f"modality:      {modality}: {count}")
     for label, count in list(s.labels.items())[:20]:
         typer.echo(f"label:         {label}: {count}")
+
+
+def backend_summary() -> str:
+    """Which forward pass the embedding commands run, as configured (MEDCBIR_EMBEDDINGS_BACKEND)."""
+    from importlib.util import find_spec
+
+    from embeddings import EmbeddingsError
+    from embeddings.settings import configured_backend
+
+    try:
+        asked = configured_backend()
+    except EmbeddingsError as exc:
+        return f"invalid ({exc})"
+    if asked == "torch":
+        return "torch (MEDCBIR_EMBEDDINGS_BACKEND=torch)"
+    if find_spec("onnxruntime") is None:
+        return f'{asked}: torch (ONNX Runtime is not installed: pip install "medcbir[onnx]")'
+    return f"{asked}: onnxruntime on CPU when it agrees with torch (checked at each start), else torch"
 
 
 def verify(data_dir: DataDir = None, encoder: Encoder = None, checkpoint: Checkpoint = None) -> None:

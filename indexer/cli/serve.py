@@ -34,11 +34,6 @@ def api_env(settings: IndexerSettings) -> dict[str, str]:
     env = dict(os.environ)
     env["MEDCBIR_DATA_DIR"] = str(settings.data_dir)
     env["MEDCBIR_ENCODER"] = settings.encoder
-    # Serving takes the fastest forward pass that gives the same vectors (ONNX Runtime on CPU when the
-    # `onnx` extra is installed; measured in benchmarks/RESULTS.md); an explicit setting wins.
-    # NOTE: MEDCBIR_EMBEDDINGS_BACKEND belongs to the embeddings settings; this default is the
-    # CLI's only reading of a settings variable from os.environ.
-    env.setdefault("MEDCBIR_EMBEDDINGS_BACKEND", "auto")
     if settings.checkpoint is not None:
         env["MEDCBIR_CHECKPOINT"] = str(settings.checkpoint)
     return env
@@ -65,7 +60,7 @@ def _ui_script() -> Path:
     spec = find_spec("ui")
     if spec is None or spec.origin is None:
         raise fail("the ui package is not installed; reinstall medcbir")
-    return Path(spec.origin).parent / "app.py"
+    return Path(spec.origin).parent / "web_app.py"  # app.py plus the sign-in cookie route
 
 
 def _ui_command(api_url: str, host: str, port: int) -> list[str]:

@@ -123,6 +123,8 @@ def run_evaluation(
         {
             "encoder": chosen.name,
             "input_size": f"{size[0]}x{size[1]}" if size else "n/a",
+            # the forward pass that embedded (torch / onnxruntime); n/a when every vector came from the cache
+            "backend": str(getattr(chosen, "embedded_with", None) or "n/a"),
             "k": config.k,
             "deduplicated": config.dedupe,
             "elapsed_s": round(time.perf_counter() - started, 1),

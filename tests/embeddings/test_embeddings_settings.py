@@ -8,9 +8,9 @@ from embeddings import EmbeddingsError, EmbeddingsSettings
 from embeddings.settings import BACKENDS, configured_backend
 
 
-def test_backend_defaults_to_torch_and_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backend_defaults_to_auto_and_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MEDCBIR_EMBEDDINGS_BACKEND", raising=False)
-    assert EmbeddingsSettings().backend == "torch" == configured_backend()
+    assert EmbeddingsSettings().backend == "auto" == configured_backend()
     for backend in BACKENDS:
         monkeypatch.setenv("MEDCBIR_EMBEDDINGS_BACKEND", backend)
         assert EmbeddingsSettings().backend == backend == configured_backend()

@@ -1,9 +1,13 @@
-"""The opt-in ONNX Runtime backend gives the torch vectors (cosine >= 0.999) on CPU."""
+"""ONNX Runtime, the default CPU forward pass ("auto"), gives the torch vectors; its export is cached by weights."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from embeddings import EmbeddingsError
 
@@ -27,10 +31,12 @@ def test_onnxruntime_backend_matches_torch(real_encoder, monkeypatch: pytest.Mon
     from embeddings.encoder import Encoder
 
     onnx = _with_backend(real_encoder, "onnxruntime")
+    torch_forward = _with_backend(real_encoder, "torch")
     rng = np.random.default_rng(0)
     images = [rng.random((300, 260, 3), dtype=np.float32) for _ in range(3)]
-    want = real_encoder.embed(images)
+    want = torch_forward.embed(images)
     got = onnx.embed(images)
+    assert (onnx.embedded_with, torch_forward.embedded_with) == ("onnxruntime", "torch")
     assert got.shape == want.shape and got.dtype == np.float32
     assert float(np.min(np.sum(want * got, axis=1))) >= 0.999
     monkeypatch.setenv("MEDCBIR_EMBEDDINGS_BACKEND", "tensorrt")
@@ -38,21 +44,100 @@ def test_onnxruntime_backend_matches_torch(real_encoder, monkeypatch: pytest.Mon
         Encoder(real_encoder.model, name="x", model_name="y", device="cpu")
 
 
-def test_auto_backend_takes_onnxruntime_on_cpu_with_the_same_vectors(real_encoder) -> None:  # type: ignore[no-untyped-def]
-    auto = _with_backend(real_encoder, "auto")
-    assert auto.backend == "onnxruntime" and real_encoder.backend == "torch"
+def test_the_default_encoder_runs_onnxruntime_on_cpu_with_the_torch_vectors(real_encoder) -> None:  # type: ignore[no-untyped-def]
+    torch_forward = _with_backend(real_encoder, "torch")
+    assert real_encoder.requested_backend == "auto" and real_encoder.backend == "onnxruntime"
+    assert torch_forward.backend == "torch"
     rng = np.random.default_rng(1)
     images = [rng.random((224, 224, 3), dtype=np.float32) for _ in range(2)]
-    assert float(np.min(np.sum(real_encoder.embed(images) * auto.embed(images), axis=1))) >= 0.999
+    assert float(np.min(np.sum(torch_forward.embed(images) * real_encoder.embed(images), axis=1))) >= 0.999
 
 
-def test_serve_defaults_to_the_auto_backend_unless_one_is_set(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
+def test_an_archive_indexed_with_torch_finds_its_twins_through_onnxruntime(real_encoder) -> None:  # type: ignore[no-untyped-def]
+    """Vectors stored by a torch run are found again at similarity ~1.0 by an ONNX Runtime query."""
+    from indexer.vectors.index import VectorIndex
+
+    torch_forward = _with_backend(real_encoder, "torch")
+    rng = np.random.default_rng(2)
+    images = [rng.random((256, 240, 3), dtype=np.float32) for _ in range(6)]
+    index = VectorIndex(real_encoder.dim, real_encoder.name)
+    index.add(np.arange(1, 7, dtype=np.int64), torch_forward.embed(images))
+    for row, image in enumerate(images, start=1):
+        found = index.search(real_encoder.embed_one(image), k=1)[0]
+        assert int(found.ids[0]) == row and float(found.similarities[0]) >= 0.9999
+
+
+def test_the_backend_is_chosen_at_the_first_embed_not_when_the_encoder_is_built(
+    real_encoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
+    """Commands that only need the encoder's name and dim (verify, rebuild-index) never export it."""
+    import embeddings.encoder
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise EmbeddingsError("no ONNX Runtime in this test")
+
+    monkeypatch.setattr(embeddings.encoder, "OnnxForward", refuse)
+    auto = _with_backend(real_encoder, "auto")
+    assert auto.embedded_with is None and auto.requested_backend == "auto"
+    assert auto.backend == "torch"  # chosen now: ONNX Runtime refused, so torch
+    assert auto.embed_one(np.full((64, 64, 3), 0.5, np.float32)).shape == (real_encoder.dim,)
+    assert auto.embedded_with == "torch"
+    insisting = _with_backend(real_encoder, "onnxruntime")
+    with pytest.raises(EmbeddingsError, match="no ONNX Runtime"):
+        insisting.embed_one(np.full((64, 64, 3), 0.5, np.float32))
+
+
+class _Tiny(torch.nn.Module):
+    """A pooled-feature model small enough to export in a blink."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x)).mean(dim=(2, 3)) + 0.1
+
+
+def test_the_export_is_cached_by_weights_and_a_cached_file_that_disagrees_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime", reason='needs the onnx extra: pip install "medcbir[onnx]"')
+    import embeddings.onnx_runtime as onnx_runtime
+    from embeddings.onnx_runtime import OnnxForward, weights_fingerprint
+
+    monkeypatch.setattr(onnx_runtime, "_SESSIONS", OrderedDict())
+    model, other = _Tiny(0).eval(), _Tiny(1).eval()
+    x = torch.rand(3, 3, 16, 16)
+    first = OnnxForward(model, (16, 16), threads=1, cache_dir=tmp_path)
+    key = weights_fingerprint(model, (16, 16), 1)
+    assert key != weights_fingerprint(other, (16, 16), 1)
+    cached = tmp_path / key / "encoder.onnx"
+    assert cached.is_file()
+
+    # a new process (no session kept) loads the file instead of exporting again
+    monkeypatch.setattr(onnx_runtime, "_SESSIONS", OrderedDict())
+    real_export = onnx_runtime._export
+    monkeypatch.setattr(onnx_runtime, "_export", lambda *a: pytest.fail("exported again"))
+    second = OnnxForward(model, (16, 16), threads=1, cache_dir=tmp_path)
+    torch.testing.assert_close(second(x), first(x))
+
+    # a cached file of other weights (stale, tampered) is caught by the check and exported again
+    real_export(other, x[:1], cached)
+    monkeypatch.setattr(onnx_runtime, "_SESSIONS", OrderedDict())
+    monkeypatch.setattr(onnx_runtime, "_export", real_export)
+    third = OnnxForward(model, (16, 16), threads=1, cache_dir=tmp_path)
+    with torch.inference_mode():
+        torch.testing.assert_close(third(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_serve_leaves_the_backend_to_the_embeddings_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from indexer.cli.options import settings_from
     from indexer.cli.serve import api_env
 
     monkeypatch.delenv("MEDCBIR_EMBEDDINGS_BACKEND", raising=False)
-    assert api_env(settings_from(tmp_path))["MEDCBIR_EMBEDDINGS_BACKEND"] == "auto"
+    assert "MEDCBIR_EMBEDDINGS_BACKEND" not in api_env(settings_from(tmp_path))
     monkeypatch.setenv("MEDCBIR_EMBEDDINGS_BACKEND", "torch")
     assert api_env(settings_from(tmp_path))["MEDCBIR_EMBEDDINGS_BACKEND"] == "torch"
