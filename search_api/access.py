@@ -32,7 +32,9 @@ class Rule:
     """Who may call a route (an empty set: anyone, unauthenticated) and the audit action it records."""
 
     roles: frozenset[str]
-    action: str | None  # None: not audited (public liveness and documentation only)
+    # None: not audited. Only for reads that hold no patient data and that pages repeat on every refresh
+    # (liveness, documentation, who am I, the filter vocabulary); data access and actions name an action.
+    action: str | None
 
     @property
     def public(self) -> bool:

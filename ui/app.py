@@ -1,4 +1,4 @@
-"""The medcbir Streamlit app: sign in, then search, case and admin pages over the HTTP API; `streamlit run ui/app.py`."""
+"""The medcbir Streamlit app: sign in, then search, case and admin pages over the HTTP API (served by ui/web_app.py)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ PAGE_CSS = """
 st.set_page_config(page_title="medcbir: similar case search", page_icon="🩻", layout="wide")
 st.markdown(PAGE_CSS, unsafe_allow_html=True)
 from ui.login import render_account, signed_in_user  # noqa: E402
+from ui.session_cookie import render_cookie_handoff  # noqa: E402
 
 me = signed_in_user()
+render_cookie_handoff()  # after signing in or out: the browser fetches its cookie (HttpOnly) once
 if me is not None:
     pages = [
         st.Page("search_page.py", title="Search", icon=":material/search:", default=True),

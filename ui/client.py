@@ -15,6 +15,7 @@ from search_api.schemas import (
     CaseOut,
     FilterOptions,
     HealthOut,
+    LogoutOut,
     MeOut,
     SearchFilters,
     SearchResponse,
@@ -226,6 +227,10 @@ class ApiClient:
     def me(self) -> MeOut:
         """GET /me: who the token belongs to (answers without a token only in development mode)."""
         return self._parse(self._request("GET", "/me"), MeOut)
+
+    def logout(self) -> LogoutOut:
+        """POST /logout: the API refuses this client's token from now on (every worker, until it expires)."""
+        return self._parse(self._request("POST", "/logout"), LogoutOut)
 
     def add_case(
         self,

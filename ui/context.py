@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import streamlit as st
 
@@ -19,6 +21,9 @@ def page_settings() -> UiSettings:
 
 TOKEN_KEY = "api_token"
 USER_KEY = "api_user"
+READS_KEY = "session_reads"
+READ_TTL_S = 60.0
+T = TypeVar("T")
 
 
 def session_token() -> str | None:
@@ -86,3 +91,23 @@ def load_status(client: ApiClient) -> tuple[HealthOut | None, ApiError | None, F
     except ApiError:
         options = None
     return health, None, options
+
+
+def session_read(key: str, fetch: Callable[[], T], ttl_s: float = READ_TTL_S) -> T:
+    """`fetch()` once per `ttl_s` in this browser session: Streamlit reruns the page on every click, and
+    a read the API audits (the case listing) must not write a row per click, only when it is fetched."""
+    reads: dict[str, tuple[float, object]] = st.session_state.setdefault(READS_KEY, {})
+    now = time.monotonic()
+    kept = reads.get(key)
+    if kept is not None and now - kept[0] < ttl_s:
+        return kept[1]  # type: ignore[return-value]
+    value = fetch()
+    reads[key] = (now, value)
+    return value
+
+
+def forget_reads(prefix: str) -> None:
+    """Drop the session's kept reads whose key starts with `prefix` (after a change they would hide)."""
+    reads: dict[str, tuple[float, object]] = st.session_state.get(READS_KEY, {})
+    for key in [k for k in reads if k.startswith(prefix)]:
+        del reads[key]

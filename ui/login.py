@@ -1,30 +1,44 @@
-"""Signing in: the login form, the session's token, and who is signed in (shown in the sidebar)."""
+"""Signing in: the login form, the session's token (kept across reloads by the sign-in cookie), who is signed in."""
 
 from __future__ import annotations
+
+import contextlib
 
 import streamlit as st
 
 from search_api.schemas import MeOut
 from ui.client import ApiClient, ApiError
-from ui.context import TOKEN_KEY, USER_KEY, api_client, page_settings
+from ui.context import TOKEN_KEY, USER_KEY, api_client, page_settings, session_token
+from ui.session_cookie import browser_token, drop_token, keep_token
 
 
 def sign_out() -> None:
-    """Forget this session's token and everything fetched with it."""
+    """Revoke this session's token at the API, forget it and everything fetched with it, clear the cookie."""
+    token = session_token()
+    if token is not None:
+        # Already expired or revoked, or the API is down: the session and the cookie go anyway.
+        with api_client(page_settings()) as client, contextlib.suppress(ApiError):
+            client.logout()
     for key in list(st.session_state.keys()):
         del st.session_state[key]
+    drop_token(token)
 
 
 def current_user() -> MeOut | None:
-    """Who this session is signed in as (checked with the API on each run: expired tokens sign out)."""
+    """Who this session is signed in as (checked with the API on each run: expired or revoked tokens
+    sign out). A new session (a reload) takes its token from the sign-in cookie."""
     settings = page_settings()
+    if session_token() is None and (kept := browser_token()) is not None:
+        st.session_state[TOKEN_KEY] = kept
     with api_client(settings) as client:
         try:
             me = client.me()
         except ApiError as exc:
             if exc.status_code == 401:
-                st.session_state.pop(TOKEN_KEY, None)
+                refused = st.session_state.pop(TOKEN_KEY, None)
                 st.session_state.pop(USER_KEY, None)
+                if refused is not None:
+                    drop_token(refused)
                 return None
             raise
     st.session_state[USER_KEY] = me
@@ -32,7 +46,7 @@ def current_user() -> MeOut | None:
 
 
 def login_form() -> None:
-    """The sign-in form; on success the token is kept in this session's state only."""
+    """The sign-in form; on success the token is kept in this session's state and in the sign-in cookie."""
     settings = page_settings()
     st.title("Sign in")
     st.caption("medcbir: similar case search. Ask an administrator for an account.")
@@ -54,6 +68,7 @@ def login_form() -> None:
             return
     st.session_state.pop("login_password", None)
     st.session_state[TOKEN_KEY] = token.access_token
+    keep_token(token.access_token, token.expires_in)
     st.rerun()
 
 

@@ -13,8 +13,10 @@ from ui.context import (
     api_client,
     fetch_image_render,
     fetch_render,
+    forget_reads,
     load_status,
     page_settings,
+    session_read,
     session_token,
     thumbnail_fetcher,
 )
@@ -99,7 +101,9 @@ def pick_archived_image(client: ApiClient) -> int | None:
     pending = st.session_state.pop("pending_archive_image", None)
     page = int(st.session_state.get("archive_page", 1))
     try:
-        listing = client.cases(limit=CASES_PER_PAGE, offset=(page - 1) * CASES_PER_PAGE)
+        listing = session_read(
+            f"cases:{page}", lambda: client.cases(limit=CASES_PER_PAGE, offset=(page - 1) * CASES_PER_PAGE)
+        )
     except ApiError as exc:
         st.error(f"Could not list the archive's cases: {exc.message}")
         return pending if isinstance(pending, int) else None
@@ -183,6 +187,7 @@ def save_query_section(client: ApiClient, name: str, data: bytes, result: Search
                     [p.strip() for p in labels.split(";") if p.strip()],
                     predicted_label=predicted or None,
                 )
+                forget_reads("cases:")  # the picker lists the new case on the next run
                 st.success(f"Saved as case {case.case_id}; it is searchable now.")
             except ApiError as exc:
                 st.error(f"Could not save the case: {exc.message}")
