@@ -285,6 +285,8 @@ class Ingestor:
         if not fresh:
             return 0
         ids = write_rows(self.archive, self.manifest, fresh, vectors)
+        if self.manifest is not None:
+            self.manifest.note_indexed_unlisted({frame.item.relative for frame in fresh})
         # Row first, vector second: a crash between the two leaves the catalog ahead, and the
         # index is rebuilt from it at the next start.
         self.archive.index.add(np.asarray(ids, dtype=np.int64), vectors)

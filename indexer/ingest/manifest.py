@@ -54,7 +54,7 @@ class Manifest:
         self._by_path = by_path
         self._by_name = by_name
         self.patient_conflicts = patient_conflicts  # files listed under two patients (the first row wins)
-        self.unlisted = 0  # files seen that no row names (indexed without labels)
+        self.unlisted = 0  # files indexed that no row names (so indexed without labels)
         self._matched: set[int] = set()  # id() of the rows some file of this run matched
 
     def __len__(self) -> int:
@@ -72,8 +72,10 @@ class Manifest:
         info = self.lookup(relative)
         if info is not None:
             self._matched.add(id(info))
-        else:
-            self.unlisted += 1
+
+    def note_indexed_unlisted(self, relatives: set[str]) -> None:
+        """Count the files just indexed that no row names (a non-image like the manifest itself never is)."""
+        self.unlisted += sum(1 for relative in relatives if self.lookup(relative) is None)
 
     def unmatched_count(self) -> int:
         """How many rows named no file seen since this manifest was loaded (a typo, or files not there)."""

@@ -30,6 +30,7 @@ def test_manifest_modality_body_part_and_view_and_the_counts_it_reports(tmp_path
         rows.writerow(["2.png", "P3", "normal", "DX", "CHEST", "AP"])
         rows.writerow(["2.png", "P4", "normal", "DX", "CHEST", "AP"])  # the same file, another patient
         # 3.png has no row
+    (root / "notes.csv").write_text("a,b\n")  # not an image: never counted as a file without a row
     loaded = load_manifest(
         manifest,
         ManifestColumns(diagnosis="finding", modality="mod", body_part="region", view="projection"),
@@ -37,7 +38,7 @@ def test_manifest_modality_body_part_and_view_and_the_counts_it_reports(tmp_path
     archive = Archive.open(IndexerSettings(data_dir=tmp_path / "data"), encoder=ThumbnailEncoder())  # type: ignore[arg-type]
     try:
         report = ingest_path(archive, root, loaded, progress=False, workers=0)
-        assert report.indexed == 4
+        assert report.indexed == 4 and report.not_images == 1
         assert (report.manifest_unlisted, report.manifest_patient_conflicts) == (1, 1)
         assert archive.catalog.modalities() == ["CR", "DX"]
         assert archive.catalog.body_parts() == ["CHEST"]
