@@ -229,3 +229,16 @@ def test_the_ui_client_refines_and_says_what_went_wrong(api: RefineApi) -> None:
         with pytest.raises(ApiError, match="mark each once") as caught:
             client.refine(query_id=plain.query_id, image_id=None, positive=shown[:1], negative=shown[:1])
         assert caught.value.status_code == 422
+
+
+def test_min_similarity_judges_the_similarity_to_the_query_image(api: RefineApi) -> None:
+    plain = _search(api)
+    shown = [h["image_id"] for h in plain["hits"]]
+    floor = sorted(h["similarity"] for h in plain["hits"])[K // 2]
+    positive = [i for i in shown if api.labels[i] == "alpha"]
+    negative = [i for i in shown if api.labels[i] != "alpha"]
+    body = _refine(
+        api, query_id=plain["query_id"], positive=positive, negative=negative, k=K, min_similarity=floor
+    ).json()
+    assert body["hits"] and all(h["similarity"] >= floor - 1e-6 for h in body["hits"])
+    assert len(body["hits"]) < K  # the floor cut some of the refined list
