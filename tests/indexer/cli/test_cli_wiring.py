@@ -93,7 +93,10 @@ def _open_files_under(folder: Path) -> list[str]:
     return held
 
 
-def test_commands_close_what_they_open(tmp_path: Path, open_catalogs: set[int]) -> None:
+def test_commands_close_what_they_open(
+    tmp_path: Path, open_catalogs: set[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MEDCBIR_EMBEDDINGS_BACKEND", raising=False)  # the default
     data = tmp_path / "data"
     data.mkdir()
     images = tmp_path / "images"
@@ -127,4 +130,5 @@ def test_commands_close_what_they_open(tmp_path: Path, open_catalogs: set[int]) 
         assert not held, f"`medcbir {' '.join(args)}` still holds {held}"
     stats = CliRunner().invoke(app, ["stats", "--data-dir", str(data)])
     assert "images:        2" in stats.output
+    assert "backend:       auto" in stats.output  # the fast path by default, said by stats
     (data / "catalog.sqlite3").unlink()
