@@ -14,9 +14,9 @@ from ui.regions import draw_region
 from ui.views import CASE_PAGE, excerpt, format_similarity, render_explanation, show_image
 
 CARD_EXCERPT_CHARS = 110
-# Cards have a fixed width and wrap: a wider screen shows more columns (1366 px: 3 beside the query
-# and the prediction; 1920 px: 5), a narrow one fewer, and every thumbnail box has the same size.
-CARD_WIDTH_PX = 168
+# Cards have a fixed width and wrap: a wider screen shows more columns (1366 px: 4 beside the query
+# and the prediction; 1920 px: 6), a narrow one fewer, and every thumbnail box has the same size.
+CARD_WIDTH_PX = 128
 LETTERBOX = (0, 0, 0)  # radiology viewers frame images in black
 
 
@@ -69,7 +69,7 @@ def render_hit(
     """One neighbour card: thumbnail, similarity, labels, modality, study/series, report, case link, and
     (when `explain` is given) a "Why similar?" toggle showing the similarity maps of query and neighbour;
     `mark` draws the relevance-feedback marks under the similarity."""
-    with st.container(border=True, width=CARD_WIDTH_PX):
+    with st.container(border=True, width=CARD_WIDTH_PX, key=f"hit_card_{hit.rank}"):
         try:
             data = thumbnail(hit.thumbnail_url)
         except ApiError as exc:
@@ -129,6 +129,6 @@ def render_hits(
     if not hits:
         st.info(empty_hint)
         return
-    with st.container(horizontal=True, gap="small"):
+    with st.container(horizontal=True, gap="xsmall"):
         for hit in hits:
             render_hit(hit, thumbnail, query_patient, link, explain, mark)

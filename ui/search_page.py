@@ -212,7 +212,7 @@ def main() -> None:
         if st.session_state.get("pending_archive_image") is not None:
             st.session_state["query_mode"] = ARCHIVE
 
-        left, middle, right = st.columns([1.15, 2.6, 1.25], gap="medium")
+        left, middle, right = st.columns([1.05, 2.8, 1.15], gap="small")  # 1366 px: 4 neighbours a row
         with left:
             mode = st.radio("Query source", [UPLOAD, ARCHIVE], key="query_mode")
             upload = None
