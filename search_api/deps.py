@@ -16,6 +16,7 @@ from search_api.refine import Refiner
 from search_api.schemas import DisplayWindow, GroupBy, SearchFilters
 from search_api.searcher import Searcher
 from search_api.security import LoginLimiter
+from search_api.series import SeriesSearcher
 from search_api.settings import ApiSettings
 from search_api.windows import PRESET_NAMES
 
@@ -67,6 +68,15 @@ def get_refiner(
 ) -> Refiner:
     """Relevance feedback over the searcher and the kept query images (no state of its own)."""
     return Refiner(searcher, queries)
+
+
+def get_series_searcher(request: Request) -> SeriesSearcher:
+    """The series searcher (its grouping of stored slices is cached, rebuilt when the index changes)."""
+    state = request.app.state
+    found: SeriesSearcher | None = getattr(state, "series_searcher", None)
+    if found is None:
+        found = state.series_searcher = SeriesSearcher(state.searcher)
+    return found
 
 
 def get_login_limiter(request: Request) -> LoginLimiter:
@@ -212,6 +222,7 @@ CaseManagerDep = Annotated[CaseManager, Depends(get_case_manager)]
 ExplainerDep = Annotated[Explainer, Depends(get_explainer)]
 QueryStoreDep = Annotated[QueryStore, Depends(get_query_store)]
 RefinerDep = Annotated[Refiner, Depends(get_refiner)]
+SeriesSearcherDep = Annotated[SeriesSearcher, Depends(get_series_searcher)]
 LoginLimiterDep = Annotated[LoginLimiter, Depends(get_login_limiter)]
 JwtSecretDep = Annotated[bytes, Depends(get_jwt_secret)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

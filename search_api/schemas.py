@@ -211,6 +211,34 @@ class SearchResponse(BaseModel):
     )
 
 
+class SeriesPair(BaseModel):
+    """A query slice and the stored slice (image) it matches best in a series hit."""
+
+    query_slice: int = Field(description="0-based position among the sent slices (files, then frames)")
+    image_id: int
+    similarity: float
+
+
+class SeriesHitOut(BaseModel):
+    """A stored series (a SeriesInstanceUID, or the frames of one file) and how well it matches."""
+
+    rank: int
+    series_key: str
+    case_id: int
+    slices: int
+    score: float = Field(description="MaxSim: mean over query slices of their best cosine in this series")
+    pairs: list[SeriesPair]
+
+
+class SeriesSearchResponse(BaseModel):
+    """The answer to POST /search/series."""
+
+    query_slices: int
+    series_indexed: int
+    hits: list[SeriesHitOut]
+    took_ms: float
+
+
 class CaseImage(BaseModel):
     """An image that belongs to a case."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from search_api.routes import admin, auth, cases, explain, pacs, refine, search
+from search_api.routes import admin, auth, cases, explain, pacs, refine, search, series
 
 # In the order the OpenAPI document lists them.
 ROUTERS: list[APIRouter] = [
@@ -12,6 +12,7 @@ ROUTERS: list[APIRouter] = [
     search.router,
     pacs.router,
     refine.router,
+    series.router,
     explain.router,
     cases.router,
     admin.router,
