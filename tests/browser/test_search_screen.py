@@ -40,11 +40,11 @@ CARD_TITLE = re.compile(r"^#\d+ · similarity \d\.\d{3}$")
 
 @pytest.fixture(scope="module")
 def ui_url(live_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`streamlit run ui/app.py` on a free loopback port, pointed at the live engine API."""
+    """`streamlit run ui/web_app.py` (what `medcbir ui` runs) on a free loopback port, pointed at the live engine API."""
     port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
     command = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"),
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "web_app.py"),
         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
         "--", "--api-url", live_api_url,
