@@ -41,6 +41,7 @@ if me is not None:
     pages = [
         st.Page("search_page.py", title="Search", icon=":material/search:", default=True),
         st.Page("case_page.py", title="Case", icon=":material/folder_open:", url_path="case"),
+        st.Page("series_page.py", title="Series", icon=":material/stacks:", url_path="series"),
     ]
     if me.role == "admin":
         pages.append(

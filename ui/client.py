@@ -19,6 +19,7 @@ from search_api.schemas import (
     MeOut,
     SearchFilters,
     SearchResponse,
+    SeriesSearchResponse,
     TokenOut,
     UserOut,
 )
@@ -175,6 +176,12 @@ class ApiClient:
         if patient_ref and patient_ref.strip():
             form["patient_ref"] = patient_ref.strip()
         return self._parse(self._request("POST", "/search/refine", data=form), SearchResponse)
+
+    def search_series(self, files: list[tuple[str, bytes]], k: int = 10) -> SeriesSearchResponse:
+        """POST /search/series: the stored series most like these slices (files, or one multi-frame DICOM)."""
+        parts = [("files", (name or "slice", data, "application/octet-stream")) for name, data in files]
+        response = self._request("POST", "/search/series", data={"k": str(k)}, files=parts)
+        return self._parse(response, SeriesSearchResponse)
 
     def render(self, data: bytes, filename: str, center: float, width: float, max_side: int = 512) -> bytes:
         """POST /render: the uploaded image as a PNG with this window/level (display only)."""

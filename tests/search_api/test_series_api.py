@@ -108,3 +108,15 @@ def test_mixed_modalities_and_too_many_slices_are_422(
 def test_the_page_of_files_must_be_images(api: SeriesApi, tmp_path: Path) -> None:
     bad = _post(api, [("x.txt", b"not an image at all")])
     assert bad.status_code in (415, 422)
+
+
+def test_the_ui_client_searches_series(api: SeriesApi) -> None:
+    from ui.client import ApiClient, ApiError
+
+    with ApiClient(api.url, token=api.headers["Authorization"].split()[1]) as client:
+        result = client.search_series([(f"s{i}.png", _frame_png(MR, i)) for i in (1, 6)], k=1)
+        assert result.hits[0].slices == 10 and len(result.hits[0].pairs) == 2
+        with pytest.raises(ApiError, match="mix modalities"):
+            client.search_series(
+                [("a.dcm", dicom_testfile(MR).read_bytes()), ("b.dcm", dicom_testfile(US).read_bytes())]
+            )
