@@ -60,6 +60,8 @@ ROLE_MATRIX: list[tuple[str, str, Request, int, int]] = [
     ("GET", "/me", lambda a: {}, 200, 200),
     ("POST", "/search", _file, 200, 200),
     ("POST", "/search/by-image/{image_id}", lambda a: {"data": {"k": "2"}}, 200, 200),
+    ("POST", "/search/refine", lambda a: {"data": {"image_id": "1", "positive": "2", "k": "2"}}, 200, 200),
+    ("POST", "/search/series", lambda a: {"files": {"files": ("s.dcm", a.files[0].read_bytes())}}, 200, 200),
     # by reference to a PACS instance: the test archive has no PACS configured
     ("POST", "/search/by-instance", lambda a: {"data": _INSTANCE_IN_NO_PACS}, 404, 404),
     ("POST", "/render", _file, 200, 200),
