@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui.client import ApiClient, ApiError
-from ui.context import USER_KEY, api_client, page_settings, thumbnail_fetcher
+from ui.context import USER_KEY, api_client, forget_reads, page_settings, session_read, thumbnail_fetcher
 from ui.views import SEARCH_PAGE, render_case
 
 
@@ -25,12 +25,13 @@ def edit_section(client: ApiClient, case_id: int, report: str, diagnosis: list[s
                 client.edit_case(
                     case_id, report=text, diagnosis=[p.strip() for p in labels.split(";") if p.strip()]
                 )
+                forget_reads(f"case:{case_id}:")
                 st.success("Saved; the change is in the case history.")
             except ApiError as exc:
                 st.error(f"Could not save: {exc.message}")
     with st.expander("History"):
         try:
-            for edit in client.case_history(case_id):
+            for edit in session_read(f"case:{case_id}:history", lambda: client.case_history(case_id)):
                 st.text(
                     f"{edit.at} {edit.username or '-'} {edit.field}: {edit.old_value!r} -> {edit.new_value!r}"
                 )
@@ -43,6 +44,7 @@ def edit_section(client: ApiClient, case_id: int, report: str, diagnosis: list[s
             if st.button("Delete case", key="delete_case", disabled=not sure):
                 try:
                     client.delete_case(case_id)
+                    forget_reads(f"case:{case_id}:")
                     st.success(f"Case {case_id} deleted.")
                 except ApiError as exc:
                     st.error(f"Could not delete: {exc.message}")
@@ -60,7 +62,8 @@ def main() -> None:
     with api_client(settings) as client:
         try:
             with st.spinner("Loading the case…"):
-                case = client.case(case_id)
+                # Kept across reruns (60 s): a click on the page re-reads, and re-audits, nothing.
+                case = session_read(f"case:{case_id}:view", lambda: client.case(case_id))
         except ApiError as exc:
             code = f" (HTTP {exc.status_code})" if exc.status_code else ""
             st.error(f"Could not load case {case_id}{code}: {exc.message}")

@@ -213,3 +213,27 @@ def test_the_cookie_route_sets_a_secure_httponly_strict_cookie_once(monkeypatch:
 def test_codes_expire(monkeypatch: pytest.MonkeyPatch) -> None:
     store = HandoffStore(ttl_s=0.0)
     assert store.take(store.issue("t", 60)) is None
+
+
+def test_the_case_page_is_audited_when_read_and_changed_not_when_refreshed(
+    monkeypatch: pytest.MonkeyPatch, session_api: SessionApi
+) -> None:
+    api = session_api
+    at = sign_in(app_test(monkeypatch, api))
+    at.query_params["case_id"] = "2"
+    start = api.last_audit_id()
+    at.switch_page("case_page.py")
+    run(at)
+    assert api.audit_actions(start).count("view_case") == 1, api.audit_actions(start)
+    before = api.audit_rows()
+    for _ in range(3):
+        run(at)
+    assert api.audit_rows() == before, api.audit_actions(start)
+    # An edit is audited (intent and outcome), and the page shows it on the next run.
+    at.text_area(key="edit_report").input("Edited while refreshing.")
+    start = api.last_audit_id()
+    click(at, "Save changes")
+    assert api.audit_actions(start).count("edit_case") == 2, api.audit_actions(start)
+    run(at)
+    assert at.text_area(key="edit_report").value == "Edited while refreshing."
+    assert any("Edited while refreshing." in t.value for t in at.text), [t.value for t in at.text]
