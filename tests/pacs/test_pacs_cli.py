@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from indexer.cli import app
-from tests.helpers import dicom_testfile, free_port
+from tests.helpers import ThumbnailEncoder, dicom_testfile, free_port
 from tests.pacs.orthanc import OrthancServer
 
 runner = CliRunner()
@@ -77,13 +77,7 @@ def test_sync_from_the_cli(orthanc: OrthancServer, tmp_path: Path, monkeypatch: 
     orthanc.upload([dicom_testfile("CT_small.dcm")])
     data = ["--data-dir", str(tmp_path)]
     assert invoke(["pacs", "add", "orthanc", "--url", orthanc.dicomweb_url, *data]).exit_code == 0
-    monkeypatch.setattr(
-        "embeddings.create_encoder", lambda *a, **k: __import__("tests.helpers").helpers.ThumbnailEncoder()
-    )
-    monkeypatch.setattr(
-        "indexer.archive.create_encoder",
-        lambda *a, **k: __import__("tests.helpers").helpers.ThumbnailEncoder(),
-    )
+    monkeypatch.setattr("indexer.archive.create_encoder", lambda *a, **k: ThumbnailEncoder())
     result = invoke(
         ["pacs", "sync", "orthanc", "--no-progress", "--workers", "0", *data], env=credentials(orthanc)
     )
@@ -150,3 +144,27 @@ def test_500s_and_garbage_are_survived_with_a_clear_error(
     assert said in result.output and "Traceback" not in result.output
     if said == "kept failing":
         assert _Broken.hits == 3  # retried with back-off, then given up
+
+
+def test_follow_once_from_the_cli(
+    orthanc: OrthancServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from tests.pacs.orthanc import STABLE_AGE_S
+
+    data = ["--data-dir", str(tmp_path)]
+    url = orthanc.dicomweb_url
+    assert invoke(["pacs", "add", "orthanc", "--url", url, "--kind", "orthanc", *data]).exit_code == 0
+    monkeypatch.setattr("indexer.archive.create_encoder", lambda *a, **k: ThumbnailEncoder())
+    orthanc.upload([dicom_testfile("CT_small.dcm")])
+    time.sleep(STABLE_AGE_S + 2)  # Orthanc's stability check runs about once a second
+    result = invoke(["pacs", "follow", "orthanc", "--once", *data], env=credentials(orthanc))
+    assert result.exit_code == 0, result.output
+    assert "1 stable studies (1 images indexed)" in result.output
+    again = invoke(["pacs", "follow", "orthanc", "--once", *data], env=credentials(orthanc))
+    assert "0 stable studies" in again.output  # resumed from the stored cursor
+    plain = invoke(["pacs", "add", "plain", "--url", url, *data])
+    assert plain.exit_code == 0
+    refused = invoke(["pacs", "follow", "plain", "--once", *data])
+    assert refused.exit_code == 2 and "--kind orthanc" in refused.output
