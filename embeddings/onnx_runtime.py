@@ -47,7 +47,8 @@ def weights_fingerprint(model: torch.nn.Module, input_size: tuple[int, int], thr
     return digest.hexdigest()
 
 
-def _export(model: torch.nn.Module, probe: torch.Tensor, path: Path) -> None:
+def export_onnx(model: torch.nn.Module, probe: torch.Tensor, path: Path) -> None:
+    """Export a pooled-feature model to `path` (input "x", output "y", any batch size, at the probe's size)."""
     try:
         torch.onnx.export(
             model, (probe[:1],), str(path), input_names=["x"], output_names=["y"],
@@ -66,7 +67,7 @@ def _cached_export(model: torch.nn.Module, probe: torch.Tensor, cache: Path, fre
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:  # written whole, then renamed: never half a file
             part = Path(tmp) / "encoder.onnx"
-            _export(model, probe, part)
+            export_onnx(model, probe, part)
             os.replace(part, path)
     except OSError as exc:
         log.info("ONNX export not cached in %s (%s)", cache, exc)
@@ -111,7 +112,7 @@ class OnnxForward:
                 path = _cached_export(model, probe, folder, fresh) if folder is not None else None
                 if path is None:
                     path = Path(tmp) / "encoder.onnx"
-                    _export(model, probe, path)
+                    export_onnx(model, probe, path)
                 self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             agreement = self.agreement(probe)
             if agreement >= MIN_COSINE:

@@ -138,11 +138,14 @@ def main() -> None:
             env=env,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
+        served_backend = "unknown"
         try:
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
                 try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    health = httpx.get(f"{url}/health", timeout=2)
+                    if health.status_code == 200:
+                        served_backend = str(health.json().get("backend"))  # the one that runs
                         break
                 except httpx.HTTPError:
                     pass
@@ -184,7 +187,7 @@ def main() -> None:
                 "bench": "api",
                 "index_size": indexed,
                 "query_files": len(payloads),
-                "backend": os.environ.get("MEDCBIR_EMBEDDINGS_BACKEND", "torch"),
+                "backend": served_backend,
                 "one_client": baseline,
                 "concurrent": loaded,
                 "hostile_clients": args.hostile_clients,

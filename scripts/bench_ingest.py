@@ -150,7 +150,7 @@ def main() -> None:
                     "encoder_only_images_per_s": round(encoder_rate, 2),
                     "ingest_over_encoder": round(ingest_rate / encoder_rate, 3),
                     "encoder": encoder.name,
-                    "backend": os.environ.get("MEDCBIR_EMBEDDINGS_BACKEND", "torch"),
+                    "backend": encoder.backend,  # the one that ran (EmbeddingsSettings.backend, auto by default)
                     "batch": args.batch,
                     "cpus": os.cpu_count(),
                     "load_avg_1m": round(os.getloadavg()[0], 2),

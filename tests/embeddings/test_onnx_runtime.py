@@ -117,15 +117,15 @@ def test_the_export_is_cached_by_weights_and_a_cached_file_that_disagrees_is_rep
 
     # a new process (no session kept) loads the file instead of exporting again
     monkeypatch.setattr(onnx_runtime, "_SESSIONS", OrderedDict())
-    real_export = onnx_runtime._export
-    monkeypatch.setattr(onnx_runtime, "_export", lambda *a: pytest.fail("exported again"))
+    real_export = onnx_runtime.export_onnx
+    monkeypatch.setattr(onnx_runtime, "export_onnx", lambda *a: pytest.fail("exported again"))
     second = OnnxForward(model, (16, 16), threads=1, cache_dir=tmp_path)
     torch.testing.assert_close(second(x), first(x))
 
     # a cached file of other weights (stale, tampered) is caught by the check and exported again
     real_export(other, x[:1], cached)
     monkeypatch.setattr(onnx_runtime, "_SESSIONS", OrderedDict())
-    monkeypatch.setattr(onnx_runtime, "_export", real_export)
+    monkeypatch.setattr(onnx_runtime, "export_onnx", real_export)
     third = OnnxForward(model, (16, 16), threads=1, cache_dir=tmp_path)
     with torch.inference_mode():
         torch.testing.assert_close(third(x), model(x), atol=1e-5, rtol=1e-4)
