@@ -315,7 +315,7 @@ def test_missing_codec_names_the_extra(dcm) -> None:
     """Run in a fresh interpreter where the pylibjpeg packages cannot be imported (as if not installed)."""
     script = (
         "import sys\n"
-        "for name in ('pylibjpeg', 'libjpeg', 'openjpeg', 'rle'):\n"
+        "for name in ('pylibjpeg', 'libjpeg', 'openjpeg', 'rle', 'jpeg_ls'):  # jpeg_ls: pyjpegls (pacs extra)\n"
         "    sys.modules[name] = None\n"
         "import warnings; warnings.simplefilter('ignore')\n"
         "from imaging import load_image, MissingCodecError\n"
