@@ -142,8 +142,14 @@ def test_rare_filters_over_http_match_one_image_among_many(live_api_url: str) ->
     body = _search(live_api_url, data, k=5, label="lesion", group_by="study", min_similarity=0.99).json()
     assert [h["case_key"] for h in body["hits"]] == ["C-MR-1"]
     body = _search(live_api_url, data, k=5, exclude_patient="true", group_by="none").json()
-    assert body["filters"]["exclude_patient"] is True and body["query"]["patient_ref"].startswith("P-")
-    assert len(body["hits"]) == 5  # the manifest gave other patient ids: nobody is the query's patient
+    assert body["filters"]["exclude_patient"] is True
+    # The header's patient id and the stored copy of this very file (its manifest patient) both apply:
+    exclusion = body["exclusion"]
+    assert exclusion["applied"] is True and exclusion["sources"] == ["dicom_patient_id", "content_match"]
+    assert exclusion["excluded_images"] == 1
+    assert len(body["hits"]) == 5 and "MR2_J2KI.dcm" not in {
+        h["source_uri"].rsplit("/", 1)[1] for h in body["hits"]
+    }
 
 
 @pytest.mark.parametrize(
