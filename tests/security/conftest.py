@@ -99,7 +99,7 @@ class SecuredApi:
 
 def serve_logged(app: FastAPI) -> tuple[str, uvicorn.Server, threading.Thread]:
     """uvicorn on a free loopback port with its access log on (its records reach the root logger)."""
-    return start_server(app, log_config=None, access_log=True)
+    return start_server(app, log_config=None, access_log=True, log_level="info")
 
 
 def build_secured_archive(root: Path) -> tuple[Archive, list[Path]]:
