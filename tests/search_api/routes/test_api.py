@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from importlib.util import find_spec
 
 import httpx
 import numpy as np
@@ -11,6 +12,7 @@ import pydicom
 import pytest
 from PIL import Image as PILImage
 
+from embeddings.settings import configured_backend
 from tests.conftest import ARCHIVE_ROWS
 from tests.helpers import dicom_testfile
 
@@ -35,6 +37,9 @@ def test_health_reports_encoder_index_and_catalog(live_api_url: str) -> None:
     assert health["encoder"].startswith("efficientnet_lite0@")
     assert health["index_size"] == len(ARCHIVE_ROWS) == health["catalog_images"]
     assert {"CR", "MR", "US", "CT"} <= set(health["modalities"])
+    # the fast path by default: the CPU encoder runs ONNX Runtime unless torch is asked for (or it is missing)
+    fast = find_spec("onnxruntime") is not None and configured_backend() != "torch"
+    assert health["backend"] == ("onnxruntime" if fast else "torch")
 
 
 def test_search_hits_carry_their_case_report_and_labels(live_api_url: str) -> None:
