@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from embeddings.settings import configured_backend
 from indexer.cli import app
 
 
@@ -58,6 +60,8 @@ def test_eval_cli_on_tiny_npz_writes_json_markdown_and_plots(tiny_npz: Path, tmp
     assert metrics["acc@1"] == pytest.approx(relevant[:, 0].mean())
     assert metrics["info"]["query_images"] == 8 and metrics["info"]["database_images"] == 20
     assert metrics["info"]["input_size"] == "64x64"
+    fast = find_spec("onnxruntime") is not None and configured_backend() != "torch"
+    assert metrics["info"]["backend"] == ("onnxruntime" if fast else "torch")  # the fast path by default
     # The npz has a val split: the tempered vote is fitted on it and both ECEs are reported.
     assert 0.0 <= metrics["ece_calibrated"] <= 1.0 and 0.0 <= metrics["ece_vote"] <= 1.0
     assert "val queries" in metrics["info"]["calibration"]
@@ -70,6 +74,7 @@ def test_eval_cli_on_tiny_npz_writes_json_markdown_and_plots(tiny_npz: Path, tmp
     again = CliRunner().invoke(app, [*args[:-2], "--cache-dir", str(tmp_path / "cache")])
     assert again.exit_code == 0
     assert json.loads((out / "m.json").read_text())["map@5"] == metrics["map@5"]
+    assert json.loads((out / "m.json").read_text())["info"]["backend"] == "n/a"  # nothing was embedded
 
 
 def test_eval_cli_reports_a_bad_dataset(tmp_path: Path) -> None:
