@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from embeddings.onnx_runtime import OnnxForward, default_cache_dir
 from embeddings.preprocessing import Preprocessing, validate_image
+from embeddings.registry import RANDOM_SUFFIX
 from embeddings.settings import BACKENDS, EmbeddingsSettings, configured
 from embeddings.types import EmbeddingsError
 
@@ -108,7 +109,9 @@ class Encoder:
         if asked == "onnxruntime" and on_cuda:
             raise EmbeddingsError("the onnxruntime backend runs on CPU; leave it unset on CUDA")
         self._asked = "torch" if on_cuda else asked
-        self._onnx_cache = default_cache_dir() if (settings or _settings_or_default()).onnx_cache else None
+        # random weights (tests) are never seen again: their export is not kept
+        keep = (settings or _settings_or_default()).onnx_cache and not name.endswith(f"@{RANDOM_SUFFIX}")
+        self._onnx_cache = default_cache_dir() if keep else None
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._backend = "torch"
         self._forward_lock = threading.Lock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections import OrderedDict
@@ -25,6 +26,8 @@ OPSET = 17
 # Sessions already checked against torch in this process, by weights fingerprint (a few encoders at most).
 _SESSIONS: OrderedDict[str, Any] = OrderedDict()
 _SESSIONS_KEPT = 4
+# Exports kept on disk (most recently used first): the encoder at a few input sizes, a fine-tuned one or two.
+CACHE_KEPT = 8
 _LOCK = threading.Lock()
 
 
@@ -61,18 +64,27 @@ def export_onnx(model: torch.nn.Module, probe: torch.Tensor, path: Path) -> None
 def _cached_export(model: torch.nn.Module, probe: torch.Tensor, cache: Path, fresh: bool) -> Path | None:
     """The exported file in `cache` (exported now when absent or `fresh`); None when the folder is unusable."""
     path = cache / "encoder.onnx"
-    if path.is_file() and not fresh:
-        return path
     try:
+        if path.is_file() and not fresh:
+            os.utime(cache)  # recently used: kept by the pruning below
+            return path
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:  # written whole, then renamed: never half a file
             part = Path(tmp) / "encoder.onnx"
             export_onnx(model, probe, part)
             os.replace(part, path)
+        _prune(cache.parent)
     except OSError as exc:
         log.info("ONNX export not cached in %s (%s)", cache, exc)
         return None
     return path
+
+
+def _prune(root: Path) -> None:
+    """Remove all but the CACHE_KEPT most recently used exports (each a folder named by its fingerprint)."""
+    entries = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[CACHE_KEPT:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class OnnxForward:
@@ -108,21 +120,35 @@ class OnnxForward:
             self._expected = F.normalize(model(probe).float(), dim=1)
         folder = cache_dir / key if cache_dir is not None else None
         for fresh in (False, True):
+            last_try = folder is None or fresh
             with tempfile.TemporaryDirectory() as tmp:
                 path = _cached_export(model, probe, folder, fresh) if folder is not None else None
                 if path is None:
                     path = Path(tmp) / "encoder.onnx"
                     export_onnx(model, probe, path)
-                self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            agreement = self.agreement(probe)
+                try:
+                    self._session = ort.InferenceSession(
+                        str(path), options, providers=["CPUExecutionProvider"]
+                    )
+                    agreement = self.agreement(probe)
+                except (
+                    Exception
+                ) as exc:  # ONNX Runtime's errors have many types; a cached file may be damaged
+                    if last_try:
+                        raise EmbeddingsError(
+                            f"ONNX Runtime cannot run the model ({exc}); use backend='torch'"
+                        ) from exc
+                    agreement = -1.0
             if agreement >= MIN_COSINE:
                 break
-            if folder is None or fresh:
+            if last_try:
                 raise EmbeddingsError(
                     f"ONNX Runtime vectors differ from torch (cosine {agreement:.5f} < {MIN_COSINE}); "
                     "use backend='torch'"
                 )
-            log.warning("cached ONNX export in %s disagrees with torch; exporting again", folder)
+            log.warning(
+                "cached ONNX export in %s disagrees with torch or is damaged; exporting again", folder
+            )
         with _LOCK:
             _SESSIONS[key] = self._session
             while len(_SESSIONS) > _SESSIONS_KEPT:

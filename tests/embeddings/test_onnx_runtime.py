@@ -94,6 +94,7 @@ class _Tiny(torch.nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.num_features = 8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.conv(x)).mean(dim=(2, 3)) + 0.1
@@ -129,6 +130,48 @@ def test_the_export_is_cached_by_weights_and_a_cached_file_that_disagrees_is_rep
     third = OnnxForward(model, (16, 16), threads=1, cache_dir=tmp_path)
     with torch.inference_mode():
         torch.testing.assert_close(third(x), model(x), atol=1e-5, rtol=1e-4)
+
+    # a damaged file (disk trouble) is exported again too
+    cached.write_bytes(b"not an onnx model")
+    monkeypatch.setattr(onnx_runtime, "_SESSIONS", OrderedDict())
+    fourth = OnnxForward(model, (16, 16), threads=1, cache_dir=tmp_path)
+    with torch.inference_mode():
+        torch.testing.assert_close(fourth(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_the_cache_keeps_the_most_recently_used_exports_and_never_random_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime", reason='needs the onnx extra: pip install "medcbir[onnx]"')
+    import os
+
+    import embeddings.onnx_runtime as onnx_runtime
+    from embeddings.encoder import Encoder
+    from embeddings.onnx_runtime import OnnxForward, weights_fingerprint
+
+    monkeypatch.setattr(onnx_runtime, "_SESSIONS", OrderedDict())
+    monkeypatch.setattr(onnx_runtime, "CACHE_KEPT", 2)
+    models = [_Tiny(seed).eval() for seed in range(3)]
+    for age, model in enumerate(models):
+        OnnxForward(model, (16, 16), threads=1, cache_dir=tmp_path)
+        folder = tmp_path / weights_fingerprint(model, (16, 16), 1)
+        os.utime(folder, (1000.0 + age, 1000.0 + age))  # exported in this order
+    monkeypatch.setattr(onnx_runtime, "_SESSIONS", OrderedDict())
+    OnnxForward(models[0], (16, 16), threads=1, cache_dir=tmp_path)  # used again: the most recent now
+    OnnxForward(_Tiny(3).eval(), (16, 16), threads=1, cache_dir=tmp_path)  # a new one prunes the oldest
+    kept = {p.name for p in tmp_path.iterdir()}
+    assert len(kept) == 2 and weights_fingerprint(models[0], (16, 16), 1) in kept
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    for name, keeps in (("tiny@random", False), ("tiny@weights-1234", True)):
+        encoder = Encoder(
+            _Tiny(4).eval(), name=name, model_name="tiny", device="cpu", backend="onnxruntime",
+            data_config={"input_size": (3, 16, 16), "crop_pct": 1.0, "interpolation": "bilinear",
+                         "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+        )  # fmt: skip
+        monkeypatch.setattr(onnx_runtime, "_SESSIONS", OrderedDict())
+        assert encoder.backend == "onnxruntime"
+        assert (tmp_path / "home-cache" / "medcbir" / "onnx").is_dir() == keeps, name
 
 
 def test_serve_leaves_the_backend_to_the_embeddings_settings(
