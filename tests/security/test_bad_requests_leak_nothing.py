@@ -22,6 +22,7 @@ def _json_body(text: str) -> bytes:
 
 def test_bad_requests_echo_no_values_and_the_logs_hold_no_secrets(secured_api: SecuredApi) -> None:
     api = secured_api
+    api.logs.attach()  # other servers of the session re-configure uvicorn's loggers (levels, handlers)
     admin = {**api.headers("admin"), "content-type": "application/json"}
     radiologist = api.headers("radiologist")
     first_line = len(api.logs.lines)
