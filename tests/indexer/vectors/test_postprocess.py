@@ -37,11 +37,27 @@ def test_whitening_dim_defaults_to_rank_of_a_small_database_and_can_be_cut() -> 
 
 
 def test_whitening_is_fitted_on_the_database_only() -> None:
-    database, queries = unit(50, 8), unit(5, 8, seed=3)
-    first = pp.fit_whitening(database, power=0.25, shrinkage=0.1)
-    # the queries never enter the fit: the same database gives the same transform whatever is asked
-    again = pp.fit_whitening(database, power=0.25, shrinkage=0.1)
-    np.testing.assert_array_equal(first.transform(queries), again.transform(queries))
+    database = unit(50, 8)
+    whitening = pp.fit_whitening(database, power=0.25, shrinkage=0.1)
+    np.testing.assert_allclose(whitening.mean, database.mean(axis=0), atol=1e-6)
+    # a query is transformed row by row: the same query alone or among others gets the same vector
+    queries = unit(5, 8, seed=3)
+    alone = whitening.transform(queries[:1])
+    np.testing.assert_allclose(whitening.transform(queries)[:1], alone, atol=1e-6)
+    far = unit(5, 8, seed=9) * 100
+    np.testing.assert_allclose(whitening.transform(np.vstack([queries[:1], far]))[:1], alone, atol=1e-6)
+
+
+def test_dba_and_qe_never_see_queries_when_fitting_the_database() -> None:
+    database = unit(20, 6)
+    augmented = pp.database_augmentation(database, n=3)
+    # DBA takes only the database; alpha-QE returns new queries and leaves the database untouched
+    before = database.copy()
+    queries = unit(3, 6, seed=5)
+    positions, _ = pp.top_neighbours(queries, augmented, 3)
+    pp.alpha_query_expansion(queries, augmented, positions, n=3)
+    np.testing.assert_array_equal(database, before)
+    np.testing.assert_allclose(pp.database_augmentation(database, n=3), augmented, atol=1e-7)
 
 
 def test_power_zero_only_rotates() -> None:
