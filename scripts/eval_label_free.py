@@ -77,9 +77,9 @@ def _banned_topn(db: Array, queries: Array, banned: list[set[int]], n: int) -> n
     return retrieve(db, queries, n, banned=banned).positions
 
 
-def pcaw(power: float, shrinkage: float) -> Method:
+def pcaw(power: float, shrinkage: float, dim: int | None = None) -> Method:
     def run(db: Array, q: Array, banned: list[set[int]]) -> tuple[Array, Array, Array | None]:
-        w = pp.fit_whitening(db, power=power, shrinkage=shrinkage)
+        w = pp.fit_whitening(db, power=power, shrinkage=shrinkage, dim=dim)
         return w.transform(db), w.transform(q), None
 
     return run
@@ -127,6 +127,8 @@ FIXED: dict[str, Method] = {
     "baseline": chain(),
     "pcaw (power 0.5, shrink 0.1)": pcaw(0.5, 0.1),
     "pcaw (power 0.25, shrink 0.1)": pcaw(0.25, 0.1),
+    "pcaw (power 0.5, shrink 0.1, dim 256)": pcaw(0.5, 0.1, 256),
+    "pcaw (power 0.25, shrink 0.1, dim 256)": pcaw(0.25, 0.1, 256),
     "aqe (n 3, alpha 3)": aqe(3, 3.0),
     "aqe (n 5, alpha 3)": aqe(5, 3.0),
     "dba (n 3, alpha 3)": dba(3, 3.0),
