@@ -9,6 +9,7 @@ from pathlib import Path
 
 from embeddings import ImageEncoder, create_encoder
 from indexer.catalog import Catalog
+from indexer.cleanup import parse_cleanup, with_cleanup
 from indexer.governance.pseudonym import load_or_create_key
 from indexer.settings import IndexerSettings
 from indexer.storage.private import make_data_dir_private
@@ -43,6 +44,7 @@ class Archive:
                 checkpoint=settings.checkpoint,
                 batch_size=settings.batch_size,
             )
+        encoder = with_cleanup(encoder, parse_cleanup(settings.image_cleanup))
         path = index_path(settings, encoder)
         generation = catalog.generation()  # read first: the index is checked against rows at least this new
         with index_file_lock(path):  # never read a file another process is half-way through replacing
@@ -50,6 +52,15 @@ class Archive:
         index.generation = max(index.generation, generation)
         key = load_or_create_key(settings.key_path)
         log.info("archive open: encoder %s, %d vectors", encoder.name, len(index))
+        if len(index) == 0:
+            others = {name: n for name, n in catalog.encoders().items() if name != encoder.name and n}
+            if others:
+                log.warning(
+                    "this archive's vectors come from another encoder or image clean-up (%s), none from %s: "
+                    "open it with the same MEDCBIR_ENCODER / MEDCBIR_IMAGE_CLEANUP, or `medcbir reindex`",
+                    ", ".join(f"{name}: {n}" for name, n in sorted(others.items())),
+                    encoder.name,
+                )
         return cls(settings=settings, catalog=catalog, encoder=encoder, index=index, pseudonym_key=key)
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,18 @@ class IndexerSettings(BaseSettings):
     checkpoint: Path | None = None
     batch_size: int = 32
     device: str | None = None
+    image_cleanup: str = Field(
+        default="",
+        description="Clean-up before embedding, stored and query images alike: mask_text, crop_body "
+        "(comma-separated) or empty; part of the encoder's identity (see indexer.cleanup)",
+    )
+
+    @field_validator("image_cleanup")
+    @classmethod
+    def _known_cleanup(cls, value: str) -> str:
+        from indexer.cleanup import parse_cleanup
+
+        return ",".join(parse_cleanup(value))
 
     @property
     def resolved_database_url(self) -> str:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from imaging import DecodedImage, ImageMetadata
 from indexer.archive import Archive
 from indexer.catalog import Image
+from indexer.cleanup import parse_cleanup
 from indexer.errors import IndexerError
 from indexer.extras import extra_hint
 from indexer.ingest.local import _SAVE_EVERY_BATCHES, FramePolicy, Ingestor, IngestReport
@@ -237,7 +238,11 @@ class RayIngestor:
                 EmbedRows,
                 batch_size=self.batch_size,
                 batch_format="numpy",
-                fn_constructor_kwargs={"factory": self.factory, "encoder_name": self.archive.encoder.name},
+                fn_constructor_kwargs={
+                    "factory": self.factory,
+                    "encoder_name": self.archive.encoder.name,
+                    "cleanup": parse_cleanup(self.archive.settings.image_cleanup),
+                },
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
                 num_gpus=1 if gpus >= 1 else 0,
                 num_cpus=1,

@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from embeddings import EmbeddingsError, ImageEncoder, create_encoder
 from imaging import DecodedImage, UnsupportedFormatError
+from indexer.cleanup import with_cleanup
 from indexer.errors import IndexerError
 from indexer.ingest.local import FramePolicy, decode_for_ingest
 from indexer.settings import IndexerSettings
@@ -119,8 +120,8 @@ def _pickle_error(error: BaseException) -> bytes:
 class EmbedRows:
     """Ray actor: builds the encoder once, then embeds the decoded rows of each batch it is given."""
 
-    def __init__(self, factory: EncoderFactory, encoder_name: str) -> None:
-        self.encoder = factory()
+    def __init__(self, factory: EncoderFactory, encoder_name: str, cleanup: tuple[str, ...] = ()) -> None:
+        self.encoder = with_cleanup(factory(), cleanup)  # the archive's image clean-up, as in local ingest
         if self.encoder.name != encoder_name:
             raise IndexerError(
                 f"the Ray actors built encoder {self.encoder.name!r} but the archive's index is for "
