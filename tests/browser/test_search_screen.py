@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -157,7 +158,7 @@ def test_upload_change_k_and_filter_modality(browser_page, ui_url: str) -> None:
     assert "Modality: MR" in body and "Study description: SHOULDER" in body
     page.locator("[data-testid=stVegaLiteChart]").first.wait_for(timeout=30_000)  # charts draw last
     assert page.locator("[data-testid=stVegaLiteChart]").count() == 1
-    assert page.get_by_text("Open case").count() == 7
+    assert _eventually_count(page.get_by_text("Open case"), 7) == 7  # one per hit, drawn after the cards
     _shot(page, "02-search")
 
     # Fewer neighbours: k from 10 to 3 with the keyboard on the slider.
@@ -179,3 +180,13 @@ def test_upload_change_k_and_filter_modality(browser_page, ui_url: str) -> None:
     assert "Modality: CT" in body and "Case: C-CT-1" in body and "Diagnosis: ct finding" in body
     assert "1 pass the filters" in body
     _shot(page, "04-ct-only")
+
+
+def _eventually_count(locator: Any, wanted: int, timeout_s: float = 30.0) -> int:
+    """The locator's count once it reaches `wanted`, or the last count seen after `timeout_s` (no sleep race)."""
+    deadline = time.monotonic() + timeout_s
+    count = locator.count()
+    while count != wanted and time.monotonic() < deadline:
+        time.sleep(0.25)
+        count = locator.count()
+    return int(count)
