@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -23,8 +20,9 @@ from indexer.ingest.local import ingest_path
 from indexer.ingest.manifest import ManifestColumns, load_manifest
 from indexer.settings import IndexerSettings
 from search_api.app import create_app
-from tests.browser.test_search_screen import CHROMIUM, CHROMIUM_ARGS, ROOT, SHOTS, WAIT_MS
-from tests.helpers import ThumbnailEncoder, dicom_testfile, free_port, serve_app
+from tests.browser.streamlit_app import running_ui
+from tests.browser.test_search_screen import CHROMIUM, CHROMIUM_ARGS, SHOTS, WAIT_MS
+from tests.helpers import ThumbnailEncoder, dicom_testfile, serve_app
 from ui.session_cookie import COOKIE_NAME
 
 pytestmark = pytest.mark.browser
@@ -79,39 +77,9 @@ def reading_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def reading_ui(reading_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`streamlit run ui/web_app.py` (what `medcbir ui` runs) on a free loopback port."""
-    port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "web_app.py"),
-        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-        "--", "--api-url", reading_api,
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ)
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {process.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
+    with running_ui(reading_api, log) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="module")

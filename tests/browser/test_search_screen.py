@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from tests.browser.streamlit_app import running_ui
 from tests.conftest import TEST_PASSWORD, TEST_USERS
-from tests.helpers import dicom_testfile, free_port
+from tests.helpers import dicom_testfile
 
 pytestmark = pytest.mark.browser
 
@@ -42,39 +40,9 @@ CARD_TITLE = re.compile(r"^#\d+ · similarity \d\.\d{3}$")
 @pytest.fixture(scope="module")
 def ui_url(live_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`streamlit run ui/web_app.py` (what `medcbir ui` runs) on a free loopback port, pointed at the live engine API."""
-    port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "web_app.py"),
-        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-        "--", "--api-url", live_api_url,
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ)
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {process.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
+    with running_ui(live_api_url, log) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="module")
