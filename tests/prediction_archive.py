@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
+from indexer.prediction.labeled import LabeledEmbeddings
+
 # Each class is one real medical picture (pydicom's chest radiograph, skimage's fundus photograph and
 # immunohistochemistry slide); each "patient" gets its own random crops of it.
 CLASSES = ("chest radiograph", "retina", "histology")
@@ -51,3 +53,34 @@ def build_labeled_archive(
         writer.writerow(["filename", "case_id", "patient_id", "report", "diagnosis"])
         writer.writerows(rows)
     return manifest
+
+
+def overlapping_classes(
+    seed: int, patients: tuple[int, ...] = (80, 80, 80, 80), spread: float = 2.0, per_patient: int = 3
+) -> LabeledEmbeddings:
+    """Synthetic embeddings whose classes overlap: unit vectors around class centres, each patient its own
+    offset from its class centre (`spread`), each image noise around its patient; `patients` per class."""
+    rng = np.random.default_rng(seed)
+    dim = 32
+    centres = rng.normal(size=(len(patients), dim))
+    vectors, groups, classes = [], [], []
+    for c, n in enumerate(patients):
+        for p in range(n):
+            patient = centres[c] + spread * rng.normal(size=dim)
+            for _ in range(per_patient):
+                vectors.append(patient + 0.5 * rng.normal(size=dim))
+                groups.append(f"P{c}-{p}")
+                classes.append(c)
+    v = np.asarray(vectors, dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    labels = [f"class-{c}" for c in range(len(patients))]
+    return LabeledEmbeddings(
+        ids=np.arange(len(v), dtype=np.int64),
+        vectors=v,
+        groups=groups,
+        classes=np.asarray(classes, dtype=np.int64),
+        labels=labels,
+        multi_label_images=0,
+        left_out_classes={},
+        label_sets=[(labels[c],) for c in classes],
+    )

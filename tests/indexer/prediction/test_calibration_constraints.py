@@ -10,36 +10,14 @@ from indexer.prediction.constrained import ACCURACY_TOLERANCE, balanced_accuracy
 from indexer.prediction.heads import train_head
 from indexer.prediction.labeled import LabeledEmbeddings
 from indexer.prediction.vote_fit import fit_vote
+from tests.prediction_archive import overlapping_classes
 
 
 def imbalanced_classes(
     seed: int, patients: tuple[int, ...] = (240, 60), spread: float = 2.2
 ) -> LabeledEmbeddings:
     """80/20 overlapping classes (the plain vote is right ~93%, the minority class ~75%), 2 images a patient."""
-    rng = np.random.default_rng(seed)
-    dim = 32
-    centres = rng.normal(size=(len(patients), dim))
-    vectors, groups, classes = [], [], []
-    for c, n in enumerate(patients):
-        for p in range(n):
-            patient = centres[c] + spread * rng.normal(size=dim)
-            for _ in range(2):
-                vectors.append(patient + 0.5 * rng.normal(size=dim))
-                groups.append(f"P{c}-{p}")
-                classes.append(c)
-    v = np.asarray(vectors, dtype=np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    labels = [f"class-{c}" for c in range(len(patients))]
-    return LabeledEmbeddings(
-        ids=np.arange(len(v), dtype=np.int64),
-        vectors=v,
-        groups=groups,
-        classes=np.asarray(classes, dtype=np.int64),
-        labels=labels,
-        multi_label_images=0,
-        left_out_classes={},
-        label_sets=[(labels[c],) for c in classes],
-    )
+    return overlapping_classes(seed, patients, spread, per_patient=2)
 
 
 def test_balanced_accuracy_and_recall() -> None:

@@ -11,10 +11,10 @@ import pytest
 
 from indexer.errors import HeadError
 from indexer.prediction.heads import LinearHead, train_head
-from indexer.prediction.labeled import LabeledEmbeddings, grouped_split, load_labeled_embeddings
+from indexer.prediction.labeled import grouped_split, load_labeled_embeddings
 from indexer.prediction.versions import latest_head, latest_vote_calibration, train_predictors
 from indexer.prediction.vote_fit import fit_vote
-from tests.prediction_archive import CLASSES, build_labeled_archive
+from tests.prediction_archive import CLASSES, build_labeled_archive, overlapping_classes
 
 BRAIN_MRI = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "brain-tumor-mri"
 
@@ -95,37 +95,6 @@ def test_validation_patients_never_appear_in_training(labeled_archive) -> None: 
     head = train_head(labeled_archive.catalog, labeled_archive.encoder.name, seed=0, data=data)
     assert head.card["n_val_patients"] == len(val_patients)
     assert head.card["n_val"] == int(held.sum())
-
-
-def overlapping_classes(
-    seed: int, spread: float = 2.0, n_classes: int = 4, patients: int = 80, per_patient: int = 3
-) -> LabeledEmbeddings:
-    """A labeled set whose classes overlap (the plain vote is right ~75-95% of the time): unit vectors around
-    class centres, each patient its own offset from its class centre, each image noise around its patient."""
-    rng = np.random.default_rng(seed)
-    dim = 32
-    centres = rng.normal(size=(n_classes, dim))
-    vectors, groups, classes = [], [], []
-    for c in range(n_classes):
-        for p in range(patients):
-            patient = centres[c] + spread * rng.normal(size=dim)
-            for _ in range(per_patient):
-                vectors.append(patient + 0.5 * rng.normal(size=dim))
-                groups.append(f"P{c}-{p}")
-                classes.append(c)
-    v = np.asarray(vectors, dtype=np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    labels = [f"class-{c}" for c in range(n_classes)]
-    return LabeledEmbeddings(
-        ids=np.arange(len(v), dtype=np.int64),
-        vectors=v,
-        groups=groups,
-        classes=np.asarray(classes, dtype=np.int64),
-        labels=labels,
-        multi_label_images=0,
-        left_out_classes={},
-        label_sets=[(labels[c],) for c in classes],
-    )
 
 
 @pytest.mark.parametrize("seed", range(4))
