@@ -86,3 +86,11 @@ def with_cleanup(encoder: ImageEncoder, steps: Sequence[str]) -> ImageEncoder:
     if not steps or isinstance(encoder, CleanedEncoder):
         return encoder
     return CleanedEncoder(encoder, steps)  # type: ignore[return-value]
+
+
+def model_encoder(encoder: ImageEncoder) -> ImageEncoder:
+    """The encoder whose CNN explains and locates matches: the inner one of a cleaned encoder.
+
+    Grad-CAM and region location look at the images as shown (uncleaned) on both sides of a match.
+    """
+    return encoder.inner if isinstance(encoder, CleanedEncoder) else encoder  # type: ignore[return-value]

@@ -19,6 +19,7 @@ from embeddings.explain import feature_box, grad_cam_of_features, similarity_map
 from imaging import load_image
 from imaging.overlay import encode_png, overlay_heatmap, side_by_side
 from indexer.archive import Archive
+from indexer.cleanup import model_encoder
 from indexer.prediction.heads import LinearHead
 from indexer.prediction.versions import latest_head
 from indexer.storage.stored import read_stored_if_present
@@ -208,7 +209,7 @@ class Explainer:
             raise ExplanationUnavailableError(str(exc)) from exc
 
     def _encoder(self) -> Encoder:
-        encoder = self.archive.encoder
+        encoder = model_encoder(self.archive.encoder)
         if not isinstance(encoder, Encoder):
             raise ExplanationUnavailableError(
                 f"the served encoder {encoder.name} has no spatial feature maps to explain matches with; "

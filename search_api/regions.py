@@ -13,6 +13,7 @@ from embeddings.encoder import Encoder
 from embeddings.regions import locate_region
 from imaging import DecodedImage, ImagingError, load_image
 from imaging.region import Box, check_box, crop
+from indexer.cleanup import model_encoder
 from indexer.errors import NotFoundError
 from indexer.storage.stored import UnreadableSourceUriError, load_stored_image, read_stored_if_present
 from search_api.exclusion import archived_patient, upload_patient
@@ -96,7 +97,7 @@ class RegionSearcher:
 
     def _located(self, response: SearchResponse, vector: npt.NDArray[np.float32]) -> SearchResponse:
         """Each hit with the box of it that best matches the region (when it can be computed)."""
-        encoder = self.searcher.archive.encoder
+        encoder = model_encoder(self.searcher.archive.encoder)
         if not isinstance(encoder, Encoder) or not response.hits:
             return response  # a model without spatial feature maps: the hits carry no box
         catalog = self.searcher.archive.catalog

@@ -94,3 +94,12 @@ def test_the_ray_embedding_actor_applies_the_archive_clean_up() -> None:
     assert actor.encoder.name == "test-thumbnail16+mask_text"
     with pytest.raises(IndexerError, match="install the same package"):
         EmbedRows(ThumbnailEncoder, "test-thumbnail16+mask_text")  # type: ignore[arg-type]  # no clean-up: refused
+
+
+def test_explanations_and_region_location_use_the_inner_cnn() -> None:
+    from indexer.cleanup import model_encoder, with_cleanup
+
+    inner = ThumbnailEncoder()
+    cleaned = with_cleanup(inner, ("crop_body",))  # type: ignore[arg-type]
+    assert cleaned is not inner and model_encoder(cleaned) is inner
+    assert model_encoder(inner) is inner  # type: ignore[arg-type]
