@@ -228,6 +228,15 @@ class SeriesHitOut(BaseModel):
     slices: int
     score: float = Field(description="MaxSim: mean over query slices of their best cosine in this series")
     pairs: list[SeriesPair]
+    diagnosis: list[str] = Field(default_factory=list, description="The diagnoses of the series' case")
+
+
+class SlicePreview(BaseModel):
+    """A small PNG of one sent slice (those in some hit's pairs), for showing pairs side by side."""
+
+    query_slice: int
+    name: str = Field(description="The sent file (or zip member) the slice came from")
+    png_base64: str = Field(description="PNG bytes, base64, longest side at most 256 pixels")
 
 
 class SeriesSearchResponse(BaseModel):
@@ -237,6 +246,13 @@ class SeriesSearchResponse(BaseModel):
     series_indexed: int
     hits: list[SeriesHitOut]
     took_ms: float
+    modality: str | None = Field(default=None, description="The sent slices' modality (DICOM only)")
+    prediction: Prediction = Field(
+        default_factory=Prediction,
+        description="The vote of the hit series' diagnoses (MaxSim scores as similarities), flagged "
+        "uncertain by the same rules as POST /search",
+    )
+    query_previews: list[SlicePreview] = Field(default_factory=list)
 
 
 class CaseImage(BaseModel):
