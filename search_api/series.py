@@ -1,28 +1,112 @@
-"""Series queries: every frame of the sent files embedded as slices, searched in two stages over stored series."""
+"""Series queries: every frame of the sent files (or zip members) embedded as slices, searched in two stages."""
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import numpy.typing as npt
 
-from imaging import iter_frames
-from indexer.vectors.series import SeriesIndex
-from search_api.schemas import SeriesHitOut, SeriesPair, SeriesSearchResponse
+from imaging import UnsupportedFormatError, count_frames, iter_frames, render_png, sniff_format
+from indexer.storage.archives import ArchiveSettings, UnsafeSourceError, iter_zip_members
+from indexer.storage.sources import safe_member_name
+from indexer.vectors.series import SeriesHit, SeriesIndex
+from search_api.predictions import calibrated_vote, flag_uncertain, vote
+from search_api.schemas import Prediction, SeriesHitOut, SeriesPair, SeriesSearchResponse, SlicePreview
 from search_api.searcher import Searcher
 
 log = logging.getLogger(__name__)
 
 MAX_SLICES = 500
+MAX_PAIRS = 20
 SHORTLIST = 200
+_BATCH = 32
+_PREVIEW_SIDE = 256
+# Zip members that are not slices and are skipped rather than refused (macOS and Windows debris, DICOMDIR).
+_SKIPPED = ("__MACOSX/", ".DS_Store", "Thumbs.db", "DICOMDIR")
 
 
 class InvalidSeriesError(ValueError):
     """A series query that cannot be searched: too many slices, mixed modalities, or no frames."""
+
+
+class SeriesTooLargeError(InvalidSeriesError):
+    """A series query over a size budget: a zip bomb, a member or a whole zip that inflates too far."""
+
+
+@dataclass
+class _Query:
+    """The sent slices: their vectors (embedded a batch at a time), small previews, and where each came from."""
+
+    vectors: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    previews: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    modalities: set[str] = field(default_factory=set)
+
+
+def expand_zips(
+    files: Sequence[tuple[str, bytes]], max_members: int, max_total_bytes: int
+) -> Iterator[tuple[str, bytes]]:
+    """The sent files, each zip replaced by its DICOM members (in name order), read under the archive
+    inflation budgets (MEDCBIR_ARCHIVE_*), at most `max_members` members and `max_total_bytes` inflated."""
+    for name, data in files:
+        if not data.startswith(b"PK\x03\x04") or not zipfile.is_zipfile(io.BytesIO(data)):
+            yield name, data
+            continue
+        yield from _zip_members(name, data, max_members, max_total_bytes)
+
+
+def _zip_members(
+    name: str, data: bytes, max_members: int, max_total_bytes: int
+) -> Iterator[tuple[str, bytes]]:
+    with tempfile.TemporaryDirectory(prefix="medcbir-series-") as folder:
+        path = Path(folder) / "series.zip"
+        path.write_bytes(data)
+        members = list(iter_zip_members(path, ArchiveSettings().limits(), safe_member_name))
+        members = [m for m in members if not _skipped(m[1])]
+        if len(members) > max_members:
+            raise InvalidSeriesError(
+                f"zip {name!r} holds {len(members)} files: more than {max_members} slices in one series "
+                "query; send a subset (every n-th slice)"
+            )
+        total = 0
+        for _, member, reader, _ in sorted(members, key=lambda m: m[1]):
+            try:
+                content = reader()
+            except UnsafeSourceError as exc:
+                raise SeriesTooLargeError(f"zip {name!r}: {exc}") from None
+            except OSError as exc:
+                raise InvalidSeriesError(f"zip {name!r}: {exc}; send an intact zip") from None
+            total += len(content)
+            if total > max_total_bytes:
+                raise SeriesTooLargeError(
+                    f"zip {name!r} inflates past {max_total_bytes:,} bytes (the upload limit, "
+                    "MEDCBIR_API_MAX_UPLOAD_BYTES): send fewer slices"
+                )
+            try:
+                is_dicom = sniff_format(content) == "dicom"
+            except UnsupportedFormatError:
+                is_dicom = False
+            if not is_dicom:
+                raise UnsupportedFormatError(
+                    f"zip {name!r} member {member!r} is not a DICOM file; a zipped series holds DICOM "
+                    "slices only (send PNG or JPEG slices as separate files)"
+                )
+            yield f"{name}/{member}", content
+
+
+def _skipped(member: str) -> bool:
+    path = PurePosixPath(member)
+    return member.startswith(_SKIPPED[0]) or path.name in _SKIPPED[1:] or path.name.startswith("._")
 
 
 class SeriesSearcher:
@@ -36,35 +120,80 @@ class SeriesSearcher:
         self._keys: list[str] = []
 
     def search(
-        self, files: Sequence[bytes], k: int = 10, max_slices: int | None = None
+        self,
+        files: Sequence[bytes | tuple[str, bytes]],
+        k: int = 10,
+        max_slices: int | None = None,
+        *,
+        pairs: int = 3,
+        max_total_bytes: int = 256 * 1024 * 1024,
     ) -> SeriesSearchResponse:
-        """The k stored series most like the sent slices (several files, or one multi-frame file);
-        at most `max_slices` (default MAX_SLICES) slices, all of one modality."""
+        """The k stored series most like the sent slices (several files, one multi-frame DICOM, or a zip
+        of DICOM files), each with its `pairs` best slice pairs, and the vote of their diagnoses; at most
+        `max_slices` (default MAX_SLICES) slices, all of one modality."""
         start = time.perf_counter()
         max_slices = max_slices or MAX_SLICES
-        frames, modalities = [], set()
-        for data in files:
-            for frame in iter_frames(data, max_pixels=self.searcher.max_pixels):
-                frames.append(frame.pixels)
-                if frame.metadata.modality:
-                    modalities.add(frame.metadata.modality)
-                if len(frames) > max_slices:
-                    raise InvalidSeriesError(
-                        f"more than {max_slices} slices in one series query; send a subset (every n-th slice)"
-                    )
-        if not frames:
-            raise InvalidSeriesError("no image frames in the sent files; send DICOM, PNG or JPEG slices")
-        if len(modalities) > 1:
-            raise InvalidSeriesError(
-                f"the slices mix modalities ({', '.join(sorted(modalities))}); send one series at a time"
-            )
-        encoder = self.searcher.archive.encoder
-        query = np.concatenate([encoder.embed(frames[i : i + 32]) for i in range(0, len(frames), 32)])
+        named = [f if isinstance(f, tuple) else (f"file {i + 1}", f) for i, f in enumerate(files)]
+        query = self._embed(expand_zips(named, max_slices, max_total_bytes), max_slices)
+        vectors = np.concatenate(query.vectors)
         index, members, cases = self._index()
-        hits = index.search(query, k=k, shortlist=SHORTLIST, pairs=3)
+        found = index.search(vectors, k=k, shortlist=SHORTLIST, pairs=max(1, min(pairs, MAX_PAIRS)))
+        hits = self._hits(found, members, cases)
+        used = sorted({p.query_slice for h in hits for p in h.pairs})
+        return SeriesSearchResponse(
+            query_slices=len(vectors),
+            series_indexed=len(index),
+            hits=hits,
+            took_ms=(time.perf_counter() - start) * 1000.0,
+            modality=next(iter(query.modalities), None),
+            prediction=self._prediction(hits),
+            query_previews=[
+                SlicePreview(
+                    query_slice=i,
+                    name=query.names[i],
+                    png_base64=base64.b64encode(render_png(query.previews[i], _PREVIEW_SIDE)).decode(),
+                )
+                for i in used
+            ],
+        )
+
+    def _embed(self, files: Iterator[tuple[str, bytes]], max_slices: int) -> _Query:
+        """Decode and embed every frame a batch at a time (only small previews are kept), refusing a
+        query past `max_slices` (from the headers, before decoding) or one that mixes modalities."""
+        encoder, budget = self.searcher.archive.encoder, self.searcher.max_pixels
+        query, batch = _Query(), []
+        for name, data in files:
+            if len(query.names) + count_frames(data) > max_slices:
+                raise InvalidSeriesError(
+                    f"more than {max_slices} slices in one series query; send a subset (every n-th slice)"
+                )
+            for frame in iter_frames(data, max_pixels=budget):
+                if frame.metadata.modality:
+                    query.modalities.add(frame.metadata.modality)
+                if len(query.modalities) > 1:
+                    raise InvalidSeriesError(
+                        f"the slices mix modalities ({', '.join(sorted(query.modalities))}); "
+                        "send one series at a time"
+                    )
+                batch.append(frame.pixels)
+                query.names.append(name)
+                query.previews.append(_small(frame.pixels))
+                if len(batch) == _BATCH:
+                    query.vectors.append(encoder.embed(batch))
+                    batch = []
+        if batch:
+            query.vectors.append(encoder.embed(batch))
+        if not query.vectors:
+            raise InvalidSeriesError("no image frames in the sent files; send DICOM, PNG or JPEG slices")
+        return query
+
+    def _hits(self, found: list[SeriesHit], members: list[list[int]], cases: list[int]) -> list[SeriesHitOut]:
+        firsts = [members[hit.series_id][0] for hit in found]
+        rows = self.searcher.archive.catalog.images_by_ids(firsts)  # the diagnoses as they are now
         out = []
-        for rank, hit in enumerate(hits, start=1):
+        for rank, (hit, first) in enumerate(zip(found, firsts, strict=True), start=1):
             images = members[hit.series_id]
+            row = rows.get(first)
             out.append(
                 SeriesHitOut(
                     rank=rank,
@@ -75,14 +204,19 @@ class SeriesSearcher:
                     pairs=[
                         SeriesPair(query_slice=q, image_id=images[s], similarity=v) for q, s, v in hit.pairs
                     ],
+                    diagnosis=row.case.labels if row is not None else [],
                 )
             )
-        return SeriesSearchResponse(
-            query_slices=len(frames),
-            series_indexed=len(index),
-            hits=out,
-            took_ms=(time.perf_counter() - start) * 1000.0,
-        )
+        return out
+
+    def _prediction(self, hits: list[SeriesHitOut]) -> Prediction:
+        """The /search vote and uncertainty rules over the hit series: each votes its case's diagnoses
+        with its MaxSim score, and the best score is the query's top similarity for the OOD check."""
+        predictors = self.searcher.predictors()
+        neighbours = [(h.score, h.diagnosis) for h in hits]
+        knn = calibrated_vote(neighbours, predictors.vote) if predictors.vote else vote(neighbours)
+        top = hits[0].score if hits else None
+        return flag_uncertain(knn, top, predictors.ood_similarity, predictors.min_confidence)
 
     def _index(self) -> tuple[SeriesIndex, list[list[int]], list[int]]:
         archive = self.searcher.archive
@@ -113,3 +247,9 @@ class SeriesSearcher:
             self._built = (generation, index, members, cases)
             log.info("series index: %d series from %d images", len(keys), len(ids))
             return index, members, cases
+
+
+def _small(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """A slice cut down (by striding) to about _PREVIEW_SIDE pixels on its longest side, for its preview."""
+    step = max(1, -(-max(pixels.shape[:2]) // _PREVIEW_SIDE))
+    return np.ascontiguousarray(pixels[::step, ::step])
