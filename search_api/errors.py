@@ -35,7 +35,7 @@ from indexer.vectors.kinds import TooFewVectorsError
 from search_api.explanations import ExplanationUnavailableError, NoHeadError, UnknownLabelError
 from search_api.refine import InvalidFeedbackError
 from search_api.schemas import ErrorOut
-from search_api.series import InvalidSeriesError
+from search_api.series import InvalidSeriesError, SeriesTooLargeError
 from search_api.windows import InvalidWindowError
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     InvalidFeedbackError: 422,
     InvalidBoxError: 422,
     InvalidSeriesError: 422,
+    SeriesTooLargeError: 413,
 }
 
 # The error answers every route may give, for the OpenAPI document.
