@@ -9,15 +9,17 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.prediction.heads import LinearHead
+from indexer.prediction.ood import GLOBAL_OOD_SIMILARITY, ArchiveOod
 from indexer.prediction.vote import LabelVote, vote_labels
 from indexer.prediction.vote_fit import VoteCalibrationFile
 from search_api.schemas import LabelScore, Prediction
 
-# Without a `medcbir train-head` calibration: a query whose best cosine similarity to the archive is
-# below this is out of distribution (ImageNet-pretrained EfficientNet features: unrelated photographs and
-# noise reach ~0.2-0.3 against medical archives, near-duplicates > 0.9), and a top share below
-# DEFAULT_MIN_CONFIDENCE is low confidence. A calibration replaces both with values fitted on the archive.
-DEFAULT_OOD_SIMILARITY = 0.5
+# Without a `medcbir train-head` calibration and before the archive holds enough images for its own
+# threshold (`indexer.prediction.ood`): a query whose best cosine similarity to the archive is below this
+# is out of distribution (ImageNet-pretrained EfficientNet features: unrelated photographs and noise reach
+# ~0.2-0.3 against medical archives, near-duplicates > 0.9), and a top share below DEFAULT_MIN_CONFIDENCE
+# is low confidence. A calibration replaces both with values fitted on the archive.
+DEFAULT_OOD_SIMILARITY = GLOBAL_OOD_SIMILARITY
 DEFAULT_MIN_CONFIDENCE = 0.5
 
 
@@ -83,7 +85,11 @@ def head_prediction(head: LinearHead, vector: npt.NDArray[np.float32]) -> Predic
 
 
 def flag_uncertain(
-    prediction: Prediction, top_similarity: float | None, ood_similarity: float, min_confidence: float
+    prediction: Prediction,
+    top_similarity: float | None,
+    ood_similarity: float,
+    min_confidence: float,
+    ood_source: str | None = None,
 ) -> Prediction:
     """The prediction marked uncertain, with the reason, when it is out of distribution or low-confidence.
 
@@ -95,6 +101,8 @@ def flag_uncertain(
         reason = "out_of_distribution: the index is empty"
     elif top_similarity < ood_similarity:
         reason = f"out_of_distribution: top similarity {top_similarity:.2f} < {ood_similarity:.2f}"
+        if ood_source:
+            reason += f" ({ood_source})"
     elif prediction.label is None:
         reason = "no_labeled_neighbours"
     elif prediction.confidence < min_confidence:
@@ -110,11 +118,21 @@ class Predictors:
 
     head: LinearHead | None = None
     vote: VoteCalibrationFile | None = None
+    archive_ood: ArchiveOod | None = None  # fitted on the stored images, used without a vote calibration
 
     @property
     def ood_similarity(self) -> float:
-        """The calibrated OOD threshold, or DEFAULT_OOD_SIMILARITY."""
-        return self.vote.ood_similarity if self.vote else DEFAULT_OOD_SIMILARITY
+        """The calibrated OOD threshold, else the archive's own, else DEFAULT_OOD_SIMILARITY."""
+        if self.vote:
+            return self.vote.ood_similarity
+        return self.archive_ood.similarity if self.archive_ood else DEFAULT_OOD_SIMILARITY
+
+    @property
+    def ood_source(self) -> str:
+        """Where the OOD threshold comes from, in words."""
+        if self.vote:
+            return f"train-head calibration {self.vote.version}"
+        return self.archive_ood.describe() if self.archive_ood else "global default"
 
     @property
     def min_confidence(self) -> float:

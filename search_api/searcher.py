@@ -6,7 +6,7 @@ import base64
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from imaging import DecodedImage, load_image, render_png
 from indexer.archive import Archive
 from indexer.catalog import Image
 from indexer.errors import NotFoundError
+from indexer.prediction.ood import ArchiveOodCache
 from indexer.prediction.versions import heads_stamp, latest_head, latest_vote_calibration
 from indexer.storage.stored import (
     UnreadableSourceUriError,
@@ -82,6 +83,7 @@ class Searcher:
         self._predictors = Predictors()
         self._predictors_stamp = -1
         self._predictors_lock = threading.Lock()
+        self._archive_ood = ArchiveOodCache()
 
     def search(
         self,
@@ -319,7 +321,11 @@ class Searcher:
                     head.version if head else "none",
                     calibration.version if calibration else "none",
                 )
-            return self._predictors
+            predictors = self._predictors
+        if predictors.vote is None:  # no fitted threshold: the archive's own, measured on its stored images
+            archive_ood = self._archive_ood.get(self.archive, self.index_lock)
+            predictors = replace(predictors, archive_ood=archive_ood)
+        return predictors
 
     def _predictions(
         self, hits: list[Hit], vector: npt.NDArray[np.float32], top: float | None
@@ -327,11 +333,11 @@ class Searcher:
         predictors = self.predictors()
         neighbours = [(h.similarity, h.diagnosis) for h in hits]
         knn = calibrated_vote(neighbours, predictors.vote) if predictors.vote else vote(neighbours)
-        ood, floor = predictors.ood_similarity, predictors.min_confidence
+        ood, floor, source = predictors.ood_similarity, predictors.min_confidence, predictors.ood_source
         head = predictors.head
         return (
-            flag_uncertain(knn, top, ood, floor),
-            flag_uncertain(head_prediction(head, vector), top, ood, floor) if head else None,
+            flag_uncertain(knn, top, ood, floor, source),
+            flag_uncertain(head_prediction(head, vector), top, ood, floor, source) if head else None,
         )
 
     def _response(
