@@ -25,7 +25,7 @@ from search_api.access import check_route_access
 from search_api.errors import install_error_handlers
 from search_api.explanations import Explainer
 from search_api.log_redaction import install_log_redaction
-from search_api.routes import ROUTERS
+from search_api.routes import ROUTERS, pixels
 from search_api.searcher import Searcher
 from search_api.security import LoginLimiter, SecurityMiddleware, is_loopback
 from search_api.settings import ApiSettings
@@ -121,7 +121,7 @@ def create_app(
         )
     if limits.trusted_proxies:  # outermost: the client every other layer sees is the resolved one
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=limits.trusted_proxies)
-    for router in ROUTERS:
+    for router in [*ROUTERS, pixels.router]:
         app.include_router(router)
     install_error_handlers(app)
     check_route_access(app)
