@@ -177,10 +177,13 @@ class ApiClient:
             form["patient_ref"] = patient_ref.strip()
         return self._parse(self._request("POST", "/search/refine", data=form), SearchResponse)
 
-    def search_series(self, files: list[tuple[str, bytes]], k: int = 10) -> SeriesSearchResponse:
-        """POST /search/series: the stored series most like these slices (files, or one multi-frame DICOM)."""
+    def search_series(
+        self, files: list[tuple[str, bytes]], k: int = 10, pairs: int = 3
+    ) -> SeriesSearchResponse:
+        """POST /search/series: the stored series most like these slices (files, a multi-frame DICOM, a zip)."""
         parts = [("files", (name or "slice", data, "application/octet-stream")) for name, data in files]
-        response = self._request("POST", "/search/series", data={"k": str(k)}, files=parts)
+        form = {"k": str(k), "pairs": str(pairs)}
+        response = self._request("POST", "/search/series", data=form, files=parts)
         return self._parse(response, SeriesSearchResponse)
 
     def render(self, data: bytes, filename: str, center: float, width: float, max_side: int = 512) -> bytes:
