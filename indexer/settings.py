@@ -34,6 +34,23 @@ class IndexerSettings(BaseSettings):
         "(comma-separated) or empty; part of the encoder's identity (see indexer.cleanup)",
     )
 
+    # -- the index --------------------------------------------------------------------------
+    index_postprocess: str | None = Field(
+        default=None,
+        description="Label-free post-processing the index is built with (MEDCBIR_INDEX_POSTPROCESS): none, "
+        "or steps from pcaw, dba, aqe, rerank joined by '+' (see indexer.vectors.index_postprocess); "
+        "unset: `rebuild-index` keeps what the saved index serves",
+    )
+
+    @field_validator("index_postprocess")
+    @classmethod
+    def _known_postprocess(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from indexer.vectors.index_postprocess import parse_postprocess
+
+        return str(parse_postprocess(value))
+
     @field_validator("image_cleanup")
     @classmethod
     def _known_cleanup(cls, value: str) -> str:

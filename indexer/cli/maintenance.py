@@ -10,6 +10,7 @@ import typer
 from indexer.cli.options import Checkpoint, DataDir, Encoder, settings_from
 from indexer.cli.runtime import fail, opened_catalog, opened_engine, setup_logging
 from indexer.errors import IndexerError
+from indexer.settings import IndexerSettings
 
 
 def stats(data_dir: DataDir = None) -> None:
@@ -24,6 +25,8 @@ def stats(data_dir: DataDir = None) -> None:
     for name, count in sorted(s.images_by_encoder.items()):
         typer.echo(f"encoder:       {name}: {count} vectors")
     typer.echo(f"backend:       {backend_summary()}")
+    for line in index_summaries(settings):
+        typer.echo(f"index:         {line}")
     for modality, count in sorted(s.images_by_modality.items()):
         typer.echo(f"modality:      {modality}: {count}")
     for label, count in list(s.labels.items())[:20]:
@@ -89,35 +92,88 @@ def rebuild_index(
     memory_budget_gib: Annotated[
         float | None, typer.Option(help="Memory budget for auto [default: half the RAM]")
     ] = None,
+    postprocess: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SPEC",
+            help="Label-free post-processing fitted on the stored embeddings: none, or pcaw, dba, aqe, "
+            "rerank joined by '+' (e.g. pcaw:power=0.25,shrink=0.1+dba:n=3) "
+            "[default: MEDCBIR_INDEX_POSTPROCESS, else what the saved index serves, else none]",
+        ),
+    ] = None,
 ) -> None:
-    """Rebuild the FAISS index from the embeddings stored in the catalog (no re-encoding)."""
+    """Rebuild the FAISS index from the embeddings stored in the catalog (no re-encoding).
+
+    A post-processing is refitted on the catalog's current embeddings (the database only).
+    """
     setup_logging()
     from embeddings import create_encoder
     from indexer.archive import index_path
     from indexer.vectors.index import VectorIndex
+    from indexer.vectors.index_postprocess import parse_postprocess
     from indexer.vectors.kinds import spec_for_kind
+    from indexer.vectors.persistence import saved_postprocess
     from indexer.vectors.sync import save_in_step
 
     settings = settings_from(data_dir, encoder, checkpoint)
     enc = create_encoder(settings.encoder, checkpoint=settings.checkpoint)
     budget = int(memory_budget_gib * 2**30) if memory_budget_gib else None
+    path = index_path(settings, enc)
+    asked = postprocess or settings.index_postprocess or saved_postprocess(path) or "none"
     with opened_catalog(settings) as catalog:
         try:
+            post = str(parse_postprocess(asked))
             spec = None
             if kind != "auto":
                 spec = spec_for_kind(kind, int(catalog.image_ids_where(encoder=enc.name).size), enc.dim)
             generation = catalog.generation()  # the build reads rows at least this new
             vindex = VectorIndex.build_from_catalog(
-                catalog, encoder=enc.name, dim=enc.dim, spec=spec, memory_budget_bytes=budget
+                catalog,
+                encoder=enc.name,
+                dim=enc.dim,
+                spec=spec,
+                memory_budget_bytes=budget,
+                postprocess=post,
             )
         except ValueError as exc:
             raise fail(str(exc)) from exc
         vindex.generation = generation
         # under the writer lock, caught up with rows written during the build (never older than disk)
-        save_in_step(lambda: vindex, catalog, threading.RLock(), index_path(settings, enc))
+        save_in_step(lambda: vindex, catalog, threading.RLock(), path)
     tuning = vindex.tuning
     detail = f", {tuning.param}={tuning.value}, recall@10 {tuning.recall_at_10:.3f}" if tuning.param else ""
     typer.echo(f"rebuilt: {len(vindex)} vectors ({vindex.kind}{detail})")
+    typer.echo(f"postprocess: {postprocess_summary(vindex.describe()['postprocess'])}")
+
+
+def postprocess_summary(described: dict[str, object]) -> str:
+    """One line for a served post-processing: SPEC, version and the rows it was fitted on."""
+    if described.get("spec", "none") == "none":
+        return "none"
+    return f"{described['spec']} (version {described['version']}, fitted on {described['fitted_rows']} rows)"
+
+
+def index_summaries(settings: IndexerSettings) -> list[str]:
+    """Each saved index's encoder, kind, size and post-processing, read from its sidecar (nothing loaded)."""
+    import json
+
+    lines = []
+    for sidecar in sorted((settings.data_dir / "index").glob("*.faiss.json")):
+        try:
+            meta = json.loads(sidecar.read_text())
+            post = meta.get("postprocess") or {"spec": "none"}
+            line = (
+                f"{meta['encoder']}: {meta.get('spec', {}).get('kind', 'flat')}, {meta['count']} vectors, "
+                f"postprocess {postprocess_summary(post)}"
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            lines.append(f"{sidecar.name}: unreadable ({type(exc).__name__}); run `medcbir rebuild-index`")
+            continue
+        wanted = settings.index_postprocess
+        if wanted is not None and wanted != post.get("spec", "none"):
+            line += f" (MEDCBIR_INDEX_POSTPROCESS asks {wanted}: run `medcbir rebuild-index`)"
+        lines.append(line)
+    return lines or ["none saved yet"]
 
 
 def list_encoders() -> None:

@@ -11,8 +11,9 @@ import numpy.typing as npt
 
 from indexer.errors import IndexCorruptError
 from indexer.vectors.index import VectorIndex
-from indexer.vectors.kinds import IndexSpec, choose_index_kind, default_memory_budget
-from indexer.vectors.persistence import saved_spec
+from indexer.vectors.index_postprocess import FittedPostprocess, fit_postprocess, parse_postprocess
+from indexer.vectors.kinds import IndexSpec, choose_index_kind, default_memory_budget, spec_for_kind
+from indexer.vectors.persistence import saved_postprocess, saved_spec
 from indexer.vectors.store import VectorSource, in_memory_vector_lookup, source_lookup
 from indexer.vectors.tuning import RECALL_K, TARGET_RECALL, TUNING_QUERIES, exact_topk
 
@@ -28,15 +29,30 @@ def build_from_arrays(
     memory_budget_bytes: int | None = None,
     target_recall: float = TARGET_RECALL,
     seed: int = 0,
+    postprocess: str | None = None,
 ) -> VectorIndex:
-    """Build an index of the chosen (or given) kind over in-memory vectors: train, add, tune."""
+    """Build an index of the chosen (or given) kind over in-memory vectors: train, add, tune.
+
+    `postprocess` (a SPEC) is fitted on these vectors (the database) and the index holds their
+    post-processed form; raw vectors added or searched later go through the fitted state.
+    """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     n, dim = vectors.shape
+    fitted: FittedPostprocess | None = None
+    parsed = parse_postprocess(postprocess)
+    if not parsed.none:
+        fitted, ids, vectors = fit_postprocess(parsed, ids, vectors)
+        if spec is not None and spec.dim != fitted.output_dim:
+            spec = spec_for_kind(spec.kind, n, fitted.output_dim, spec.reason)
+        _check_kind(fitted, spec)
+    stored_dim = vectors.shape[1]
     budget = memory_budget_bytes or default_memory_budget()
-    spec = spec or choose_index_kind(n, dim, budget)
+    spec = spec or choose_index_kind(n, stored_dim, budget)
+    if fitted is not None:
+        _check_kind(fitted, spec)
     rng = np.random.default_rng(seed)
-    index = VectorIndex(dim, encoder, spec=spec)
+    index = VectorIndex(dim, encoder, spec=spec, postprocess=fitted)
     if spec.kind == "ivf_pq":
         index.vector_lookup = in_memory_vector_lookup(ids, vectors)
     if spec.needs_training:
@@ -50,15 +66,23 @@ def build_from_arrays(
     rest = np.flatnonzero(~held_out)
     for start in range(0, len(rest), 100_000):
         part = rest[start : start + 100_000]
-        index.add(ids[part], vectors[part])
+        index.add_stored(ids[part], vectors[part])
     if held_out.any():
         chunks = (
             (ids[rest[i : i + 100_000]], vectors[rest[i : i + 100_000]]) for i in range(0, len(rest), 100_000)
         )
         truth = exact_topk(vectors[held_out], chunks, RECALL_K)
         index.tune(vectors[held_out], truth, target_recall)
-        index.add(ids[held_out], vectors[held_out])
+        index.add_stored(ids[held_out], vectors[held_out])
     return index
+
+
+def _check_kind(fitted: FittedPostprocess, spec: IndexSpec | None) -> None:
+    if spec is not None and not fitted.pointwise and spec.kind in ("ivf_sq8", "ivf_pq"):
+        raise ValueError(
+            f"post-processing {fitted.spec} (dba) needs an index kind that stores full vectors "
+            f"(flat, hnsw or ivf_flat), not {spec.kind}; raise the memory budget or drop dba"
+        )
 
 
 def build_from_source(
@@ -70,11 +94,31 @@ def build_from_source(
     memory_budget_bytes: int | None = None,
     target_recall: float = TARGET_RECALL,
     seed: int = 0,
+    postprocess: str | None = None,
 ) -> VectorIndex:
     """Rebuild from the stored embeddings (the catalog's: no image is re-encoded), in the chosen kind.
 
-    Vectors are streamed: only the training sample and the tuning queries are held in memory.
+    Vectors are streamed: only the training sample and the tuning queries are held in memory. With a
+    `postprocess` SPEC every stored vector is read into memory once, the SPEC is fitted on them (the
+    database only) and the index is built over the post-processed rows.
     """
+    if not parse_postprocess(postprocess).none:
+        chunks = list(source.embeddings(encoder))
+        ids = np.concatenate([c[0] for c in chunks]) if chunks else np.empty(0, np.int64)
+        vectors = np.concatenate([c[1] for c in chunks]) if chunks else np.empty((0, dim), np.float32)
+        index = build_from_arrays(
+            ids,
+            vectors,
+            encoder=encoder,
+            spec=spec,
+            memory_budget_bytes=memory_budget_bytes,
+            target_recall=target_recall,
+            seed=seed,
+            postprocess=postprocess,
+        )
+        if index.kind != "ivf_pq":  # ivf_pq keeps the build's in-memory stored vectors for tuning
+            index.use_source(source)
+        return index
     all_ids = source.image_ids_where(encoder=encoder)
     spec = spec or choose_index_kind(len(all_ids), dim, memory_budget_bytes or default_memory_budget())
     index = VectorIndex(dim, encoder, spec=spec)
@@ -118,7 +162,7 @@ def open_index(path: Path, source: VectorSource, *, encoder: str, dim: int) -> V
         log.warning("REBUILDING vector index from the catalog: %s", exc)
         previous = saved_spec(path)
     else:
-        index.vector_lookup = source_lookup(source, encoder, dim)
+        index.use_source(source)
         stored = source.image_ids_where(encoder=encoder)
         if np.array_equal(np.sort(index.ids()), np.sort(stored)):
             return index
@@ -129,9 +173,19 @@ def open_index(path: Path, source: VectorSource, *, encoder: str, dim: int) -> V
             encoder,
         )
         previous = index.spec
-    # Keep the kind the archive had (an operator may have chosen it); a flat one is re-chosen.
+    # Keep the kind the archive had (an operator may have chosen it); a flat one is re-chosen. The
+    # post-processing it served is refitted on the catalog's rows (plain, loudly, when it cannot be).
     spec = previous if previous is not None and not previous.exact else None
-    index = build_from_source(source, encoder=encoder, dim=dim, spec=spec)
+    post = saved_postprocess(path)
+    if spec is not None and post not in (None, "none"):
+        spec = None  # the recorded spec is of the post-processed dimension: re-chosen
+    try:
+        index = build_from_source(source, encoder=encoder, dim=dim, spec=spec, postprocess=post)
+    except ValueError as exc:
+        log.warning(
+            "the index's post-processing %s cannot be refitted (%s): serving plain vectors", post, exc
+        )
+        index = build_from_source(source, encoder=encoder, dim=dim, spec=spec)
     index.save(path)
     log.warning("vector index rebuilt from the catalog: %d vectors (%s)", len(index), index.kind)
     return index

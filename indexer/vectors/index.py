@@ -14,9 +14,10 @@ import numpy.typing as npt
 
 from indexer.errors import IndexCorruptError
 from indexer.vectors.faiss_index import gpu_available, new_index, set_search_param, stored_ids, to_gpu
+from indexer.vectors.index_postprocess import RERANK_SHORTLIST, FittedPostprocess
 from indexer.vectors.kinds import IndexSpec, spec_for_kind
 from indexer.vectors.persistence import read_index, write_index
-from indexer.vectors.store import VectorLookup, VectorSource
+from indexer.vectors.store import VectorLookup, VectorSource, source_lookup
 from indexer.vectors.tuning import (
     EXACT_TUNING,
     RECALL_K,
@@ -47,6 +48,9 @@ class VectorIndex:
 
     The kind (flat, HNSW, IVF-Flat/SQ8/PQ) comes from `choose_index_kind`; approximate kinds are tuned
     so recall@10 against exact search is at least 0.95 and the tuning travels with the saved index.
+    With a fitted `postprocess` (index_postprocess.py) the index stores and searches post-processed
+    vectors: `add` and `search` take raw encoder vectors (`dim`) and apply it; `add_stored` and the
+    spec's dimension are those of the stored space.
     """
 
     def __init__(
@@ -58,13 +62,22 @@ class VectorIndex:
         spec: IndexSpec | None = None,
         tuning: Tuning | None = None,
         use_gpu: bool | None = None,
+        postprocess: FittedPostprocess | None = None,
     ) -> None:
-        self.dim = dim
+        self.dim = dim  # the encoder's (raw) dimension: what add and search take
         self.encoder = encoder
-        self.spec = spec or spec_for_kind("flat", 0, dim)
+        self.postprocess = postprocess
+        if postprocess is not None and postprocess.input_dim != dim:
+            raise IndexCorruptError(
+                f"post-processing fitted on dimension {postprocess.input_dim} != encoder dimension {dim}"
+            )
+        self.stored_dim = postprocess.output_dim if postprocess is not None else dim
+        self.spec = spec or spec_for_kind("flat", 0, self.stored_dim)
         self._index = index if index is not None else new_index(self.spec)
-        if self._index.d != dim:
-            raise IndexCorruptError(f"index dimension {self._index.d} != encoder dimension {dim}")
+        if self._index.d != self.stored_dim:
+            raise IndexCorruptError(
+                f"index dimension {self._index.d} != expected dimension {self.stored_dim}"
+            )
         self.tuning = tuning or EXACT_TUNING
         self._apply_tuning()
         self.vector_lookup: VectorLookup | None = None  # exact stored vectors (the catalog), when known
@@ -92,15 +105,60 @@ class VectorIndex:
     # -- writes --------------------------------------------------------------------------------
 
     def add(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
-        """Add vectors under their catalog ids."""
+        """Add raw encoder vectors under their catalog ids (post-processed with the fitted state, never refitted)."""
         if len(ids) == 0:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim or vectors.shape[0] != len(ids):
             raise ValueError(f"expected ({len(ids)}, {self.dim}) vectors, got {vectors.shape}")
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        post = self.postprocess
+        if post is None:
+            self.add_stored(ids, vectors)
+            return
+        stored = post.augment_new(post.project(vectors), self._stored_neighbours)
+        self.add_stored(ids, stored)
+        if post.spec.has("rerank"):  # the new rows' own neighbour lists; older rows keep theirs
+            found = self._search_stored(stored, int(post.spec.get("rerank", "k")), None)
+            post.remember_neighbours(ids, _id_table([r.ids for r in found]))
+
+    def add_stored(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
+        """Add vectors already in the stored space (a build's post-processed rows) under their ids."""
+        if len(ids) == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.stored_dim or vectors.shape[0] != len(ids):
+            raise ValueError(f"expected ({len(ids)}, {self.stored_dim}) stored vectors, got {vectors.shape}")
         self._make_writable()
         self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
         self._changed()
+
+    def use_source(self, source: VectorSource) -> None:
+        """Take exact stored-space vectors from the catalog's raw ones (through a pointwise post-processing).
+
+        A DBA'd row is not a function of its raw vector alone: such an index re-scores with its own
+        codes (exact for flat, HNSW and IVF-Flat).
+        """
+        raw = source_lookup(source, self.encoder, self.dim)
+        post = self.postprocess
+        if post is None:
+            self.vector_lookup = raw
+        elif post.pointwise:
+            self.vector_lookup = lambda ids: post.project(raw(ids))
+        else:
+            self.vector_lookup = None
+
+    def _stored_neighbours(
+        self, stored: npt.NDArray[np.float32], n: int, allowed: npt.NDArray[np.int64] | None = None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Each row's n nearest stored ids (-1 past the end) and their stored vectors (zeros there)."""
+        found = self._search_stored(stored, n, allowed)
+        ids = _id_table([r.ids for r in found], n)
+        vectors = np.zeros((*ids.shape, self.stored_dim), dtype=np.float32)
+        valid = ids >= 0
+        if valid.any():
+            vectors[valid] = self._exact_vectors(ids[valid])
+        return ids, vectors
 
     def remove(self, ids: npt.NDArray[np.int64]) -> int:
         """Remove ids; returns how many were present."""
@@ -144,7 +202,31 @@ class VectorIndex:
     def search(
         self, queries: npt.NDArray[np.float32], k: int, allowed_ids: npt.NDArray[np.int64] | None = None
     ) -> list[SearchResult]:
-        """The k nearest stored vectors of each query, optionally only among allowed ids."""
+        """The k nearest stored vectors of each raw query vector, optionally only among allowed ids.
+
+        With a post-processing the query is projected (pcaw), expanded over its nearest allowed stored
+        vectors (aqe) and its candidates re-scored (rerank); similarities are then those of that space.
+        """
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        post = self.postprocess
+        if post is None or len(self) == 0:
+            return self._search_stored(queries, k, allowed_ids)
+        stored = post.project(queries)
+        stored = post.expand_queries(stored, lambda q, n: self._stored_neighbours(q, n, allowed_ids))
+        if not post.spec.has("rerank"):
+            return self._search_stored(stored, k, allowed_ids)
+        shortlist = max(k, RERANK_SHORTLIST, int(post.spec.get("rerank", "k")))
+        results = []
+        for found in self._search_stored(stored, shortlist, allowed_ids):
+            scores = post.rerank(found.ids, found.similarities)
+            order = np.argsort(-scores, kind="stable")[:k]
+            results.append(SearchResult(found.ids[order], scores[order]))
+        return results
+
+    def _search_stored(
+        self, queries: npt.NDArray[np.float32], k: int, allowed_ids: npt.NDArray[np.int64] | None = None
+    ) -> list[SearchResult]:
+        """The k nearest stored vectors of each stored-space query, optionally only among allowed ids."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(k, len(self)))
         if len(self) == 0 or (allowed_ids is not None and len(allowed_ids) == 0):
@@ -241,7 +323,7 @@ class VectorIndex:
         return self._reconstruct(ids)
 
     def _reconstruct(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        out = np.empty((len(ids), self.stored_dim), dtype=np.float32)
         for i, vid in enumerate(ids):
             out[i] = self._index.reconstruct(int(vid))
         return out
@@ -340,6 +422,7 @@ class VectorIndex:
             spec=self.spec,
             tuning=self.tuning,
             generation=self.generation,
+            postprocess=self.postprocess,
         )
 
     @classmethod
@@ -349,7 +432,9 @@ class VectorIndex:
         mmap=None memory-maps indexes of at least 1 GiB (read-only until the first write).
         """
         saved = read_index(path, encoder=encoder, dim=dim, mmap=mmap)
-        loaded = cls(dim, encoder, saved.index, spec=saved.spec, tuning=saved.tuning)
+        loaded = cls(
+            dim, encoder, saved.index, spec=saved.spec, tuning=saved.tuning, postprocess=saved.postprocess
+        )
         loaded.generation = saved.generation
         if saved.memory_mapped:
             loaded._mmap_path = path
@@ -366,8 +451,12 @@ class VectorIndex:
         memory_budget_bytes: int | None = None,
         target_recall: float = TARGET_RECALL,
         seed: int = 0,
+        postprocess: str | None = None,
     ) -> VectorIndex:
-        """Rebuild from the stored embeddings (the catalog's: no image is re-encoded), in the chosen kind."""
+        """Rebuild from the stored embeddings (the catalog's: no image is re-encoded), in the chosen kind.
+
+        `postprocess` is a SPEC (index_postprocess.py) refitted on those embeddings; None or 'none': plain.
+        """
         from indexer.vectors.build import build_from_source  # build.py builds on this class
 
         return build_from_source(
@@ -378,6 +467,7 @@ class VectorIndex:
             memory_budget_bytes=memory_budget_bytes,
             target_recall=target_recall,
             seed=seed,
+            postprocess=postprocess,
         )
 
     @classmethod
@@ -396,7 +486,17 @@ class VectorIndex:
             "tuning": self.tuning.to_dict(),
             "memory_mapped": self._mmap_path is not None,
             "gpu": self._use_gpu and gpu_available() and self.kind != "hnsw",
+            "postprocess": self.postprocess.describe() if self.postprocess else {"spec": "none"},
         }
+
+
+def _id_table(rows: list[npt.NDArray[np.int64]], width: int | None = None) -> npt.NDArray[np.int64]:
+    """Ragged id rows as one (Q, width) table, -1 past each row's end."""
+    width = max((len(r) for r in rows), default=0) if width is None else width
+    table = np.full((len(rows), width), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        table[i, : min(len(row), width)] = row[:width]
+    return table
 
 
 def _results(sims: np.ndarray, ids: np.ndarray) -> list[SearchResult]:

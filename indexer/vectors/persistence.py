@@ -1,4 +1,4 @@
-"""Saving and loading a FAISS index: atomic writes, the JSON sidecar (kind, tuning, checksum, generation), the file lock."""
+"""Saving and loading a FAISS index: atomic writes, the JSON sidecar (kind, tuning, checksums, post-processing), the lock."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from indexer.errors import IndexCorruptError
+from indexer.vectors.index_postprocess import FittedPostprocess
 from indexer.vectors.kinds import IndexSpec, spec_for_kind
 from indexer.vectors.tuning import Tuning
 
@@ -33,22 +34,38 @@ class LoadedIndex:
     tuning: Tuning
     memory_mapped: bool
     generation: int  # the catalog generation the index was in step with when saved (-1: unknown)
+    postprocess: FittedPostprocess | None = None  # the fitted post-processing the index serves
 
 
 def write_index(
-    path: Path, index: faiss.Index, *, encoder: str, spec: IndexSpec, tuning: Tuning, generation: int = -1
+    path: Path,
+    index: faiss.Index,
+    *,
+    encoder: str,
+    spec: IndexSpec,
+    tuning: Tuning,
+    generation: int = -1,
+    postprocess: FittedPostprocess | None = None,
 ) -> None:
-    """Write the index, then its sidecar (encoder, dim, count, checksum, kind, tuning, generation), atomically."""
+    """Write the post-processing state, the index, then its sidecar (encoder, dims, count, checksums,
+    kind, tuning, generation, post-processing SPEC and version), each atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = faiss.serialize_index(index).tobytes()
+    post_meta: dict[str, Any] = {"spec": "none"}
+    if postprocess is not None:
+        state = postprocess.to_bytes()
+        post_meta = postprocess.meta(state)
+        atomic_write(postprocess_path(path), state)
     meta = {
         "encoder": encoder,
         "dim": int(index.d),
+        "input_dim": postprocess.input_dim if postprocess is not None else int(index.d),
         "count": int(index.ntotal),
         "sha256": hashlib.sha256(blob).hexdigest(),
         "spec": spec.to_dict(),
         "tuning": tuning.to_dict(),
         "generation": int(generation),
+        "postprocess": post_meta,
     }
     atomic_write(path, blob)
     atomic_write(meta_path(path), json.dumps(meta, indent=1).encode())
@@ -71,10 +88,17 @@ def read_index(path: Path, *, encoder: str, dim: int, mmap: bool | None = None) 
         raise IndexCorruptError(f"cannot read index {path} or its sidecar {sidecar.name}: {exc}") from exc
     if digest != meta.get("sha256"):
         raise IndexCorruptError(f"index {path} fails its checksum (truncated or modified)")
-    if meta.get("encoder") != encoder or meta.get("dim") != dim:
+    input_dim = meta.get("input_dim", meta.get("dim"))
+    if meta.get("encoder") != encoder or input_dim != dim:
         raise IndexCorruptError(
-            f"index {path} was built by {meta.get('encoder')} (dim {meta.get('dim')}), not {encoder} (dim {dim})"
+            f"index {path} was built by {meta.get('encoder')} (dim {input_dim}), not {encoder} (dim {dim})"
         )
+    try:
+        postprocess = _read_postprocess(path, meta.get("postprocess") or {"spec": "none"})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise IndexCorruptError(
+            f"cannot read the post-processing state of index {path} ({postprocess_path(path).name}): {exc}"
+        ) from exc
     try:
         spec = IndexSpec.from_dict(meta["spec"]) if "spec" in meta else spec_for_kind("flat", 0, dim)
         tuning = Tuning.from_dict(meta.get("tuning") or {})
@@ -88,7 +112,26 @@ def read_index(path: Path, *, encoder: str, dim: int, mmap: bool | None = None) 
         generation = int(meta.get("generation", -1))
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise IndexCorruptError(f"cannot read index {path} (its sidecar {sidecar.name}): {exc}") from exc
-    return LoadedIndex(index, spec, tuning, use_mmap, generation)
+    return LoadedIndex(index, spec, tuning, use_mmap, generation, postprocess)
+
+
+def _read_postprocess(path: Path, meta: dict[str, Any]) -> FittedPostprocess | None:
+    if str(meta.get("spec", "none")) == "none":
+        return None
+    return FittedPostprocess.from_saved(meta, postprocess_path(path).read_bytes())
+
+
+def saved_postprocess(path: Path) -> str | None:
+    """The post-processing SPEC recorded beside a saved index (even one that fails its checksum), or None."""
+    try:
+        return str(_sidecar(meta_path(path))["postprocess"]["spec"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def postprocess_path(path: Path) -> Path:
+    """The fitted post-processing state: the index file's name plus `.postprocess.npz`."""
+    return path.with_name(path.name + ".postprocess.npz")
 
 
 def _sidecar(sidecar: Path) -> dict[str, Any]:
