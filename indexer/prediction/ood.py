@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 # against every archive measured (README, Predictions); an archive whose own images are isolated (a low
 # quantile) must not lower it below that.
 GLOBAL_OOD_SIMILARITY = 0.5
-# Fewer stored images than this (of at least two patients) give no archive threshold: the global default stays.
-MIN_ARCHIVE_IMAGES = 20
+# Fewer stored images than this (of at least two patients) give no archive threshold: the global default
+# stays. Below ~100 the 1% quantile is just the minimum of a few values, too noisy to serve.
+MIN_ARCHIVE_IMAGES = 100
 # Stored images sampled as queries; their neighbours are searched among the whole index.
 MAX_QUERIES = 256
 # Neighbours fetched per query to find the first one of another patient.

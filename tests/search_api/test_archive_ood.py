@@ -40,7 +40,7 @@ def _exact_search(vectors: npt.NDArray[np.float32], ids: npt.NDArray[np.int64]):
 def test_fit_ignores_the_same_patients_copies_and_takes_the_low_quantile() -> None:
     rng = np.random.default_rng(0)
     centre = rng.normal(size=64)
-    patients = 40
+    patients = 60
     base = _unit(centre + rng.normal(scale=1.0, size=(patients, 64)))  # other patients: cos ~0.5
     twins = _unit(base + rng.normal(scale=0.02, size=base.shape))  # each patient's second image: cos ~1
     vectors = np.concatenate([base, twins])
@@ -89,12 +89,12 @@ def labeled(tmp_path_factory: pytest.TempPathFactory, real_encoder):  # type: ig
     from indexer.settings import IndexerSettings
 
     source = tmp_path_factory.mktemp("ood-archive")
-    manifest = build_labeled_archive(source, seed=5)
+    manifest = build_labeled_archive(source, patients_per_class=12, images_per_patient=3, seed=5)
     archive = Archive.open(IndexerSettings(data_dir=tmp_path_factory.mktemp("ood-data")), encoder=real_encoder)
     report = ingest_path(archive, source, load_manifest(manifest, ManifestColumns()), progress=False)
-    assert report.indexed == 36, report
+    assert report.indexed == 108, report
     held_out = tmp_path_factory.mktemp("ood-held-out")
-    build_labeled_archive(held_out, patients_per_class=1, images_per_patient=2, seed=99)
+    build_labeled_archive(held_out, patients_per_class=5, images_per_patient=2, seed=99)
     return archive, held_out
 
 
@@ -126,7 +126,7 @@ def test_noise_and_photographs_are_flagged_by_the_archive_threshold_and_held_out
     archive, held_out = labeled
     url, headers, _ = api
     fit = fit_from_archive(archive, archive.index_lock)
-    assert fit is not None and fit.queries == 36
+    assert fit is not None and fit.queries == 108
     # crops of three pictures: patients of a class resemble each other far more than 0.5
     assert fit.similarity > GLOBAL_OOD_SIMILARITY
 
@@ -138,9 +138,17 @@ def test_noise_and_photographs_are_flagged_by_the_archive_threshold_and_held_out
         assert f"< {fit.similarity:.2f} (archive default: 1% quantile" in reason, reason
         assert prediction["top_similarity"] < fit.similarity
 
-    for path in sorted(held_out.glob("*.png")):  # new crops of new patients: in distribution
-        prediction = _search(url, headers, path.read_bytes())["prediction"]
-        assert not (prediction["uncertain_reason"] or "").startswith("out_of_distribution"), prediction
+    # New crops of new patients are in distribution: a 1% quantile flags about 1 in 100 of them by design,
+    # so the rate is asserted, not each one.
+    held = sorted(held_out.glob("*.png"))
+    flagged = [
+        p.name
+        for p in held
+        if (_search(url, headers, p.read_bytes())["prediction"]["uncertain_reason"] or "").startswith(
+            "out_of_distribution"
+        )
+    ]
+    assert len(held) == 30 and len(flagged) <= 3, flagged
 
 
 def test_queries_never_enter_the_fit_and_growth_refits(labeled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -157,9 +165,9 @@ def test_queries_never_enter_the_fit_and_growth_refits(labeled, tmp_path: Path) 
     assert searcher.predictors().archive_ood == before  # searches changed nothing
 
     source = tmp_path / "more"
-    manifest = build_labeled_archive(source, patients_per_class=1, images_per_patient=2, seed=7)
+    manifest = build_labeled_archive(source, patients_per_class=4, images_per_patient=1, seed=7)
     report = ingest_path(archive, source, load_manifest(manifest, ManifestColumns()), progress=False)
-    assert report.indexed == 6  # 36 -> 42 images: more than a tenth
+    assert report.indexed == 12  # 108 -> 120 images: more than a tenth
     after = searcher.predictors().archive_ood
-    assert after is not None and after.index_size == 42 and after.queries == 42
+    assert after is not None and after.index_size == 120 and after.queries == 120
     assert ArchiveOodCache().get(archive, archive.index_lock) == after  # a fresh process fits the same
