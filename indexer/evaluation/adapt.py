@@ -1,0 +1,472 @@
+"""`medcbir adapt` as a function: SimCLR on the archive's own images, no labels, patient-held-out criterion.
+
+The encoder's last stages are trained with NT-Xent (two augmented views of each image are each
+other's positive, the other images of the batch the negatives) through a small projector that is
+thrown away after training, as in SimCLR; the early stages stay frozen (ImageNet), and the batch-norm
+statistics stay ImageNet's, as in `medcbir finetune`. Patients (or, without patient ids, identical
+contents) are held out; after each epoch the held-out criterion is the instance recall@1: each held-out
+image's first view must retrieve its own second view, by the pooled vector the product indexes, among
+all held-out second views (fixed views, the same at every epoch). The best epoch is kept (epoch 0,
+the starting weights, included), and saved with a card like a fine-tuned checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from sqlalchemy import select
+from torch import nn
+
+from embeddings import EmbeddingsError, create_encoder
+from embeddings.encoder import Encoder
+from embeddings.training import with_input_size
+from embeddings.training.finetune import _SplitModel, save_checkpoint
+from imaging import ImagingError, load_image
+from indexer.catalog import Case, Catalog, Image
+from indexer.errors import IndexerError
+from indexer.evaluation.augment import AdaptError, AugmentConfig, augment_views
+from indexer.evaluation.datasets import IMAGE_SUFFIXES, LabeledDataset, load_npz_dataset
+from indexer.evaluation.protocol import group_keys, grouped_split
+from indexer.storage.stored import load_stored_image, stored_exists
+
+log = logging.getLogger(__name__)
+
+METHOD = "SimCLR: NT-Xent on two augmented views, 2-layer projector discarded after training"
+CRITERION = "held-out instance recall@1 (view 1 retrieves its own view 2 among all held-out view 2s)"
+
+__all__ = ["AdaptConfig", "AdaptError", "AdaptReport", "AugmentConfig", "load_unlabeled", "run_adapt"]
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Hyper-parameters; the defaults train a few thousand images in minutes on two CPU cores."""
+
+    input_size: int = 128
+    trainable_stages: int = 3
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-4
+    projector_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.2
+    heldout_fraction: float = 0.15
+    max_heldout: int = 500
+    keep: str = "best"
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.input_size < 32:
+            raise AdaptError(f"--image-size {self.input_size} is too small; use 32 px or more")
+        if self.epochs < 1 or self.batch_size < 4 or self.trainable_stages < 1:
+            raise AdaptError("--epochs >= 1, --batch-size >= 4 and --trainable-stages >= 1 are required")
+        if not 0 < self.heldout_fraction < 0.5:
+            raise AdaptError(f"--heldout-fraction {self.heldout_fraction} must be in (0, 0.5)")
+        if not 0 < self.temperature <= 1 or self.lr <= 0 or self.projector_lr <= 0:
+            raise AdaptError("--temperature must be in (0, 1] and the learning rates positive")
+        if self.keep not in ("best", "last"):
+            raise AdaptError(f"--keep {self.keep!r}: choose 'best' (by the held-out criterion) or 'last'")
+        if self.max_heldout < 4:
+            raise AdaptError("the held-out criterion needs at least 4 images (max_heldout >= 4)")
+
+
+@dataclass
+class AdaptReport:
+    """The saved checkpoint (None when not saved), its card and the positions of each part."""
+
+    checkpoint: Path | None
+    card: dict[str, Any]
+    model: nn.Module
+    train: npt.NDArray[np.int64]
+    heldout: npt.NDArray[np.int64]
+
+
+def _unlabeled(
+    name: str, keys: list[str], uris: list[str], read: Callable[[int], npt.NDArray[np.float32]], **extra: Any
+) -> LabeledDataset:
+    return LabeledDataset(
+        name=name,
+        labels=np.zeros(len(keys), np.int64),
+        class_names=["unlabeled"],
+        content_keys=keys,
+        uris=uris,
+        _reader=read,
+        **extra,
+    )
+
+
+def load_image_folder(root: Path) -> LabeledDataset:
+    """Every image file below `root` (hidden folders skipped), grouped by content hash, no labels."""
+    if not root.is_dir():
+        raise AdaptError(
+            f"{root} is not a folder; pass a folder of images, a MedMNIST .npz or --from-catalog"
+        )
+    paths = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES - {""}
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not paths:
+        raise AdaptError(f"no image files (.png, .jpg, .dcm, ...) under {root}")
+    keys = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
+    def read(index: int) -> npt.NDArray[np.float32]:
+        return load_image(paths[index].read_bytes()).pixels
+
+    return _unlabeled(root.name, keys, [str(p.relative_to(root)) for p in paths], read)
+
+
+def load_catalog_images(database_url: str) -> LabeledDataset:
+    """Every catalog image whose source is reachable, grouped by (pseudonymous) patient; labels unused."""
+    catalog = Catalog(database_url)
+    try:
+        with catalog.session() as session:
+            rows = session.execute(
+                select(
+                    Image.id,
+                    Image.case_id,
+                    Image.source_uri,
+                    Image.frame_index,
+                    Image.sha256,
+                    Case.patient_ref,
+                )
+                .join(Case, Case.id == Image.case_id)
+                .order_by(Image.id)
+            ).all()
+    finally:
+        catalog.dispose()
+    kept = [row for row in rows if stored_exists(str(row[2]))]
+    if not kept:
+        raise AdaptError(
+            f"the catalog has no image with a reachable source ({len(rows)} images); index images first "
+            "(medcbir index FOLDER) or pass --data FOLDER"
+        )
+    uris = [str(row[2]) for row in kept]
+    frames = [int(row[3] or 0) for row in kept]
+
+    def read(index: int) -> npt.NDArray[np.float32]:
+        return load_stored_image(uris[index], frames[index]).pixels
+
+    return _unlabeled(
+        "catalog",
+        [f"{row[4]}:{row[3] or 0}" for row in kept],
+        [f"image:{row[0]}" for row in kept],
+        read,
+        patients=[f"ref:{row[5]}" if row[5] else f"case:{row[1]}" for row in kept],
+        provenance={"catalog_images": len(rows), "left_out_source_missing": len(rows) - len(kept)},
+    )
+
+
+def load_unlabeled(
+    data: Path | None, *, catalog_url: str | None = None, split: str = "train"
+) -> LabeledDataset:
+    """The images to adapt on: the catalog, a folder of images, or one split of a MedMNIST .npz."""
+    if catalog_url is not None:
+        return load_catalog_images(catalog_url)
+    if data is None:
+        raise AdaptError("pass --data (a folder or .npz) or use the catalog (--from-catalog)")
+    if data.suffix.lower() == ".npz":
+        dataset = load_npz_dataset(data)
+        splits = np.array(dataset.splits or [])
+        chosen = np.flatnonzero(splits == split) if split != "all" else np.arange(len(dataset))
+        if len(chosen) == 0:
+            raise AdaptError(f"{data} has no {split!r} images; --split takes train, val, test or all")
+        return dataset.subset(chosen)
+    return load_image_folder(data)
+
+
+def heldout_split(
+    dataset: LabeledDataset, *, seed: int, fraction: float, max_heldout: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], str]:
+    """(train, held-out) positions with every patient (else every content) wholly on one side."""
+    train, _, heldout = grouped_split(
+        group_keys(dataset), seed=seed, test_fraction=fraction, val_fraction=0.0
+    )
+    if len(train) < 2 or len(heldout) < 2:
+        raise AdaptError(
+            f"{len(dataset)} images give {len(train)} training and {len(heldout)} held-out images; "
+            "adaptation needs images of at least 2 patients on each side (add images or raise --heldout-fraction)"
+        )
+    if len(heldout) > max_heldout:
+        # a subsample of held-out images: still no patient of them is trained on
+        heldout = np.sort(np.random.default_rng(seed).choice(heldout, size=max_heldout, replace=False))
+    unit = "patient" if dataset.patients is not None else "content-hash"
+    return (
+        train,
+        heldout,
+        f"{unit}-grouped, seed {seed}, held out {fraction:.0%} (at most {max_heldout} images)",
+    )
+
+
+def nt_xent_loss(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent: each view's positive is the other view of its image, every other view a negative."""
+    z = F.normalize(torch.cat([first, second]), dim=1)
+    n = len(first)
+    logits = (z @ z.T / temperature).masked_fill(
+        torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf")
+    )
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+def _base_views(
+    encoder: Encoder, dataset: LabeledDataset, positions: npt.NDArray[np.int64], progress: bool
+) -> tuple[torch.Tensor, list[int]]:
+    """Each image as the encoder sees it (resize + centre crop, before normalising), float16; bad files skipped."""
+    from tqdm import tqdm
+
+    prep = encoder.preprocessing
+    mean = torch.tensor(prep.mean).view(3, 1, 1)
+    std = torch.tensor(prep.std).view(3, 1, 1)
+    kept: list[torch.Tensor] = []
+    skipped: list[int] = []
+    for position in tqdm(positions, desc="decode", unit="img", disable=not progress):
+        try:
+            pixels = dataset.image(int(position))
+        except (ImagingError, IndexerError, OSError) as exc:
+            log.warning("adapt: skipped image %s (%s)", dataset.uris[int(position)], type(exc).__name__)
+            skipped.append(int(position))
+            continue
+        tensor = prep(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1))
+        kept.append((tensor * std + mean).clamp(0, 1).to(torch.float16))
+    if not kept:
+        raise AdaptError("no image could be decoded; check the data (every file was skipped)")
+    return torch.stack(kept), skipped
+
+
+class _Views:
+    """The trainable part of the encoder on augmented views: normalise, frozen trunk, trained head."""
+
+    def __init__(self, encoder: Encoder, split: _SplitModel, augment: AugmentConfig) -> None:
+        prep = encoder.preprocessing
+        self.mean = torch.tensor(prep.mean, device=encoder.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(prep.std, device=encoder.device).view(1, 3, 1, 1)
+        self.split, self.augment, self.device = split, augment, encoder.device
+
+    def view(self, base: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return augment_views(base.float(), self.augment, generator).to(self.device)
+
+    def pooled(self, views: torch.Tensor) -> torch.Tensor:
+        # the trunk runs under inference mode; clone() makes its output an ordinary tensor for autograd
+        features = self.split.trunk((views - self.mean) / self.std).clone()
+        return self.split.head(features)
+
+
+def _criterion(
+    views: _Views, heldout: torch.Tensor, projector: nn.Module, config: AdaptConfig
+) -> dict[str, float]:
+    """Instance recall@1 and MRR of the pooled vectors, and the NT-Xent loss, on fixed held-out views."""
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    firsts, seconds, losses = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(heldout), config.batch_size):
+            chunk = heldout[start : start + config.batch_size]
+            a = views.pooled(views.view(chunk, generator))
+            b = views.pooled(views.view(chunk, generator))
+            if len(chunk) > 1:
+                losses.append(float(nt_xent_loss(projector(a), projector(b), config.temperature)))
+            firsts.append(F.normalize(a, dim=1).cpu())
+            seconds.append(F.normalize(b, dim=1).cpu())
+    similarity = torch.cat(firsts) @ torch.cat(seconds).T
+    own = similarity.diagonal()[:, None]
+    rank = (similarity > own).sum(dim=1) + 1
+    return {
+        "instance_recall@1": float((rank == 1).float().mean()),
+        "instance_mrr": float((1.0 / rank.float()).mean()),
+        "heldout_nt_xent": float(np.mean(losses)) if losses else math.nan,
+    }
+
+
+def _projector(dim: int, device: torch.device) -> nn.Module:
+    return nn.Sequential(nn.Linear(dim, 512), nn.ReLU(inplace=True), nn.Linear(512, 128)).to(device)
+
+
+def train_adapted(
+    encoder: Encoder,
+    base_train: torch.Tensor,
+    base_heldout: torch.Tensor,
+    config: AdaptConfig,
+    *,
+    progress: bool,
+) -> tuple[nn.Module, list[dict[str, float]], int]:
+    """Train the encoder's last stages with NT-Xent; (model with the kept epoch's weights, history, kept epoch)."""
+    from tqdm import tqdm
+
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = encoder.model
+    model.eval()
+    split = _SplitModel(model, config.trainable_stages)
+    views = _Views(encoder, split, config.augment)
+    projector = _projector(encoder.dim, encoder.device)
+    batch = min(config.batch_size, len(base_train))
+    steps = len(base_train) // batch
+    if steps < 1:
+        raise AdaptError(f"{len(base_train)} training images are fewer than a batch; lower --batch-size")
+
+    def score() -> dict[str, float]:
+        projector.eval()
+        result = _criterion(views, base_heldout, projector, config)
+        projector.train()
+        return result
+
+    history: list[dict[str, float]] = [{"epoch": 0.0, "train_nt_xent": math.nan, **score()}]
+    log.info("adapt: epoch 0 (starting weights) %s", _described(history[0]))
+    best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
+    parameters = split.head_parameters
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": parameters, "lr": config.lr, "weight_decay": config.weight_decay},
+            {
+                "params": list(projector.parameters()),
+                "lr": config.projector_lr,
+                "weight_decay": config.weight_decay,
+            },
+        ]
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[config.lr, config.projector_lr], total_steps=config.epochs * steps, pct_start=0.1
+    )
+    bar = tqdm(total=config.epochs * steps * batch, desc="adapt", unit="img", disable=not progress)
+    started = time.perf_counter()
+    try:
+        for epoch in range(1, config.epochs + 1):
+            order = torch.randperm(len(base_train), generator=generator)
+            losses = []
+            for step in range(steps):
+                chosen = base_train[order[step * batch : (step + 1) * batch]]
+                first = projector(views.pooled(views.view(chosen, generator)))
+                second = projector(views.pooled(views.view(chosen, generator)))
+                loss = nt_xent_loss(first, second, config.temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                bar.update(batch)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            row = {"epoch": float(epoch), "train_nt_xent": float(np.mean(losses)), **score()}
+            history.append(row)
+            done = epoch * steps * batch
+            rate = done / (time.perf_counter() - started)
+            eta = (config.epochs - epoch) * steps * batch / rate
+            log.info(
+                "adapt: epoch %d/%d %s; %.1f img/s, ETA %.0f s",
+                epoch,
+                config.epochs,
+                _described(row),
+                rate,
+                eta,
+            )
+            if config.keep == "last" or _better(row, history[best_epoch]):
+                best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
+    finally:
+        bar.close()
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+    model.load_state_dict(best_state)
+    return model, history, best_epoch
+
+
+def _better(row: dict[str, float], best: dict[str, float]) -> bool:
+    return (row["instance_recall@1"], row["instance_mrr"]) > (best["instance_recall@1"], best["instance_mrr"])
+
+
+def _described(row: dict[str, float]) -> str:
+    return (
+        f"train NT-Xent {row['train_nt_xent']:.4f}, held-out NT-Xent {row['heldout_nt_xent']:.4f}, "
+        f"instance recall@1 {row['instance_recall@1']:.4f}, MRR {row['instance_mrr']:.4f}"
+    )
+
+
+def run_adapt(
+    dataset: LabeledDataset,
+    config: AdaptConfig,
+    *,
+    encoder_name: str,
+    checkpoint: Path | None = None,
+    device: str | None = None,
+    max_images: int | None = None,
+    output_dir: Path | None = None,
+    data_label: str = "",
+    progress: bool = True,
+) -> AdaptReport:
+    """Adapt `encoder_name` (from `checkpoint`) to `dataset`'s images and save `<output_dir>/<name>-adapt-...pth`."""
+    started = time.perf_counter()
+    if max_images is not None:
+        if max_images < 8:
+            raise AdaptError(f"--max-images {max_images} is too few; use 8 or more")
+        if len(dataset) > max_images:
+            # a fixed subsample (seed 0, whatever --seed says), like `medcbir eval --max-images`
+            dataset = dataset.subset(
+                np.sort(np.random.default_rng(0).choice(len(dataset), max_images, replace=False))
+            )
+    train, heldout, how = heldout_split(
+        dataset, seed=config.seed, fraction=config.heldout_fraction, max_heldout=config.max_heldout
+    )
+    try:
+        base = create_encoder(encoder_name, device=device, checkpoint=checkpoint)
+    except EmbeddingsError as exc:
+        raise AdaptError(str(exc)) from exc
+    encoder = with_input_size(base, config.input_size)
+    base_train, skipped_train = _base_views(encoder, dataset, train, progress)
+    base_heldout, skipped_heldout = _base_views(encoder, dataset, heldout, progress)
+    model, history, best_epoch = train_adapted(encoder, base_train, base_heldout, config, progress=progress)
+    groups = group_keys(dataset)
+    train_groups = {groups[int(i)] for i in train}
+    heldout_groups = {groups[int(i)] for i in heldout}
+    card: dict[str, Any] = {
+        "method": METHOD,
+        "labels_used": False,
+        "base_encoder": encoder_name,
+        "base_weights": base.name,
+        "load_with": f"create_encoder({encoder_name!r}, checkpoint=FILE)",
+        "data": data_label,
+        "dataset": dataset.name,
+        "dataset_identity": dataset.identity(),
+        "images": len(dataset),
+        "split": how,
+        "split_groups": {
+            "train": len(train_groups),
+            "heldout": len(heldout_groups),
+            "shared_train_heldout": len(train_groups & heldout_groups),
+        },
+        "train_images": len(base_train),
+        "heldout_images": len(base_heldout),
+        "skipped_unreadable": len(skipped_train) + len(skipped_heldout),
+        "criterion": CRITERION,
+        "kept": config.keep,
+        "best_epoch": best_epoch,
+        "criterion_before": history[0]["instance_recall@1"],
+        "criterion_kept": history[best_epoch]["instance_recall@1"],
+        "history": history,
+        "hyperparameters": {k: v for k, v in asdict(config).items() if k != "augment"},
+        "augmentations": asdict(config.augment),
+        "trained_input_size": config.input_size,
+        "seed": config.seed,
+        "elapsed_s": round(time.perf_counter() - started, 1),
+        "machine": f"{platform.machine()} {platform.processor() or ''}, torch threads {torch.get_num_threads()}, "
+        f"device {encoder.device}",
+    }
+    card.update(dataset.provenance)
+    path = None
+    if output_dir is not None:
+        path = save_checkpoint(model, output_dir, f"{encoder_name}-adapt-{dataset.name}", card)
+    return AdaptReport(checkpoint=path, card=card, model=model, train=train, heldout=heldout)
