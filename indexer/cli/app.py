@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from indexer.cli import governance, ingest, maintenance, pacs, prediction, serve
+from indexer.cli import adapt, governance, ingest, maintenance, pacs, prediction, serve
 
 app = typer.Typer(
     name="medcbir",
@@ -29,6 +29,7 @@ app.command("demo")(serve.demo)
 # labels: measure and learn (prediction.py), and re-embed with what was learnt (ingest.py)
 app.command("eval")(prediction.evaluate)
 app.command("finetune")(prediction.finetune)
+app.command("adapt")(adapt.adapt)
 app.command("reindex")(ingest.reindex)
 app.command("train-head")(prediction.train_head)
 # accounts, audit and de-identified export (governance.py)

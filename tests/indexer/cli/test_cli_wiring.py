@@ -20,7 +20,7 @@ from tests.helpers import ThumbnailEncoder
 # The order `medcbir --help` lists them in (commands first, then the sub-apps).
 TOP_LEVEL = [
     "index", "stats", "failures", "verify", "rebuild-index", "list-encoders", "serve", "ui", "demo",
-    "eval", "finetune", "reindex", "train-head", "audit", "export", "receive", "db", "users", "pacs",
+    "eval", "finetune", "adapt", "reindex", "train-head", "audit", "export", "receive", "db", "users", "pacs",
 ]  # fmt: skip
 
 
