@@ -126,6 +126,11 @@ class QueryInfo(BaseModel):
     box: list[int] | None = Field(
         default=None, description="The region searched (x0, y0, x1, y1 in the query's pixels), if one was"
     )
+    pacs: PacsLink | None = Field(
+        default=None,
+        description="Set when the query is an instance of a configured PACS (archived from one, or searched "
+        "by reference): its UIDs, WADO-RS URL and viewer link",
+    )
 
 
 class DisplayWindow(BaseModel):

@@ -25,7 +25,7 @@ from indexer.storage.stored import (
     read_stored_if_present,
 )
 from search_api.exclusion import QueryPatient, archived_patient, excluded_ids, upload_patient
-from search_api.mappers import case_out, case_summary, hit_out
+from search_api.mappers import case_out, case_summary, hit_out, pacs_link_out
 from search_api.predictions import Predictors, calibrated_vote, flag_uncertain, head_prediction, vote
 from search_api.schemas import (
     CaseList,
@@ -36,6 +36,7 @@ from search_api.schemas import (
     HealthOut,
     Hit,
     LabelCount,
+    PacsLink,
     Prediction,
     QueryInfo,
     SearchFilters,
@@ -148,8 +149,15 @@ class Searcher:
                 preview_png_base64=base64.b64encode(self.thumbnail(row.id)).decode("ascii"),
                 patient_ref=row.case.patient_ref,
             )
-        query = query.model_copy(update={"image_id": row.id, "case_id": row.case_id})
+        link = self._pacs_link(row.source_uri)
+        query = query.model_copy(update={"image_id": row.id, "case_id": row.case_id, "pacs": link})
         return self._response(query, found, filters, start, vector)
+
+    def _pacs_link(self, uri: str) -> PacsLink | None:
+        """The PACS link of a stored source URI (None unless it is an instance of a configured PACS)."""
+        if not is_pacs_uri(uri):
+            return None
+        return pacs_link_out(uri, {c.name: c for c in self.archive.catalog.pacs_connections()})
 
     def render(
         self,

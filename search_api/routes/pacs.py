@@ -14,7 +14,7 @@ from indexer.storage.stored import PacsInstanceUri
 from search_api.access import RADIOLOGY, allow
 from search_api.deps import AuditDep, CatalogDep, PrincipalDep, SearcherDep, SearchFiltersDep
 from search_api.errors import ERROR_RESPONSES, StrictJsonRoute
-from search_api.mappers import redact
+from search_api.mappers import pacs_link_out, redact
 from search_api.schemas import SearchResponse
 
 router = APIRouter(route_class=StrictJsonRoute)
@@ -64,6 +64,8 @@ async def search_by_instance(
     else:
         data = await run_in_threadpool(reader, where)
         result = await run_in_threadpool(lambda: searcher.search(data, filters=filters))
+        link = pacs_link_out(str(where), {connection.name: connection})
+        result = result.model_copy(update={"query": result.query.model_copy(update={"pacs": link})})
     note = f"pacs:{pacs} sop:{sop_instance_uid} cases:" + ",".join(str(h.case_id) for h in result.hits)
     if write_back:
         cases = similar_cases(catalog, result)
