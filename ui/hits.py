@@ -65,13 +65,16 @@ def render_hit(
     link: bool = True,
     explain: Callable[[Hit], bytes] | None = None,
     mark: Callable[[Hit], None] | None = None,
+    hit_thumbnail: Callable[[Hit], bytes] | None = None,
+    compare: Callable[[int], None] | None = None,
 ) -> None:
     """One neighbour card: thumbnail, similarity, labels, modality, study/series, report, case link, and
     (when `explain` is given) a "Why similar?" toggle showing the similarity maps of query and neighbour;
-    `mark` draws the relevance-feedback marks under the similarity."""
+    `mark` draws the relevance-feedback marks under the similarity; `hit_thumbnail` fetches the thumbnail
+    by hit (through the chosen window) instead of by URL; `compare` (given a rank) adds a "Compare" button."""
     with st.container(border=True, width=CARD_WIDTH_PX, key=f"hit_card_{hit.rank}"):
         try:
-            data = thumbnail(hit.thumbnail_url)
+            data = hit_thumbnail(hit) if hit_thumbnail is not None else thumbnail(hit.thumbnail_url)
         except ApiError as exc:
             st.warning(f"No thumbnail: {exc.message}")
         else:
@@ -79,6 +82,15 @@ def render_hit(
                 data = draw_region(data, hit.region)
             show_image(letterbox(data), f"Neighbour {hit.rank}", "thumbnail")
         st.markdown(f"**#{hit.rank}** · similarity **{format_similarity(hit.similarity)}**")
+        if compare is not None:
+            st.button(
+                "Compare",
+                key=f"compare_{hit.rank}_{hit.image_id}",
+                on_click=compare,
+                args=(hit.rank,),
+                icon=":material/compare:",
+                help="Open the query and this neighbour side by side in the compare viewer",
+            )
         if hit.region is not None:
             st.caption(f"Best match of the region: the yellow box (cosine {hit.region.score:.2f})")
         st.progress(min(max(hit.similarity, 0.0), 1.0))
@@ -123,6 +135,8 @@ def render_hits(
     empty_hint: str = "No neighbours: the index is empty, or nothing matches the filters.",
     explain: Callable[[Hit], bytes] | None = None,
     mark: Callable[[Hit], None] | None = None,
+    hit_thumbnail: Callable[[Hit], bytes] | None = None,
+    compare: Callable[[int], None] | None = None,
 ) -> None:
     """The neighbours best first, in fixed-width cards that wrap into as many columns as the width allows."""
     st.subheader(f"Similar cases ({len(hits)})")
@@ -131,4 +145,4 @@ def render_hits(
         return
     with st.container(horizontal=True, gap="xsmall"):
         for hit in hits:
-            render_hit(hit, thumbnail, query_patient, link, explain, mark)
+            render_hit(hit, thumbnail, query_patient, link, explain, mark, hit_thumbnail, compare)

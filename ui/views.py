@@ -169,6 +169,25 @@ def preset_label(name: str, presets: Mapping[str, tuple[float, float]]) -> str:
     return name.capitalize()
 
 
+WINDOW_REQUEST = "wl_requested"
+
+
+def request_window(center: float, width: float) -> None:
+    """Ask for a window from elsewhere (a drag in the compare viewer): the sliders take it on the next run,
+    before they are drawn (Streamlit forbids changing a drawn widget's value)."""
+    st.session_state[WINDOW_REQUEST] = (float(center), float(width))
+
+
+def chosen_window() -> tuple[float, float] | None:
+    """The window the reader chose (a preset, the sliders or a drag); None while the query is as decoded."""
+    if st.session_state.get("wl_preset", AS_DECODED) == AS_DECODED:
+        return None
+    center, width = st.session_state.get("wl_center"), st.session_state.get("wl_width")
+    if center is None or width is None:
+        return None
+    return float(center), float(width)
+
+
 def render_window_controls(
     query: QueryInfo, scope: str, presets: Mapping[str, tuple[float, float]]
 ) -> tuple[float, float] | None:
@@ -184,6 +203,13 @@ def render_window_controls(
         st.session_state["wl_scope"] = scope
         st.session_state["wl_preset"] = AS_DECODED
         st.session_state["wl_center"], st.session_state["wl_width"] = center0, width0
+    requested = st.session_state.pop(WINDOW_REQUEST, None)
+    if requested is not None:
+        center, width = requested
+        st.session_state["wl_preset"] = CUSTOM
+        center, width = round(center / bounds.step) * bounds.step, round(width / bounds.step) * bounds.step
+        st.session_state["wl_center"] = float(min(max(center, bounds.low), bounds.high))
+        st.session_state["wl_width"] = float(min(max(width, bounds.step), bounds.high - bounds.low))
 
     def apply_preset() -> None:
         name = st.session_state["wl_preset"]

@@ -1,0 +1,409 @@
+// medcbir compare viewer: a Streamlit component on Cornerstone3D (query | neighbour, linked window/level).
+import {
+  init as csInit,
+  RenderingEngine,
+  Enums,
+  imageLoader,
+  utilities,
+  setUseCPURendering,
+  cache,
+} from "@cornerstonejs/core";
+import {
+  init as toolsInit,
+  addTool,
+  ToolGroupManager,
+  WindowLevelTool,
+  PanTool,
+  ZoomTool,
+  Enums as ToolEnums,
+} from "@cornerstonejs/tools";
+
+// ---- the Streamlit component protocol (postMessage; what streamlit-component-lib does, without React)
+function send(type, data) {
+  window.parent.postMessage({ isStreamlitMessage: true, type, ...data }, "*");
+}
+let counter = 0;
+function report(event) {
+  counter += 1;
+  // Unique across reloads of the frame too: Python acts on a value whose seq it has not seen.
+  const seq = Date.now() * 1000 + (counter % 1000);
+  send("streamlit:setComponentValue", { value: { seq, ...event }, dataType: "json" });
+}
+
+// ---- page skeleton (all text from the archive goes through textContent: DICOM text is hostile input)
+const root = document.getElementById("root");
+root.innerHTML = `
+<div class="bar">
+  <span id="title"></span>
+  <button id="prev" title="Previous neighbour (ArrowLeft or k)">&#9664; Prev</button>
+  <button id="next" title="Next neighbour (ArrowRight or j)">Next &#9654;</button>
+  <button id="overlay" title="Similarity overlay (o)">Similarity overlay</button>
+  <button id="reset" title="Reset zoom, pan and window (r)">Reset</button>
+  <span id="window" class="readout"></span>
+</div>
+<div class="panes">
+  <div class="pane"><div class="label" id="qlabel">Query</div><div class="vp" id="vp-query"></div>
+    <canvas class="heat" id="heat-query"></canvas>
+    <div class="frames"><input type="range" id="frames-query" min="0" value="0" aria-label="Query frame"><span id="fq"></span></div></div>
+  <div class="pane"><div class="label" id="nlabel">Neighbour</div><div class="vp" id="vp-neighbour"></div>
+    <canvas class="heat" id="heat-neighbour"></canvas>
+    <div class="frames"><input type="range" id="frames-neighbour" min="0" value="0" aria-label="Neighbour frame"><span id="fn"></span></div></div>
+  <div class="side">
+    <div class="legend" id="legend"><div>Similarity map: share of the similarity</div><div class="ramp"></div>
+      <div class="ticks"><span>low</span><span>high</span></div></div>
+    <div class="meta" id="meta"></div>
+    <div class="report-title">Report</div><div class="report" id="report"></div>
+    <div class="keys">Keys: drag = window/level (both sides) · right drag = pan · middle drag or wheel = zoom ·
+      ArrowUp/ArrowDown = frame · ArrowRight/j, ArrowLeft/k = next/previous neighbour · o = overlay · r = reset</div>
+  </div>
+</div>`;
+
+const $ = (id) => document.getElementById(id);
+const SIDES = ["query", "neighbour"];
+const state = {
+  engine: null,
+  group: null,
+  loaded: { query: null, neighbour: null }, // signature of the image shown on each side
+  images: { query: null, neighbour: null }, // {ids, data}
+  heat: { query: null, neighbour: null }, // offscreen canvases of the coloured maps
+  overlay: false,
+  linked: true,
+  syncing: false,
+  lastWindowArg: null,
+  height: 0,
+};
+
+function webglAvailable() {
+  try {
+    const canvas = document.createElement("canvas");
+    return !!(canvas.getContext("webgl2") || canvas.getContext("webgl"));
+  } catch (e) {
+    return false;
+  }
+}
+
+async function setup(forceCpu) {
+  await csInit();
+  // Headless browsers and remote desktops often have no WebGL: Cornerstone's CPU path draws on a 2-D canvas.
+  if (forceCpu || !webglAvailable()) setUseCPURendering(true);
+  toolsInit();
+  [WindowLevelTool, PanTool, ZoomTool].forEach((tool) => addTool(tool));
+  state.engine = new RenderingEngine("medcbir-compare");
+  state.engine.setViewports(
+    SIDES.map((side) => ({
+      viewportId: side,
+      type: Enums.ViewportType.STACK,
+      element: $(`vp-${side}`),
+      defaultOptions: { background: [0, 0, 0] },
+    })),
+  );
+  const group = ToolGroupManager.createToolGroup("medcbir-compare-tools");
+  [WindowLevelTool, PanTool, ZoomTool].forEach((tool) => group.addTool(tool.toolName));
+  group.setToolActive(WindowLevelTool.toolName, { bindings: [{ mouseButton: ToolEnums.MouseBindings.Primary }] });
+  group.setToolActive(PanTool.toolName, { bindings: [{ mouseButton: ToolEnums.MouseBindings.Secondary }] });
+  group.setToolActive(ZoomTool.toolName, {
+    bindings: [{ mouseButton: ToolEnums.MouseBindings.Auxiliary }, { mouseButton: ToolEnums.MouseBindings.Wheel }],
+  });
+  SIDES.forEach((side) => group.addViewport(side, "medcbir-compare"));
+  state.group = group;
+  SIDES.forEach((side) => {
+    const element = $(`vp-${side}`);
+    element.addEventListener("contextmenu", (e) => e.preventDefault());
+    element.addEventListener(Enums.Events.VOI_MODIFIED, (evt) => onVoi(side, evt.detail));
+    element.addEventListener(Enums.Events.IMAGE_RENDERED, () => drawHeat(side));
+    element.addEventListener(Enums.Events.STACK_NEW_IMAGE, () => onFrame(side));
+    element.addEventListener("mouseup", () => reportWindowSoon());
+  });
+}
+
+function decode(b64) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  return new Float32Array(bytes.buffer);
+}
+
+function loadImage(side, image, sig) {
+  const values = decode(image.data);
+  const plane = image.rows * image.columns;
+  const spacing = image.pixel_spacing || [1, 1];
+  const ids = [];
+  for (let f = 0; f < image.frames; f += 1) {
+    const id = `medcbir:${side}:${sig}:${f}`;
+    if (!cache.getImageLoadObject(id)) {
+      imageLoader.createAndCacheLocalImage(id, {
+        scalarData: values.slice(f * plane, (f + 1) * plane),
+        dimensions: [image.columns, image.rows],
+        spacing: [spacing[1], spacing[0]],
+        origin: [0, 0, 0],
+        direction: [1, 0, 0, 0, 1, 0],
+        frameOfReferenceUID: `medcbir-${side}-${sig}`,
+      });
+    }
+    ids.push(id);
+  }
+  return ids;
+}
+
+function windowOf(side) {
+  const range = state.engine.getViewport(side).getProperties().voiRange;
+  if (!range) return null;
+  const width = range.upper - range.lower;
+  return [range.lower + width / 2, width];
+}
+
+function rangeOf([center, width]) {
+  return { lower: center - width / 2, upper: center + width / 2 };
+}
+
+function showWindow() {
+  // Read by the browser test (and handy when debugging): what each viewport shows now.
+  SIDES.forEach((side) => {
+    const win = state.images[side] ? windowOf(side) : null;
+    document.body.dataset[`window${side === "query" ? "Query" : "Neighbour"}`] = win ? win.map((v) => v.toFixed(2)).join(",") : "";
+    document.body.dataset[`frame${side === "query" ? "Query" : "Neighbour"}`] = String(currentFrame(side));
+  });
+  const w = windowOf("query");
+  const units = state.images.query ? state.images.query.units : "";
+  $("window").textContent = w ? `L ${w[0].toFixed(0)} / W ${w[1].toFixed(0)}${units === "modality" ? "" : " (grey levels)"}${state.linked ? " · linked" : " · not linked (other units)"}` : "";
+}
+
+function onVoi(side, detail) {
+  if (state.syncing || !detail || !detail.range) return;
+  const other = side === "query" ? "neighbour" : "query";
+  if (state.linked && state.images[other]) {
+    state.syncing = true;
+    const viewport = state.engine.getViewport(other);
+    viewport.setProperties({ voiRange: { ...detail.range } });
+    viewport.render();
+    state.syncing = false;
+  }
+  showWindow();
+}
+
+let windowTimer = null;
+let lastReported = null;
+function reportWindowSoon() {
+  clearTimeout(windowTimer);
+  windowTimer = setTimeout(() => {
+    const w = windowOf("query");
+    if (!w) return;
+    const key = w.map((v) => v.toFixed(3)).join(",");
+    if (key === lastReported) return;
+    lastReported = key;
+    report({ action: "window", window: [Number(w[0].toFixed(3)), Number(w[1].toFixed(3))] });
+  }, 250);
+}
+
+let frameTimer = null;
+function onFrame(side) {
+  const viewport = state.engine.getViewport(side);
+  const image = state.images[side];
+  if (!image) return;
+  const index = viewport.getCurrentImageIdIndex();
+  $(`frames-${side}`).value = String(index);
+  showWindow();
+  $(side === "query" ? "fq" : "fn").textContent = image.frames > 1 ? `frame ${image.frame_indices[index] + 1} of ${image.source_frames}` : "";
+  clearTimeout(frameTimer);
+  frameTimer = setTimeout(() => {
+    report({ action: "frame", side, frame: image.frame_indices[index], frames: {
+      query: currentFrame("query"), neighbour: currentFrame("neighbour") } });
+  }, 300);
+}
+
+function currentFrame(side) {
+  const image = state.images[side];
+  if (!image) return null;
+  return image.frame_indices[state.engine.getViewport(side).getCurrentImageIdIndex()];
+}
+
+// A perceptual ramp (dark purple -> orange -> yellow, "inferno"-like), transparent where the map is low,
+// so the anatomy stays readable under the cold regions (the old jet overlay hid it).
+const RAMP = [
+  [0.0, [0, 0, 4]], [0.25, [87, 16, 110]], [0.5, [188, 55, 84]], [0.75, [249, 142, 9]], [1.0, [252, 255, 164]],
+];
+function colour(t) {
+  for (let i = 1; i < RAMP.length; i += 1) {
+    if (t <= RAMP[i][0]) {
+      const [t0, c0] = RAMP[i - 1];
+      const [t1, c1] = RAMP[i];
+      const u = (t - t0) / (t1 - t0);
+      return c0.map((c, k) => Math.round(c + (c1[k] - c) * u));
+    }
+  }
+  return RAMP[RAMP.length - 1][1];
+}
+
+function heatCanvas(map) {
+  const canvas = document.createElement("canvas");
+  canvas.width = map.columns;
+  canvas.height = map.rows;
+  const values = decode(map.data);
+  const ctx = canvas.getContext("2d");
+  const pixels = ctx.createImageData(map.columns, map.rows);
+  for (let i = 0; i < values.length; i += 1) {
+    const t = Math.min(Math.max(values[i], 0), 1);
+    const [r, g, b] = colour(t);
+    pixels.data.set([r, g, b, t < 0.15 ? 0 : Math.round(200 * t)], i * 4);
+  }
+  ctx.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+function drawHeat(side) {
+  const canvas = $(`heat-${side}`);
+  const element = $(`vp-${side}`);
+  canvas.width = element.clientWidth;
+  canvas.height = element.clientHeight;
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const heat = state.heat[side];
+  const image = state.images[side];
+  if (!state.overlay || !heat || !image) return;
+  const viewport = state.engine.getViewport(side);
+  const imageId = viewport.getCurrentImageId();
+  if (!imageId) return;
+  // The map follows zoom and pan: the image's corners in canvas pixels, from Cornerstone's own camera.
+  const topLeft = viewport.worldToCanvas(utilities.imageToWorldCoords(imageId, [0, 0]));
+  const bottomRight = viewport.worldToCanvas(utilities.imageToWorldCoords(imageId, [image.columns, image.rows]));
+  ctx.imageSmoothingEnabled = true;
+  ctx.drawImage(heat, topLeft[0], topLeft[1], bottomRight[0] - topLeft[0], bottomRight[1] - topLeft[1]);
+}
+
+function setOverlay(on) {
+  state.overlay = on && !!(state.heat.query || state.heat.neighbour);
+  $("legend").style.display = state.overlay ? "block" : "none";
+  $("overlay").classList.toggle("on", state.overlay);
+  document.body.dataset.overlay = state.overlay ? "on" : "off";
+  SIDES.forEach(drawHeat);
+}
+
+function scrollFrame(delta) {
+  SIDES.forEach((side) => {
+    const image = state.images[side];
+    if (!image || image.frames < 2) return;
+    const viewport = state.engine.getViewport(side);
+    const next = Math.min(Math.max(viewport.getCurrentImageIdIndex() + delta, 0), image.frames - 1);
+    viewport.setImageIdIndex(next);
+  });
+}
+
+function resetView() {
+  SIDES.forEach((side) => {
+    const image = state.images[side];
+    if (!image) return;
+    const viewport = state.engine.getViewport(side);
+    viewport.resetCamera();
+    viewport.setProperties({ voiRange: rangeOf([image.window_center, image.window_width]) });
+    viewport.render();
+  });
+  showWindow();
+  reportWindowSoon();
+}
+
+async function showSide(side, image, sig, windowArg) {
+  const viewport = state.engine.getViewport(side);
+  if (state.loaded[side] !== sig) {
+    const ids = loadImage(side, image, sig);
+    state.images[side] = image;
+    await viewport.setStack(ids, image.start_frame || 0);
+    state.loaded[side] = sig;
+    const slider = $(`frames-${side}`);
+    slider.max = String(Math.max(image.frames - 1, 0));
+    slider.value = String(image.start_frame || 0);
+    slider.parentElement.style.visibility = image.frames > 1 ? "visible" : "hidden";
+    const win = windowArg || [image.window_center, image.window_width];
+    viewport.setProperties({ voiRange: rangeOf(win), invert: !!image.invert });
+    viewport.render();
+    onFrame(side);
+  }
+}
+
+function applyArgs(args) {
+  document.body.className = args.theme === "dark" ? "dark" : "light";
+  $("title").textContent = args.title || "";
+  $("qlabel").textContent = args.query_label || "Query";
+  $("nlabel").textContent = args.neighbour_label || "Neighbour";
+  $("meta").textContent = args.neighbour_meta || "";
+  $("report").textContent = args.report || "No report.";
+  $("prev").disabled = !args.has_prev;
+  $("next").disabled = !args.has_next;
+  state.linked = args.query.units === args.neighbour.units;
+  state.heat.query = args.maps ? heatCanvas(args.maps.query) : null;
+  state.heat.neighbour = args.maps ? heatCanvas(args.maps.neighbour) : null;
+  $("overlay").disabled = !args.maps;
+  $("overlay").title = args.maps ? "Similarity overlay (o)" : args.maps_error || "No similarity map";
+}
+
+let lastArgs = null;
+async function render(args) {
+  const first = !state.engine;
+  if (first) await setup(!!args.cpu);
+  applyArgs(args);
+  const windowArg = args.window ? [args.window[0], args.window[1]] : null;
+  const windowChanged = JSON.stringify(windowArg) !== JSON.stringify(state.lastWindowArg);
+  await showSide("query", args.query, args.query_sig, windowArg);
+  await showSide("neighbour", args.neighbour, args.neighbour_sig, state.linked ? windowArg : null);
+  if (windowChanged && windowArg) {
+    // A preset or a slider of the page: both sides follow (the neighbour only in the same units).
+    SIDES.forEach((side) => {
+      if (side === "neighbour" && !state.linked) return;
+      const viewport = state.engine.getViewport(side);
+      viewport.setProperties({ voiRange: rangeOf(windowArg) });
+      viewport.render();
+    });
+    lastReported = windowArg.map((v) => v.toFixed(3)).join(",");
+  }
+  state.lastWindowArg = windowArg;
+  setOverlay(!!args.overlay);
+  showWindow();
+  lastArgs = args;
+  document.body.dataset.neighbour = String(args.neighbour_sig);
+  document.body.dataset.ready = "1";
+  resize();
+}
+
+function resize() {
+  const height = document.documentElement.scrollHeight;
+  if (height !== state.height) {
+    state.height = height;
+    send("streamlit:setFrameHeight", { height });
+  }
+}
+
+$("prev").addEventListener("click", () => report({ action: "prev" }));
+$("next").addEventListener("click", () => report({ action: "next" }));
+$("overlay").addEventListener("click", () => report({ action: "overlay", overlay: !state.overlay }));
+$("reset").addEventListener("click", resetView);
+SIDES.forEach((side) => {
+  $(`frames-${side}`).addEventListener("input", (e) => {
+    state.engine.getViewport(side).setImageIdIndex(Number(e.target.value));
+  });
+});
+document.addEventListener("keydown", (e) => {
+  if (!lastArgs) return;
+  if ((e.key === "ArrowRight" || e.key === "j") && lastArgs.has_next) report({ action: "next" });
+  else if ((e.key === "ArrowLeft" || e.key === "k") && lastArgs.has_prev) report({ action: "prev" });
+  else if (e.key === "ArrowUp" || e.key === "PageUp") scrollFrame(-1);
+  else if (e.key === "ArrowDown" || e.key === "PageDown") scrollFrame(1);
+  else if (e.key === "o" && lastArgs.maps) report({ action: "overlay", overlay: !state.overlay });
+  else if (e.key === "r") resetView();
+  else return;
+  e.preventDefault();
+});
+// Keys reach the viewer once it has the focus: take it when the pointer enters (Streamlit draws it in an iframe).
+root.addEventListener("mouseenter", () => window.focus());
+window.addEventListener("resize", () => {
+  if (state.engine) state.engine.resize(true, true);
+  SIDES.forEach(drawHeat);
+});
+
+let pending = Promise.resolve();
+window.addEventListener("message", (event) => {
+  if (!event.data || event.data.type !== "streamlit:render") return;
+  const args = event.data.args || {};
+  pending = pending.then(() => render(args)).catch((err) => {
+    $("title").textContent = `Viewer error: ${err && err.message ? err.message : err}`;
+    document.body.dataset.error = String(err);
+    resize();
+  });
+});
+send("streamlit:componentReady", { apiVersion: 1 });
