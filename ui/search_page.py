@@ -23,6 +23,7 @@ from ui.context import (
 from ui.feedback import refined_result, render_mark, render_refine_bar
 from ui.hits import render_hits
 from ui.regions import region_box_input
+from ui.viewer.panel import open_compare, render_compare, windowed_thumbnails
 from ui.views import (
     ANY_MODALITY,
     body_part_options,
@@ -212,6 +213,7 @@ def main() -> None:
         if st.session_state.get("pending_archive_image") is not None:
             st.session_state["query_mode"] = ARCHIVE
 
+        compare_slot = st.container()  # the compare viewer, over the grid, once a neighbour is picked
         left, middle, right = st.columns([1.05, 2.8, 1.15], gap="small")  # 1366 px: 4 neighbours a row
         with left:
             mode = st.radio("Query source", [UPLOAD, ARCHIVE], key="query_mode")
@@ -326,7 +328,11 @@ def main() -> None:
                     lambda: client.explain_similarity(query_id, query_image_id, hit.image_id),
                 ),
                 mark=lambda hit: render_mark(hit, scope),
+                hit_thumbnail=windowed_thumbnails(client, settings, result.query),
+                compare=open_compare,
             )
+        with compare_slot:
+            render_compare(client, settings, result)
 
 
 main()
