@@ -341,8 +341,12 @@ class VectorIndex:
         memory_budget_bytes: int | None = None,
         target_recall: float = TARGET_RECALL,
         seed: int = 0,
+        postprocess: str | None = None,
     ) -> VectorIndex:
-        """Build an index of the chosen (or given) kind over in-memory vectors: train, add, tune."""
+        """Build an index of the chosen (or given) kind over in-memory vectors: train, add, tune.
+
+        `postprocess` is a SPEC (index_postprocess.py) fitted on these vectors; None or 'none': plain.
+        """
         from indexer.vectors.build import build_from_arrays  # build.py builds on this class
 
         return build_from_arrays(
@@ -353,6 +357,7 @@ class VectorIndex:
             memory_budget_bytes=memory_budget_bytes,
             target_recall=target_recall,
             seed=seed,
+            postprocess=postprocess,
         )
 
     def train(self, sample: npt.NDArray[np.float32]) -> None:

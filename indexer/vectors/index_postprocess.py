@@ -331,7 +331,10 @@ def _expand(
 
 
 def _pad(table: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.int64]:
-    table = np.asarray(table, dtype=np.int64).reshape(len(table), -1)
+    table = np.asarray(table, dtype=np.int64)
+    if table.size == 0:
+        return np.full((len(table), width), -1, dtype=np.int64)
+    table = table.reshape(len(table), -1)
     if table.shape[1] >= width:
         return table[:, :width]
     return np.pad(table, ((0, 0), (0, width - table.shape[1])), constant_values=-1)
