@@ -167,44 +167,82 @@ def sync(
 @pacs_app.command("follow")
 def follow(
     name: PacsName,
-    once: Annotated[bool, typer.Option(help="Read the feed to its end, then stop")] = False,
-    poll_s: Annotated[float, typer.Option(help="Seconds between looks at the feed")] = 1.0,
+    once: Annotated[bool, typer.Option(help="Read the feed to its end (one poll), then stop")] = False,
+    poll_s: Annotated[
+        float | None, typer.Option(help="Seconds between looks [default: 1 for Orthanc, 30 for QIDO polling]")
+    ] = None,
     reconcile_s: Annotated[
-        float, typer.Option(help="Seconds between checks for studies deleted in the PACS")
-    ] = 60.0,
+        float | None,
+        typer.Option(
+            help="Seconds between full study listings that find studies deleted in the PACS "
+            "[default: 60 for Orthanc, 3600 for QIDO polling; 0 or less with QIDO polling: never]"
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="QIDO polling: start from this study date (2024-01-31) [default: the stored cursor, or today]"
+        ),
+    ] = None,
+    lookback_days: Annotated[
+        int, typer.Option(help="QIDO polling: also ask for studies dated this many days before the cursor")
+    ] = 2,
     data_dir: DataDir = None,
     encoder: Encoder = None,
 ) -> None:
-    """Follow an Orthanc's change feed: stable studies are indexed, deleted ones leave the index (Ctrl-C stops)."""
+    """Follow a PACS: new studies are indexed as they arrive (Ctrl-C stops; a restart resumes).
+
+    An Orthanc (--kind orthanc) is followed through its /changes feed: stable studies are indexed, deleted
+    ones leave the index. A plain DICOMweb server (--kind dicomweb) is polled with QIDO-RS for studies dated
+    from the stored cursor minus --lookback-days; it cannot report deletions, and polling cannot see a study
+    that arrives with an older Study Date than that window or with none (use `pacs sync --since` for those).
+    Deleted studies are found by listing all the server's studies every --reconcile-s seconds.
+    """
     import signal
     import threading
 
-    from indexer.ingest.follow import OrthancFollower
+    from indexer.ingest.follow import OrthancFollower, follower_for
     from indexer.storage.pacs_reader import install_pacs_reader
 
     setup_logging()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    start_date = _date(since, "--since")
+    if lookback_days < 0:
+        raise fail(f"--lookback-days must be 0 or more, not {lookback_days}")
     try:
         with opened_archive(settings_from(data_dir, encoder)) as archive:
-            follower = OrthancFollower(
-                archive, install_pacs_reader(archive.catalog).client(name), reconcile_s=reconcile_s
+            pacs = install_pacs_reader(archive.catalog).client(name)
+            follower = follower_for(
+                archive, pacs, reconcile_s=reconcile_s, since=start_date, lookback_days=lookback_days
             )
-            typer.echo(f"following PACS {name} from change {follower.report.cursor}")
+            orthanc = isinstance(follower, OrthancFollower)
+            if isinstance(follower, OrthancFollower):
+                typer.echo(f"following PACS {name} from change {follower.report.cursor}")
+            else:
+                typer.echo(
+                    f"polling PACS {name} (QIDO-RS) for studies dated from {follower.window_start} on; "
+                    "deletions are seen only by the periodic full listing (--reconcile-s)"
+                )
             try:
                 if once:
                     while not follower.step():
                         pass
                 else:
-                    follower.run(stop, poll_s)
+                    follower.run(stop, poll_s if poll_s is not None else (1.0 if orthanc else 30.0))
             except KeyboardInterrupt:
                 pass
             report = follower.report
             cli_audit(archive.catalog, "pacs-follow", f"pacs:{name} images:{report.images_indexed}")
     except IndexerError as exc:
         raise fail(f"{exc} (run the same command again: it resumes from the stored cursor)") from exc
+    read = (
+        f"{report.changes} changes read, {report.studies_ingested} stable studies"
+        if orthanc
+        else f"{report.polls} polls, {report.changes} studies looked at, {report.studies_ingested} studies ingested"
+    )
     typer.echo(
-        f"PACS {name}: {report.changes} changes read, {report.studies_ingested} stable studies "
+        f"PACS {name}: {read} "
         f"({report.images_indexed} images indexed), {report.studies_deleted} deleted studies removed; "
         f"cursor at {report.cursor}"
     )

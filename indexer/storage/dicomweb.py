@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 PACS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)
 _STUDY, _SERIES, _SOP, _MODALITY, _DATE = "0020000D", "0020000E", "00080018", "00080060", "00080020"
+_STUDY_INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
 
 
 class PacsError(IndexerError):
@@ -200,16 +201,33 @@ class DicomwebPacs:
 
     def search_studies(self, wanted: StudyFilter = StudyFilter(), *, limit: int | None = None) -> list[str]:
         """Study Instance UIDs matching the filter (all pages)."""
+        return list(self.study_sizes(wanted, limit=limit))
+
+    def study_sizes(
+        self, wanted: StudyFilter = StudyFilter(), *, limit: int | None = None
+    ) -> dict[str, int | None]:
+        """Study Instance UID -> how many instances the PACS says it holds (None when it does not say)."""
         found = self._call(
             "a study search",
             "search_for_studies",
             search_filters=wanted.qido(),
-            fields=["StudyDate"],
+            fields=["StudyDate", "NumberOfStudyRelatedInstances"],
             limit=limit,
             get_remaining=limit is None,
         )
-        # A Study Instance UID shared by two patients is listed twice: each study once
-        return list(dict.fromkeys(uid for uid in (_first(study, _STUDY) for study in found) if uid))
+        sizes: dict[str, int | None] = {}
+        for study in found:
+            uid, count = _first(study, _STUDY), _first(study, _STUDY_INSTANCES)
+            if not uid:
+                continue
+            # A Study Instance UID shared by two patients is listed twice: each study once, sizes added
+            size = int(count) if count and count.isdigit() else None
+            if uid in sizes:
+                prior = sizes[uid]
+                sizes[uid] = None if prior is None or size is None else prior + size
+            else:
+                sizes[uid] = size
+        return sizes
 
     def instances_of_study(
         self, study: str, modalities: frozenset[str] = frozenset()

@@ -166,5 +166,16 @@ def test_follow_once_from_the_cli(
     assert "0 stable studies" in again.output  # resumed from the stored cursor
     plain = invoke(["pacs", "add", "plain", "--url", url, *data])
     assert plain.exit_code == 0
-    refused = invoke(["pacs", "follow", "plain", "--once", *data])
-    assert refused.exit_code == 2 and "--kind orthanc" in refused.output
+    unauthorized = invoke(["pacs", "follow", "plain", "--once", *data])  # no account in the environment
+    assert unauthorized.exit_code == 2 and "MEDCBIR_PACS_PLAIN_USERNAME" in unauthorized.output
+    assert "Traceback" not in unauthorized.output
+    # a plain DICOMweb server is polled by study date: CT_small (2004) is found from --since, and it is
+    # the instance the Orthanc feed already indexed, so nothing is indexed twice
+    polled = invoke(
+        ["pacs", "follow", "plain", "--once", "--since", "2000-01-01", *data],
+        env=credentials(orthanc, "plain"),
+    )
+    assert polled.exit_code == 0, polled.output
+    assert "deletions are seen only by the periodic full listing" in polled.output
+    assert "1 polls, 1 studies looked at, 1 studies ingested (0 images indexed)" in polled.output
+    assert "cursor at " in polled.output

@@ -22,8 +22,10 @@ def open_archive(folder: Path) -> Archive:
     return Archive.open(IndexerSettings(data_dir=folder), encoder=ThumbnailEncoder())
 
 
-def connect(orthanc: OrthancServer, archive: Archive, name: str = "test-pacs") -> DicomwebPacs:
-    row = PacsConnectionRow(name, orthanc.dicomweb_url, "orthanc", None, True, False)
+def connect(
+    orthanc: OrthancServer, archive: Archive, name: str = "test-pacs", kind: str = "orthanc"
+) -> DicomwebPacs:
+    row = PacsConnectionRow(name, orthanc.dicomweb_url, kind, None, True, False)
     archive.catalog.add_pacs_connection(row, replace=True)
     credentials = PacsCredentials(username=orthanc.username, password=orthanc.password)  # type: ignore[arg-type]
     return DicomwebPacs(row, credentials=credentials)
