@@ -363,6 +363,13 @@ class HealthOut(BaseModel):
         description="How often the server takes in other writers' rows (MEDCBIR_API_INDEX_POLL_SECONDS)",
     )
     modalities: list[str] = Field(default_factory=list)
+    index_postprocess: str = Field(
+        default="none",
+        description="The label-free post-processing SPEC the index serves (`rebuild-index --postprocess`)",
+    )
+    index_postprocess_version: str | None = Field(
+        default=None, description="The version (fit hash) of that post-processing, null when none"
+    )
     head_version: str | None = Field(
         default=None, description="The trained head the API serves (`medcbir train-head`), null when none"
     )

@@ -428,6 +428,8 @@ class Searcher:
             catalog_ok=catalog_ok,
             catalog_images=stats.images if stats else 0,
             modalities=self.archive.catalog.modalities() if catalog_ok else [],
+            index_postprocess=str(index.postprocess.spec) if index.postprocess else "none",
+            index_postprocess_version=index.postprocess.version if index.postprocess else None,
             head_version=predictors.head.version if predictors.head else None,
             vote_calibration_version=predictors.vote.version if predictors.vote else None,
         )
