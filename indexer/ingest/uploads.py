@@ -167,8 +167,10 @@ def rebuild_archive_index(archive: Archive, lock: threading.RLock, kind: str = "
             size = int(archive.catalog.image_ids_where(encoder=encoder.name).size)
             spec = spec_for_kind(kind, size, encoder.dim)
         generation = archive.catalog.generation()  # the build reads rows at least this new
+        served = archive.index.postprocess  # kept (refitted) unless MEDCBIR_INDEX_POSTPROCESS says otherwise
+        post = archive.settings.index_postprocess or (str(served.spec) if served else None)
         index = VectorIndex.build_from_catalog(
-            archive.catalog, encoder=encoder.name, dim=encoder.dim, spec=spec
+            archive.catalog, encoder=encoder.name, dim=encoder.dim, spec=spec, postprocess=post
         )
         index.generation = generation
         archive.index = index
