@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from search_api.schemas import CaseSummary, SearchFilters, SearchResponse
+from search_api.schemas import CaseSummary, QueryInfo, SearchFilters, SearchResponse
 from ui.client import ApiClient, ApiError
 from ui.context import (
     api_client,
@@ -128,6 +128,18 @@ def pick_archived_image(client: ApiClient) -> int | None:
     if len(case.image_ids) > 1:
         return int(st.selectbox("Image of the case", case.image_ids, key="archive_image"))
     return case.image_ids[0]
+
+
+def query_viewer_link(query: QueryInfo) -> str | None:
+    """The PACS viewer deep link of a query that is a PACS instance (http(s) links only)."""
+    url = query.pacs.viewer_url if query.pacs is not None else None
+    return url if url is not None and url.startswith(("https://", "http://")) else None
+
+
+def viewer_help(query: QueryInfo) -> str:
+    """Where the query link leads, for its tooltip."""
+    assert query.pacs is not None
+    return f"Study {query.pacs.study_instance_uid} in PACS {query.pacs.pacs}"
 
 
 def cached_search(key: str, run: object) -> SearchResponse:
@@ -284,6 +296,9 @@ def main() -> None:
                     scope=f"image:{image_id}",
                     presets=presets,
                 )
+            query_viewer = query_viewer_link(result.query)
+            if query_viewer:
+                st.link_button("Open query in viewer", query_viewer, help=viewer_help(result.query))
         # Relevance feedback: after "Refine", the refined answer stands in for the search's (same query).
         scope = str(st.session_state.get("search_key"))
         original, result = result, refined_result(scope) or result
