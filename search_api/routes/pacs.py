@@ -7,14 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Response
 from starlette.concurrency import run_in_threadpool
 
+from imaging.region import parse_box
 from indexer.catalog import Catalog
 from indexer.storage.pacs_reader import PacsReader
 from indexer.storage.pacs_writeback import SimilarCase, write_similar_cases
 from indexer.storage.stored import PacsInstanceUri
 from search_api.access import RADIOLOGY, allow
-from search_api.deps import AuditDep, CatalogDep, PrincipalDep, SearcherDep, SearchFiltersDep
+from search_api.deps import AuditDep, BoxForm, CatalogDep, PrincipalDep, SearcherDep, SearchFiltersDep
 from search_api.errors import ERROR_RESPONSES, StrictJsonRoute
 from search_api.mappers import pacs_link_out, redact
+from search_api.regions import RegionSearcher
 from search_api.schemas import SearchResponse
 
 router = APIRouter(route_class=StrictJsonRoute)
@@ -49,24 +51,39 @@ async def search_by_instance(
             "in the X-Medcbir-Written-Back header"
         ),
     ] = False,
+    box: BoxForm = None,
 ) -> SearchResponse:
     """Cases like one instance of a PACS: its stored vector when it is indexed (itself left out), else the
-    instance retrieved with WADO-RS and searched like an upload. 404: no such PACS or instance; 502: the
-    PACS failed; 409: write-back asked of a PACS that does not allow it."""
+    instance retrieved with WADO-RS and searched like an upload. With `box`, that region of the instance
+    is embedded and searched instead, as on POST /search. 404: no such PACS or instance; 502: the PACS
+    failed; 409: write-back asked of a PACS that does not allow it; 422: a box outside the image or too
+    small."""
+    region = parse_box(box) if box else None  # a malformed box is refused before the PACS is asked
     where = PacsInstanceUri(pacs, study_instance_uid, series_instance_uid, sop_instance_uid)
     connection = catalog.pacs_connection(pacs)  # NotFoundError (404) for a PACS that is not configured
     reader = PacsReader(catalog)
     if write_back and not connection.write_back:
         write_similar_cases(reader.client(pacs), where, [])  # raises WriteBackDisabledError (409)
     stored = catalog.image_ids_with_source_uri(str(where))
-    if stored:
+    if stored and region is not None:  # the region is cut from the stored image, read back by WADO-RS
+        result = await run_in_threadpool(
+            lambda: RegionSearcher(searcher).search_archived(stored[0], region, filters)
+        )
+    elif stored:
         result = await run_in_threadpool(searcher.search_by_image, stored[0], filters, None)
     else:
         data = await run_in_threadpool(reader, where)
-        result = await run_in_threadpool(lambda: searcher.search(data, filters=filters))
+        if region is not None:
+            result = await run_in_threadpool(
+                lambda: RegionSearcher(searcher).search_upload(data, region, filters)
+            )
+        else:
+            result = await run_in_threadpool(lambda: searcher.search(data, filters=filters))
+    if result.query.pacs is None:
         link = pacs_link_out(str(where), {connection.name: connection})
         result = result.model_copy(update={"query": result.query.model_copy(update={"pacs": link})})
-    note = f"pacs:{pacs} sop:{sop_instance_uid} cases:" + ",".join(str(h.case_id) for h in result.hits)
+    boxed = f" box:{region}" if region else ""
+    note = f"pacs:{pacs} sop:{sop_instance_uid}{boxed} cases:" + ",".join(str(h.case_id) for h in result.hits)
     if write_back:
         cases = similar_cases(catalog, result)
         written = await run_in_threadpool(write_similar_cases, reader.client(pacs), where, cases)

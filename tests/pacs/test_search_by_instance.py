@@ -141,3 +141,69 @@ def test_search_finds_the_twin_across_pacs_and_disk(
     assert answer.status_code == 200, answer.text
     (top,) = answer.json()["hits"]
     assert top["pacs"]["pacs"] == "test-pacs" and top["similarity"] > 0.99
+
+
+def test_a_box_on_an_instance_searches_its_region_and_bad_boxes_are_4xx(
+    orthanc: OrthancServer, api: tuple[str, dict[str, str], Archive], tmp_path: Path
+) -> None:
+    """`box` on /search/by-instance: the region of the retrieved instance (or of the stored one, read back
+    by WADO-RS) is embedded and searched, as on /search; a box outside the image or of 1 pixel is a 422."""
+    url, auth, archive = api
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    (folder / "ct.dcm").write_bytes(dicom_testfile("CT_small.dcm").read_bytes())
+    (folder / "rg.dcm").write_bytes(dicom_testfile("RG1_UNCI.dcm").read_bytes())
+    assert ingest_path(archive, folder, progress=False, workers=0).indexed == 2
+    pacs = connect(orthanc, archive)
+    orthanc.upload([dicom_testfile("CT_small.dcm"), dicom_testfile("MR_small.dcm")])
+    mr_study = "1.3.6.1.4.1.5962.1.2.4.20040826185059.5457"
+    assert (
+        sync_pacs(archive, pacs, StudyFilter(study=mr_study), progress=False, workers=0).ingest.indexed == 1
+    )
+    archive.save_index()
+    ct = {  # CT_small: 128 x 128, in the PACS, not indexed from it
+        "pacs": "test-pacs",
+        "study_instance_uid": "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322",
+        "series_instance_uid": "1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322",
+        "sop_instance_uid": "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322",
+    }
+
+    def post(data: dict[str, str]) -> httpx.Response:
+        return httpx.post(f"{url}/search/by-instance", data=data, headers=auth, timeout=60)
+
+    whole = post({**ct, "k": "3"})
+    region = post({**ct, "k": "3", "box": "16,16,80,80"})
+    assert whole.status_code == 200 == region.status_code, region.text
+    assert region.json()["query"]["box"] == [16, 16, 80, 80] and whole.json()["query"]["box"] is None
+    assert region.json()["query"]["pacs"]["pacs"] == "test-pacs"
+    whole_top, region_top = whole.json()["hits"][0], region.json()["hits"][0]
+    assert whole_top["image_id"] == 1 and whole_top["similarity"] > 0.99  # the whole image: its twin
+    assert region_top["similarity"] < whole_top["similarity"]  # the region is embedded on its own
+
+    mr_row = next(
+        r
+        for r in archive.catalog.images_by_ids(list(range(1, 10))).values()
+        if r.source_uri.startswith("pacs://")
+    )
+    mr = {
+        "pacs": "test-pacs",
+        "study_instance_uid": mr_row.study_instance_uid or "",
+        "series_instance_uid": mr_row.series_instance_uid or "",
+        "sop_instance_uid": mr_row.sop_instance_uid or "",
+    }
+    stored = post(
+        {**mr, "box": "0,0,32,32"}
+    )  # indexed from the PACS: cut from it, read back, itself left out
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["query"]["box"] == [0, 0, 32, 32] and stored.json()["query"]["image_id"] == mr_row.id
+    assert mr_row.id not in [h["image_id"] for h in stored.json()["hits"]]
+
+    for box, said in [("0,0,500,500", "outside"), ("10,10,11,11", "at least"), ("1,2,3", "four whole")]:
+        for query in (ct, mr):
+            refused = post({**query, "box": box})
+            assert refused.status_code == 422 and said in refused.text, (box, refused.text)
+
+    from indexer.governance.audit import audit_records
+
+    _, events = audit_records(archive.catalog, action="search")
+    assert any("box:" in (e.object or "") and "pacs:test-pacs" in (e.object or "") for e in events)
