@@ -1,50 +1,90 @@
-"""The series page: several slices (or one multi-frame DICOM) in, similar stored series out, slice pairs side by side."""
+"""The series page: slices, a multi-frame DICOM or a zip in; similar stored series out, slice pairs side by side."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import streamlit as st
 
-from search_api.schemas import SeriesHitOut
+from search_api.schemas import SeriesHitOut, SeriesSearchResponse, SlicePreview
 from ui.client import ApiError
 from ui.context import api_client, page_settings, thumbnail_fetcher
-from ui.views import CASE_PAGE, show_image
+from ui.views import CASE_PAGE, decode_png, render_prediction, show_image
 
-ACCEPTED = "DICOM slices (or one multi-frame DICOM), PNG or JPEG"
+ACCEPTED = "DICOM slices, one multi-frame DICOM, a zip of DICOM slices, PNG or JPEG"
+# Slice pairs asked per hit (the API's most): the slider walks through them in query-slice order.
+PAIRS = 20
 
 
-def render_series_hit(hit: SeriesHitOut, thumbnail: Callable[[str], bytes], query_names: list[str]) -> None:
-    """One stored series: its score and a slider over its best (query slice, stored slice) pairs."""
+def render_series_hit(
+    hit: SeriesHitOut, thumbnail: Callable[[str], bytes], previews: dict[int, SlicePreview], scope: str = ""
+) -> None:
+    """One stored series: its score and diagnoses, and a slice slider over its (query slice, stored
+    slice) pairs, shown side by side; the slider starts on the best pair."""
     with st.container(border=True):
         st.markdown(f"**#{hit.rank}** · MaxSim **{hit.score:.3f}** · {hit.slices} slices")
+        st.text(f"Diagnosis: {', '.join(hit.diagnosis) if hit.diagnosis else '—'}")
         if not hit.pairs:
             return
-        chosen = st.select_slider(
-            "Slice pair",
-            options=list(range(len(hit.pairs))),
-            format_func=lambda i: f"query slice {hit.pairs[i].query_slice + 1}",
-            key=f"series_pair_{hit.rank}",
-        )
-        pair = hit.pairs[int(chosen)]
+        by_slice = sorted(hit.pairs, key=lambda p: p.query_slice)
+        best = hit.pairs[0].query_slice
+        if len(by_slice) > 1:
+            chosen = st.select_slider(
+                "Query slice",
+                options=[p.query_slice for p in by_slice],
+                value=best,
+                format_func=lambda q: f"{q + 1}",
+                key=f"series_pair_{scope}_{hit.rank}",
+                help="The query slices this series matches best; each is shown beside its closest stored slice.",
+            )
+        else:
+            chosen = best
+        pair = next(p for p in by_slice if p.query_slice == chosen)
         left, right = st.columns(2)
         with left:
-            slice_no = pair.query_slice
-            st.caption(
-                f"Query slice {slice_no + 1}"
-                + (f" ({query_names[slice_no]})" if slice_no < len(query_names) else "")
+            preview = previews.get(pair.query_slice)
+            png = decode_png(preview.png_base64) if preview is not None else None
+            if png is not None:
+                show_image(png, f"query slice {pair.query_slice + 1}", "query slice preview")
+            st.text(
+                f"Query slice {pair.query_slice + 1}" + (f"\n{preview.name}" if preview is not None else "")
             )
         with right:
             try:
                 show_image(thumbnail(f"/images/{pair.image_id}/thumbnail"), "stored slice", "thumbnail")
             except ApiError as exc:
                 st.warning(f"No thumbnail: {exc.message}")
-            st.caption(f"Stored image {pair.image_id} · similarity {pair.similarity:.3f}")
+            st.text(f"Stored image {pair.image_id}\nsimilarity {pair.similarity:.3f}")
         st.page_link(CASE_PAGE, label="Open case", query_params={"case_id": str(hit.case_id)})
 
 
+def render_series_result(
+    result: SeriesSearchResponse, thumbnail: Callable[[str], bytes], scope: str = ""
+) -> None:
+    """The vote of the hit series (with the same uncertainty warning as an image search), then the hits."""
+    modality = f" · {result.modality}" if result.modality else ""
+    st.caption(
+        f"{result.query_slices} query slices{modality} · {result.series_indexed:,} stored series · "
+        f"{result.took_ms:.0f} ms"
+    )
+    render_prediction(result.prediction)
+    previews = {p.query_slice: p for p in result.query_previews}
+    st.subheader("Similar series")
+    for hit in result.hits:
+        render_series_hit(hit, thumbnail, previews, scope)
+
+
+def _search_key(uploads: list[tuple[str, bytes]], k: int) -> str:
+    digest = hashlib.sha256(str(k).encode())
+    for name, data in uploads:
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
 def main() -> None:
-    """Draw the series page once; Streamlit reruns it on every interaction."""
+    """Draw the series page once; Streamlit reruns it on every interaction (the answer is kept across
+    reruns, so moving a slice slider does not search again)."""
     settings = page_settings()
     st.title("Similar series search")
     st.caption("Send the slices of one series; similar stored series come back with their best slice pairs.")
@@ -53,21 +93,22 @@ def main() -> None:
     if not uploads:
         st.info("Upload the slices of a series (at most 500, one modality).")
         return
+    files = [(u.name, u.getvalue()) for u in uploads]
+    key = _search_key(files, k)
     with api_client(settings) as client:
-        try:
-            with st.spinner("Searching similar series…"):
-                result = client.search_series([(u.name, u.getvalue()) for u in uploads], k=k)
-        except ApiError as exc:
-            code = f" (HTTP {exc.status_code})" if exc.status_code else ""
-            st.error(f"Series search failed{code}: {exc.message}")
-            return
-        st.caption(
-            f"{result.query_slices} query slices · {result.series_indexed:,} stored series · {result.took_ms:.0f} ms"
-        )
-        names = [u.name for u in uploads] if len(uploads) == result.query_slices else []
-        thumbnail = thumbnail_fetcher(client, settings)
-        for hit in result.hits:
-            render_series_hit(hit, thumbnail, names)
+        kept = st.session_state.get("series_result")
+        if kept is not None and kept[0] == key:
+            result = kept[1]
+        else:
+            try:
+                with st.spinner("Searching similar series…"):
+                    result = client.search_series(files, k=k, pairs=PAIRS)
+            except ApiError as exc:
+                code = f" (HTTP {exc.status_code})" if exc.status_code else ""
+                st.error(f"Series search failed{code}: {exc.message}")
+                return
+            st.session_state["series_result"] = (key, result)
+        render_series_result(result, thumbnail_fetcher(client, settings), key[:12])
 
 
 main()
