@@ -304,3 +304,19 @@ class PacsCursor(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     position: Mapped[int] = mapped_column(default=0)
     updated_at: Mapped[datetime] = mapped_column(default=_utcnow, onupdate=_utcnow)
+
+
+class FeedbackMark(Base):
+    """A relevance mark of a refine session, saved with a case: a neighbour marked relevant or not."""
+
+    __tablename__ = "feedback_marks"
+    __table_args__ = (UniqueConstraint("case_id", "origin", "image_id"), NEVER_REUSE_IDS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    origin: Mapped[str] = mapped_column(String(64))  # the refined search: query:<query_id> or image:<id>
+    image_id: Mapped[int]  # the marked neighbour (no foreign key: the mark outlives that image)
+    relevant: Mapped[bool]
+    round: Mapped[int] = mapped_column(default=1)
+    username: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=_utcnow)

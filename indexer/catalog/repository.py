@@ -23,6 +23,7 @@ from sqlalchemy.orm import (
 )
 
 from indexer.catalog.case_rows import CaseRows
+from indexer.catalog.feedback_marks import FeedbackMarkRows
 from indexer.catalog.generation import sqlite_reuses_ids
 from indexer.catalog.models import (
     Base,
@@ -74,7 +75,7 @@ def postgres_driver_url(url: str) -> str:
     return url
 
 
-class Catalog(StoredVectors, CaseRows, PacsRows):
+class Catalog(StoredVectors, CaseRows, PacsRows, FeedbackMarkRows):
     """The source of truth: a thin typed repository over a SQLAlchemy engine."""
 
     def __init__(self, url: str) -> None:
