@@ -458,6 +458,31 @@ class CaseEditOut(BaseModel):
     new_value: str | None
 
 
+class FeedbackMarksIn(BaseModel):
+    """The marks of one refined search, to keep with a case (PUT /cases/{case_id}/feedback-marks)."""
+
+    model_config = {"extra": "forbid"}
+
+    origin: str = Field(
+        pattern=r"^(query:[0-9a-f]{32}|image:[0-9]{1,19})$",
+        description="The refined search: query:<query_id> of a POST /search, or image:<image_id> of a by-image search",
+    )
+    round: int = Field(default=1, ge=1, le=1000, description="The refine round the marks were sent with")
+    positive: list[int] = Field(default_factory=list, description="Image ids marked relevant")
+    negative: list[int] = Field(default_factory=list, description="Image ids marked not relevant")
+
+
+class FeedbackMarkOut(BaseModel):
+    """One relevance mark kept with a case."""
+
+    origin: str
+    image_id: int
+    relevant: bool
+    round: int
+    username: str | None
+    at: str = Field(description="UTC time, ISO 8601")
+
+
 class AuditEventOut(BaseModel):
     """One audit row."""
 
