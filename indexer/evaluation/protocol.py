@@ -278,14 +278,60 @@ def score_retrieval(
     )
 
 
+def retrieve_postprocessed(
+    database: npt.NDArray[np.float32],
+    queries: npt.NDArray[np.float32],
+    k: int,
+    *,
+    banned: Sequence[set[int]],
+    postprocess: str,
+) -> Neighbours:
+    """As `retrieve`, through the product's index with a post-processing SPEC fitted on the database only.
+
+    Database positions are the index ids; a query's banned positions are left out by the index's own
+    filter, so query expansion and re-ranking see the same list the query is shown, as in the product.
+    """
+    from indexer.vectors.index import VectorIndex
+
+    ids = np.arange(len(database), dtype=np.int64)
+    index = VectorIndex.build(ids, database, encoder="evaluation", postprocess=postprocess)
+    positions = np.full((len(queries), k), -1, dtype=np.int64)
+    sims = np.full((len(queries), k), np.nan, dtype=np.float32)
+    free = [row for row in range(len(queries)) if not banned[row]]
+    found = dict(zip(free, index.search(queries[free], k) if free else [], strict=True))
+    for row in range(len(queries)):
+        if row not in found:
+            allowed = np.setdiff1d(ids, np.fromiter(banned[row], dtype=np.int64))
+            found[row] = index.search(queries[row : row + 1], k, allowed_ids=allowed)[0]
+        hit = found[row]
+        positions[row, : len(hit.ids)] = hit.ids
+        sims[row, : len(hit.ids)] = hit.similarities
+    return Neighbours(positions=positions, similarities=sims)
+
+
 def evaluate_vectors(
-    dataset: LabeledDataset, vectors: npt.NDArray[np.float32], split: Split, *, k: int = 10
+    dataset: LabeledDataset,
+    vectors: npt.NDArray[np.float32],
+    split: Split,
+    *,
+    k: int = 10,
+    postprocess: str | None = None,
 ) -> EvaluationResult:
-    """Queries = split.test, database = split.train; a query never retrieves its patient or its duplicate."""
+    """Queries = split.test, database = split.train; a query never retrieves its patient or its duplicate.
+
+    `postprocess` (a SPEC, see indexer.vectors.index_postprocess) retrieves through the product's
+    index with that post-processing fitted on the database vectors (train) only.
+    """
     if len(split.train) == 0 or len(split.test) == 0:
         raise DatasetError("the database (train) and the queries (test) must both be non-empty")
     banned = banned_neighbours(dataset, split)
-    neighbours = retrieve(vectors[split.train], vectors[split.test], max(*METRIC_KS, k), banned=banned)
+    depth = max(*METRIC_KS, k)
+    if postprocess is None or postprocess == "none":
+        neighbours = retrieve(vectors[split.train], vectors[split.test], depth, banned=banned)
+    else:
+        neighbours = retrieve_postprocessed(
+            vectors[split.train], vectors[split.test], depth, banned=banned, postprocess=postprocess
+        )
     labels = np.where(neighbours.positions >= 0, dataset.labels[split.train][neighbours.positions], -1)
     result = score_retrieval(
         dataset.labels[split.test], labels, neighbours.similarities, dataset.class_names, k=k
@@ -304,6 +350,7 @@ def evaluate_vectors(
             if dataset.patients is not None
             else "exact duplicate (content hash)",
             "excluded_pairs": sum(len(b) for b in banned),
+            "postprocess": postprocess or "none",
         }
     )
     return result

@@ -59,6 +59,8 @@ class EvaluationConfig:
     feedback_rounds: int = 0
     feedback_weights: FeedbackWeights = DEFAULT_WEIGHTS
     feedback_tune: bool = True
+    # A label-free post-processing SPEC of the index (fitted on the database = train only); None: plain.
+    postprocess: str | None = None
 
 
 def prepare_dataset(config: EvaluationConfig) -> LabeledDataset:
@@ -108,7 +110,7 @@ def run_evaluation(
         cache_tag=f"-{size[0]}px" if size else "",
         progress=progress,
     )
-    result = evaluate_vectors(dataset, vectors, split, k=config.k)
+    result = evaluate_vectors(dataset, vectors, split, k=config.k, postprocess=config.postprocess)
     if config.feedback_rounds > 0:
         result.info["feedback"] = evaluate_feedback(
             dataset,
