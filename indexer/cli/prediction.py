@@ -108,6 +108,14 @@ def evaluate(
         str | None,
         typer.Option(help="Rocchio alpha,beta,gamma for --feedback-rounds [default: the product's]"),
     ] = None,
+    postprocess: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SPEC",
+            help="Retrieve through the index with this label-free post-processing fitted on the database "
+            "(train) only, as `rebuild-index --postprocess` serves it: none, or pcaw, dba, aqe, rerank joined by '+'",
+        ),
+    ] = None,
 ) -> None:
     """Measure retrieval quality on a labeled dataset (precision@k, mAP@k, mMV@k, kNN vote, F1, AUC)."""
     setup_logging()
@@ -118,6 +126,10 @@ def evaluate(
 
     try:
         weights = FeedbackWeights.parse(feedback_weights) if feedback_weights else DEFAULT_WEIGHTS
+        if postprocess is not None:
+            from indexer.vectors.index_postprocess import parse_postprocess
+
+            postprocess = str(parse_postprocess(postprocess))
     except ValueError as exc:
         raise fail(str(exc)) from exc
 
@@ -138,6 +150,7 @@ def evaluate(
         max_images=max_images,
         feedback_rounds=feedback_rounds,
         feedback_weights=weights,
+        postprocess=postprocess,
     )
     try:
         result = run_evaluation(config)
