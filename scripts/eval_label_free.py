@@ -10,6 +10,11 @@ each row's mAP@10 difference to the baseline.
 
     python scripts/eval_label_free.py --datasets ../shared/datasets --cache-dir artifacts/fb/cache \
         --json-dir benchmarks pneu covid retina brain
+
+`--product SPEC ...` scores each SPEC instead through the product's own path, `medcbir eval
+--postprocess SPEC` (indexer.evaluation.runner with the index post-processing of
+indexer/vectors/index_postprocess.py fitted on the database only), to check that the wired option
+gives the numbers measured here (JSON: label_free_product_<name>.json).
 """
 
 from __future__ import annotations
@@ -234,6 +239,32 @@ def evaluate(name: str, options: dict[str, Any], cache_dir: Path) -> dict[str, A
     }
 
 
+def evaluate_product(name: str, options: dict[str, Any], cache_dir: Path, specs: list[str]) -> dict[str, Any]:
+    """Each SPEC through `medcbir eval --postprocess`'s path (the product's index), test queries."""
+    from indexer.evaluation.runner import run_evaluation
+
+    rows: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    for spec in specs:
+        result = run_evaluation(
+            EvaluationConfig(cache_dir=cache_dir, postprocess=spec, **options), progress=False
+        )
+        info = result.info
+        row = {m: round(100 * result.metrics[m], 2) for m in ("map@10", "precision@10", "map@5", "acc@1")}
+        rows[str(result.info["postprocess"])] = row
+        print(
+            f"{name:7s} product {result.info['postprocess']:60s} "
+            + " ".join(f"{k} {v}" for k, v in row.items())
+        )
+    return {
+        "dataset": info.get("dataset"),
+        "database_images": info.get("database_images"),
+        "query_images": info.get("query_images"),
+        "path": "medcbir eval --postprocess (indexer.vectors.index.VectorIndex)",
+        "rows": rows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -243,15 +274,27 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("artifacts/fb/cache"))
     parser.add_argument("--json-dir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=None, help="another split seed (patient-split sets only)")
+    parser.add_argument(
+        "--product",
+        nargs="+",
+        metavar="SPEC",
+        default=None,
+        help="score these SPECs through the product's index",
+    )
     args = parser.parse_args()
     configs = dataset_configs(args.datasets)
     for name in args.names:
         options = configs[name] if args.seed is None else {**configs[name], "seed": args.seed}
-        report = evaluate(name, options, args.cache_dir)
+        if args.product:
+            report = evaluate_product(name, options, args.cache_dir, args.product)
+            stem = "label_free_product_"
+        else:
+            report = evaluate(name, options, args.cache_dir)
+            stem = "label_free_"
         if args.json_dir is not None:
             args.json_dir.mkdir(parents=True, exist_ok=True)
             suffix = "" if args.seed is None else f"_seed{args.seed}"
-            path = args.json_dir / f"label_free_{name}{suffix}.json"
+            path = args.json_dir / f"{stem}{name}{suffix}.json"
             path.write_text(json.dumps(report, indent=2) + "\n")
 
 

@@ -232,3 +232,23 @@ def test_catalog_rebuilds_refit_same_version_for_the_same_rows_and_keep_the_opti
     loaded = VectorIndex.open(path, catalog, encoder="enc", dim=DIM)  # in step: loaded as it is
     assert "REBUILDING" not in caplog.text
     assert loaded.postprocess is not None and loaded.postprocess.version == reopened.postprocess.version
+
+
+def test_eval_postprocess_retrieves_as_the_label_free_script_with_banned_neighbours(database) -> None:  # type: ignore[no-untyped-def]
+    from indexer.evaluation.protocol import retrieve, retrieve_postprocessed
+
+    _, vectors = database
+    queries = _anisotropic(12, seed=4)
+    banned = [set(range(i, i + 5)) if i % 3 else set() for i in range(12)]  # some queries lose neighbours
+    w = pp.fit_whitening(vectors, power=0.25, shrinkage=0.1)
+    expected = retrieve(w.transform(vectors), w.transform(queries), 10, banned=banned)
+    got = retrieve_postprocessed(vectors, queries, 10, banned=banned, postprocess="pcaw")
+    assert np.array_equal(got.positions, expected.positions)
+    np.testing.assert_allclose(got.similarities, expected.similarities, atol=1e-5)
+    # aqe expands over the list the query is shown (its banned positions left out)
+    shown = retrieve(vectors, queries, 2, banned=banned).positions
+    expanded = pp.alpha_query_expansion(queries, vectors, shown, n=3, alpha=3.0)
+    expected = retrieve(vectors, expanded, 10, banned=banned)
+    got = retrieve_postprocessed(vectors, queries, 10, banned=banned, postprocess="aqe")
+    assert np.array_equal(got.positions, expected.positions)
+    assert all(not (set(row) & ban) for row, ban in zip(got.positions.tolist(), banned, strict=True))
