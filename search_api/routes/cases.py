@@ -13,6 +13,7 @@ from search_api.deps import (
     ApiSettingsDep,
     AuditDep,
     CaseManagerDep,
+    CatalogDep,
     PrincipalDep,
     RowId,
     SearcherDep,
@@ -20,7 +21,15 @@ from search_api.deps import (
 )
 from search_api.errors import CONFLICT_RESPONSES, ERROR_RESPONSES, StrictJsonRoute
 from search_api.mappers import case_edit_out, redact_case, split_label_field
-from search_api.schemas import CaseEditOut, CaseList, CaseOut, CaseUpdate
+from search_api.refine import case_marks, save_marks
+from search_api.schemas import (
+    CaseEditOut,
+    CaseList,
+    CaseOut,
+    CaseUpdate,
+    FeedbackMarkOut,
+    FeedbackMarksIn,
+)
 
 router = APIRouter(route_class=StrictJsonRoute)
 
@@ -132,3 +141,37 @@ def delete_case(case_id: RowId, manager: CaseManagerDep, principal: PrincipalDep
     """Delete a case: its rows, its vectors (they leave the index at once), thumbnails and uploads."""
     manager.delete_case(case_id, principal.username)
     return Response(status_code=204)
+
+
+@router.put(
+    "/cases/{case_id}/feedback-marks",
+    response_model=list[FeedbackMarkOut],
+    responses=ERROR_RESPONSES,
+    dependencies=[allow(RADIOLOGY, "save_feedback_marks")],
+)
+def save_feedback_marks(
+    case_id: RowId,
+    marks: Annotated[FeedbackMarksIn, Body()],
+    catalog: CatalogDep,
+    principal: PrincipalDep,
+    audit: AuditDep,
+) -> list[FeedbackMarkOut]:
+    """Keep the relevance marks of a refined search (every mark so far, as sent to POST /search/refine)
+    with the case; they replace the marks saved before for the same search (`origin`). Audited."""
+    saved = save_marks(catalog, case_id, marks, principal.username)
+    audit(
+        f"case:{case_id} {marks.origin} round:{marks.round} positives:{len(set(marks.positive))} "
+        f"negatives:{len(set(marks.negative))}"
+    )
+    return saved
+
+
+@router.get(
+    "/cases/{case_id}/feedback-marks",
+    response_model=list[FeedbackMarkOut],
+    responses=ERROR_RESPONSES,
+    dependencies=[allow(RADIOLOGY, "view_feedback_marks")],
+)
+def feedback_marks(case_id: RowId, catalog: CatalogDep) -> list[FeedbackMarkOut]:
+    """The relevance marks saved with the case, by search (origin), relevant first."""
+    return case_marks(catalog, case_id)
