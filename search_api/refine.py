@@ -11,12 +11,23 @@ import numpy.typing as npt
 
 from imaging import load_image
 from imaging.region import Box, check_box, crop
+from indexer.catalog import Catalog
+from indexer.catalog.models import FeedbackMark
 from indexer.errors import NotFoundError
 from indexer.storage.stored import read_stored_if_present
 from indexer.vectors.feedback import DEFAULT_WEIGHTS, FeedbackWeights, pin_positives, rocchio
 from search_api.exclusion import QueryPatient, archived_patient, upload_patient
 from search_api.explanations import QueryStore
-from search_api.schemas import Hit, QueryInfo, Refinement, SearchFilters, SearchResponse
+from search_api.mappers import utc_iso
+from search_api.schemas import (
+    FeedbackMarkOut,
+    FeedbackMarksIn,
+    Hit,
+    QueryInfo,
+    Refinement,
+    SearchFilters,
+    SearchResponse,
+)
 from search_api.searcher import Searcher, _Found
 
 # Marks per refine request (positives and negatives together): a radiologist marks a few pages of
@@ -186,3 +197,45 @@ def _region(pixels: npt.NDArray[np.float32], box: Box | None) -> npt.NDArray[np.
     if box is None:
         return pixels
     return crop(pixels, check_box(box, pixels.shape[0], pixels.shape[1]))
+
+
+def save_marks(
+    catalog: Catalog, case_id: int, marks: FeedbackMarksIn, username: str
+) -> list[FeedbackMarkOut]:
+    """Keep a refined search's marks with a case (replacing those saved before for the same search),
+    under the refine rules: at most MAX_MARKS, none marked both ways, every one an archived image."""
+    check_marks(marks.positive, marks.negative)
+    ids = set(marks.positive) | set(marks.negative)
+    found = catalog.images_by_ids(sorted(i for i in ids if 0 <= i < 2**63)) if ids else {}
+    missing = sorted(ids - set(found))
+    if missing:
+        raise InvalidFeedbackError(
+            f"image(s) {', '.join(map(str, missing[:10]))} are not in the archive; mark neighbours of the search"
+        )
+    saved = catalog.save_feedback_marks(
+        case_id,
+        marks.origin,
+        positive=marks.positive,
+        negative=marks.negative,
+        round_number=marks.round,
+        username=username,
+    )
+    return [_mark_out(m) for m in saved]
+
+
+def case_marks(catalog: Catalog, case_id: int) -> list[FeedbackMarkOut]:
+    """The marks saved with a case; NotFoundError when the case does not exist."""
+    if catalog.case(case_id) is None:
+        raise NotFoundError(f"case {case_id} does not exist; pick one from GET /cases")
+    return [_mark_out(m) for m in catalog.feedback_marks(case_id)]
+
+
+def _mark_out(mark: FeedbackMark) -> FeedbackMarkOut:
+    return FeedbackMarkOut(
+        origin=mark.origin,
+        image_id=mark.image_id,
+        relevant=mark.relevant,
+        round=mark.round,
+        username=mark.username,
+        at=utc_iso(mark.at),
+    )
