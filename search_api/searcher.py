@@ -193,9 +193,9 @@ class Searcher:
         window = resolve_window(decoded.metadata, center, width, preset)
         return self._render_decoded(source, decoded, window, max_side)
 
-    def cases(self, limit: int = 50, offset: int = 0) -> CaseList:
-        """One page of the archive's cases, to pick a query from."""
-        total, rows = self.archive.catalog.list_cases(limit=limit, offset=offset)
+    def cases(self, limit: int = 50, offset: int = 0, text: str | None = None) -> CaseList:
+        """One page of the archive's cases (those matching every word of `text`), to pick a query from."""
+        total, rows = self.archive.catalog.list_cases(limit=limit, offset=offset, text=text)
         cases = [case_summary(case) for case in rows]
         return CaseList(total=total, offset=offset, limit=limit, cases=cases)
 

@@ -216,9 +216,11 @@ class ApiClient:
             return self._image(self._request("GET", f"/images/{query_image_id}/gradcam", params=params))
         raise ApiError("This search answer names no query to explain; search again.")
 
-    def cases(self, limit: int = 50, offset: int = 0) -> CaseList:
-        """GET /cases: one page of the archive's cases, to pick a query from."""
+    def cases(self, limit: int = 50, offset: int = 0, text: str | None = None) -> CaseList:
+        """GET /cases: one page of the archive's cases (matching every word of `text`), to pick a query from."""
         params = {"limit": str(limit), "offset": str(offset)}
+        if text and text.strip():
+            params["q"] = text.strip()
         return self._parse(self._request("GET", "/cases", params=params), CaseList)
 
     def filters(self) -> FilterOptions:

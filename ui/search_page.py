@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from search_api.schemas import CaseSummary, QueryInfo, SearchFilters, SearchResponse
+from search_api.schemas import QueryInfo, SearchFilters, SearchResponse
 from ui.client import ApiClient, ApiError
 from ui.context import (
     api_client,
@@ -16,12 +16,12 @@ from ui.context import (
     forget_reads,
     load_status,
     page_settings,
-    session_read,
     session_token,
     thumbnail_fetcher,
 )
 from ui.feedback import refined_result, render_mark, render_refine_bar
 from ui.hits import render_hits
+from ui.picker import pick_archived_image
 from ui.regions import region_box_input
 from ui.viewer.panel import open_compare, render_compare, windowed_thumbnails
 from ui.views import (
@@ -40,7 +40,6 @@ ACCEPTED = "DICOM (.dcm, .dicom or no extension), PNG or JPEG"
 UPLOAD = "Upload an image"
 ARCHIVE = "Pick an archived case"
 GROUPINGS = {"none": "No grouping", "study": "Best per study", "series": "Best per series"}
-CASES_PER_PAGE = 100
 
 
 def sidebar_filters(options_modality: list[str], body_parts: list[str], labels: list[str]) -> SearchFilters:
@@ -83,51 +82,6 @@ def sidebar_filters(options_modality: list[str], body_parts: list[str], labels: 
         group_by=None if group_by == "none" else group_by,  # type: ignore[arg-type]
         exclude_patient=bool(exclude),
     )
-
-
-def case_label(case: CaseSummary) -> str:
-    """A case named as a reader would: modality, body part, study description, diagnosis and a short id."""
-    labels = ", ".join(case.diagnosis) if case.diagnosis else "no diagnosis"
-    parts = ["/".join(case.modalities) or "?"]
-    if case.body_parts:
-        parts.append("/".join(p.title() for p in case.body_parts))
-    if case.study_description:
-        parts.append(case.study_description[:40])
-    parts.append(labels)
-    return f"#{case.case_id} · " + " · ".join(parts)
-
-
-def pick_archived_image(client: ApiClient) -> int | None:
-    """Case (and image) pickers over GET /cases; the chosen image id, or None."""
-    pending = st.session_state.pop("pending_archive_image", None)
-    page = int(st.session_state.get("archive_page", 1))
-    try:
-        listing = session_read(
-            f"cases:{page}", lambda: client.cases(limit=CASES_PER_PAGE, offset=(page - 1) * CASES_PER_PAGE)
-        )
-    except ApiError as exc:
-        st.error(f"Could not list the archive's cases: {exc.message}")
-        return pending if isinstance(pending, int) else None
-    if listing.total > CASES_PER_PAGE:
-        pages = (listing.total + CASES_PER_PAGE - 1) // CASES_PER_PAGE
-        st.number_input(f"Page of cases (1-{pages})", min_value=1, max_value=pages, key="archive_page")
-    cases = [c for c in listing.cases if c.image_ids]
-    if isinstance(pending, int):
-        return pending
-    if not cases:
-        st.info("The archive holds no cases yet: index some with `medcbir index`.")
-        return None
-    by_id = {c.case_id: c for c in cases}
-    case_id = st.selectbox(
-        f"Case ({listing.total:,} in the archive)",
-        list(by_id),
-        format_func=lambda cid: case_label(by_id[cid]),
-        key="archive_case",
-    )
-    case = by_id[case_id]
-    if len(case.image_ids) > 1:
-        return int(st.selectbox("Image of the case", case.image_ids, key="archive_image"))
-    return case.image_ids[0]
 
 
 def query_viewer_link(query: QueryInfo) -> str | None:
@@ -237,7 +191,7 @@ def main() -> None:
                     st.info(f"Upload a query image ({ACCEPTED}) to search the archive.")
                     return
             else:
-                image_id = pick_archived_image(client)
+                image_id = pick_archived_image(client, thumbnail_fetcher(client, settings))
                 if image_id is None:
                     return
             box = region_box_input("upload" if upload is not None else f"image{image_id}")

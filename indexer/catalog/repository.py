@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +14,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    or_,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -40,6 +42,9 @@ from indexer.extras import require_extra
 from indexer.storage.private import make_catalog_private
 
 log = logging.getLogger(__name__)
+
+# Words of a case search (`list_cases(text=...)`) beyond this many are ignored.
+MAX_CASE_SEARCH_WORDS = 8
 
 
 @dataclass(frozen=True)
@@ -250,13 +255,40 @@ class Catalog(StoredVectors, CaseRows, PacsRows, FeedbackMarkRows):
         with self._sessions() as session:
             return np.fromiter(session.scalars(query.order_by(Image.id)), dtype=np.int64)
 
-    def list_cases(self, *, limit: int = 50, offset: int = 0) -> tuple[int, list[Case]]:
-        """(total number of cases, one page of cases in id order with diagnoses and images loaded)."""
+    def list_cases(
+        self, *, limit: int = 50, offset: int = 0, text: str | None = None
+    ) -> tuple[int, list[Case]]:
+        """(total number of matching cases, one page of them in id order with diagnoses and images loaded).
+
+        `text`: every word must occur (case-insensitive) in the case's key, report, a diagnosis label, or an
+        image's modality, body part, study or series description.
+        """
+        query = select(Case)
+        for word in (text or "").lower().split()[:MAX_CASE_SEARCH_WORDS]:
+            pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+            def like(column: Any, pattern: str = pattern) -> Any:
+                return func.lower(column).like(pattern, escape="\\")
+
+            query = query.where(
+                or_(
+                    like(Case.case_key),
+                    like(Case.report),
+                    Case.diagnoses.any(like(Diagnosis.label)),
+                    Case.images.any(
+                        or_(
+                            like(Image.modality),
+                            like(Image.body_part),
+                            like(Image.study_description),
+                            like(Image.series_description),
+                        )
+                    ),
+                )
+            )
         with self._sessions() as session:
-            total = session.scalar(select(func.count()).select_from(Case)) or 0
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
             cases = session.scalars(
-                select(Case)
-                .order_by(Case.id)
+                query.order_by(Case.id)
                 .limit(limit)
                 .offset(offset)
                 .options(selectinload(Case.diagnoses), selectinload(Case.images))

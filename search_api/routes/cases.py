@@ -44,9 +44,17 @@ def list_cases(
     searcher: SearcherDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="Only cases where every word occurs in the case id, report, a diagnosis, or an "
+            "image's modality, body part, study or series description (case-insensitive)",
+        ),
+    ] = None,
 ) -> CaseList:
-    """The archive's cases, a page at a time, to pick a query from."""
-    return searcher.cases(limit=limit, offset=offset)
+    """The archive's cases, a page at a time, to pick a query from (optionally only those matching `q`)."""
+    return searcher.cases(limit=limit, offset=offset, text=q)
 
 
 @router.post(

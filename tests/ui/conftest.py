@@ -128,6 +128,7 @@ class ContractApi:
     searches: list[SearchCall] = field(default_factory=list)
     thumbnail_requests: list[int] = field(default_factory=list)
     renders: list[RenderCall] = field(default_factory=list)
+    case_queries: list[str | None] = field(default_factory=list)  # the q of each GET /cases
 
 
 def create_contract_app(record: ContractApi) -> FastAPI:
@@ -287,7 +288,8 @@ def create_contract_app(record: ContractApi) -> FastAPI:
         return Response(content=make_png(value=60), media_type="image/png")
 
     @app.get("/cases")
-    def cases(limit: int = 50, offset: int = 0) -> CaseList:
+    def cases(limit: int = 50, offset: int = 0, q: str | None = None) -> CaseList:
+        record.case_queries.append(q)
         rows = [
             CaseSummary(
                 case_id=200 + i,
@@ -299,6 +301,8 @@ def create_contract_app(record: ContractApi) -> FastAPI:
             )
             for i in range(CONTRACT_HITS)
         ]
+        words = (q or "").lower().split()  # the real API's rule on these fields: every word must occur
+        rows = [r for r in rows if all(w in " ".join([r.case_key, *r.diagnosis]).lower() for w in words)]
         return CaseList(total=len(rows), offset=offset, limit=limit, cases=rows[offset : offset + limit])
 
     @app.get("/cases/{case_id}")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.ui.conftest import CONTRACT_PASSWORD, CONTRACT_TOKEN, CONTRACT_USER
+from tests.ui.conftest import CONTRACT_HITS, CONTRACT_PASSWORD, CONTRACT_TOKEN, CONTRACT_USER
 from ui.client import ApiClient
 
 if TYPE_CHECKING:
@@ -204,10 +204,15 @@ def test_ct_window_presets_and_sliders_rerender_the_preview(
     preset.set_value("lung").run()
     assert not at.exception, [e.value for e in at.exception]
     assert (at.slider(key="wl_center").value, at.slider(key="wl_width").value) == (-600.0, 1500.0)
-    assert [(r.center, r.width) for r in contract.renders] == [(-600.0, 1500.0)]
+    # the query once, and every neighbour's thumbnail through the same window (they follow the window)
+    query_renders = [(r.center, r.width) for r in contract.renders if r.image_id is None]
+    assert query_renders == [(-600.0, 1500.0)]
+    neighbours = [r for r in contract.renders if r.image_id is not None]
+    assert sorted(r.image_id for r in neighbours) == [100 + i for i in range(10)]
+    assert {(r.center, r.width) for r in neighbours} == {(-600.0, 1500.0)}
     at.slider(key="wl_center").set_value(100.0).run()
     assert at.selectbox(key="wl_preset").value == "custom"
-    assert (contract.renders[-1].center, contract.renders[-1].width) == (100.0, 1500.0)
+    assert [(r.center, r.width) for r in contract.renders if r.image_id is None][-1] == (100.0, 1500.0)
     assert len(contract.searches) == 1  # windowing never searches again
 
 
@@ -409,3 +414,25 @@ def test_viewer_link_only_for_pacs_hits_with_http_links() -> None:
         Hit(**base, pacs=PacsLink(**link, viewer_url="https://v/viewer?StudyInstanceUIDs=1"))
     ) == ("https://v/viewer?StudyInstanceUIDs=1")
     assert viewer_link(Hit(**base, pacs=PacsLink(**link, viewer_url="javascript:alert(1)"))) is None
+
+
+def test_the_case_picker_searches_by_words_and_picks_from_thumbnails(
+    monkeypatch: pytest.MonkeyPatch, contract: ContractApi
+) -> None:
+    at = start_app(monkeypatch, contract.url)
+    at.radio(key="query_mode").set_value("Pick an archived case").run()
+    assert contract.case_queries[-1] is None
+    at.text_input(key="archive_text").set_value("emphysema").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert contract.case_queries[-1] == "emphysema"
+    matching = [200 + i for i in range(CONTRACT_HITS) if i % 3 == 0]  # the nodule + emphysema cases
+    options = at.selectbox(key="archive_case").options
+    assert [o.split(" ·")[0] for o in options] == [f"#{c}" for c in matching]
+    buttons = [b for b in at.button if (b.key or "").startswith("pick_case_")]
+    assert [b.key for b in buttons] == [f"pick_case_{c}" for c in matching]
+    at.button(key=f"pick_case_{matching[2]}").click().run()
+    assert contract.searches[-1].image_id == matching[2] - 100  # the thumbnail's case became the query
+    assert at.selectbox(key="archive_case").value == matching[2]
+
+    at.text_input(key="archive_text").set_value("no such words").run()
+    assert any("No case matches" in i.value for i in at.info)

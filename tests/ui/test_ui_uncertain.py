@@ -54,7 +54,7 @@ def test_uncertain_prediction_does_not_prefill_the_saved_diagnosis() -> None:
 
 def test_cases_are_named_by_what_a_reader_sees_not_by_hash() -> None:
     from search_api.schemas import CaseSummary
-    from ui.search_page import case_label
+    from ui.picker import case_label
 
     case = CaseSummary(
         case_id=42,
