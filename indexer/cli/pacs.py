@@ -127,7 +127,25 @@ def sync(
     concurrency: Annotated[
         int | None, typer.Option(help="WADO-RS retrievals at once [default: MEDCBIR_PACS_CONCURRENCY or 4]")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Decode worker processes [default: cores - 1]")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decode worker processes (--engine local) [default: cores - 1]")
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="'local' (processes on this machine) or 'ray' (decode and embed on Ray Data; fetched and "
+            "written here)"
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join: auto (from a cluster node) or HEAD:6379 [default: a local Ray here]"
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None, typer.Option(help="Ray embedding actors [default: one per GPU, else half the CPUs]")
+    ] = None,
     data_dir: DataDir = None,
     encoder: Encoder = None,
     progress: Progress = True,
@@ -136,6 +154,22 @@ def sync(
     from indexer.ingest.pacs_sync import sync_pacs
     from indexer.storage.dicomweb import DicomwebPacs, StudyFilter
     from indexer.storage.pacs_reader import install_pacs_reader
+
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine must be 'local' or 'ray', not {engine!r}")
+    if engine == "local" and (address is not None or actors is not None):
+        raise fail("--address and --actors need --engine ray")
+    if engine == "ray" and workers is not None:
+        raise fail("--workers is for --engine local: with --engine ray, Ray schedules the decode tasks")
+    ray_options = None
+    if engine == "ray":
+        from indexer.ingest.ray import RayOptions, import_ray
+
+        try:
+            import_ray()  # before the PACS is asked: a missing extra is said at once
+        except IndexerError as exc:
+            raise fail(str(exc)) from exc
+        ray_options = RayOptions(address=address, actors=actors)
 
     wanted = StudyFilter(
         since=_date(since, "--since"),
@@ -149,7 +183,14 @@ def sync(
             reader = install_pacs_reader(archive.catalog)
             pacs: DicomwebPacs = reader.client(name)
             report = sync_pacs(
-                archive, pacs, wanted, concurrency=concurrency, progress=progress, workers=workers
+                archive,
+                pacs,
+                wanted,
+                concurrency=concurrency,
+                progress=progress,
+                workers=workers,
+                engine="ray" if engine == "ray" else "local",
+                ray_options=ray_options,
             )
             cli_audit(archive.catalog, "pacs-sync", f"pacs:{name} images:{report.ingest.indexed}")
     except IndexerError as exc:

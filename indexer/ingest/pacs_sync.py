@@ -8,12 +8,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from indexer.archive import Archive
 from indexer.ingest.local import FramePolicy, Ingestor, IngestReport
 from indexer.storage.dicomweb import DicomwebPacs, PacsError, PacsInstance, PacsUnreachableError, StudyFilter
 from indexer.storage.sources import SourceItem
 from indexer.storage.stored import PacsInstanceUri
+
+if TYPE_CHECKING:
+    from indexer.ingest.ray import RayOptions
+    from indexer.ingest.ray_tasks import EncoderFactory
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +92,18 @@ def sync_pacs(
     progress: bool = True,
     workers: int | None = None,
     frames: FramePolicy = "representative",
+    engine: Literal["local", "ray"] = "local",
+    ray_options: RayOptions | None = None,
+    factory: EncoderFactory | None = None,
 ) -> SyncReport:
     """Ingest every instance of the matching studies that this archive does not hold yet.
 
     Resumable: instances already stored (by their PACS uri, or their SOP Instance UID from any source)
     are neither fetched nor ingested again, so a run killed at any moment is finished by the next one.
     Raises PacsUnreachableError when the PACS does not answer (nothing half-done is lost).
+    With engine "ray", the instances are still fetched here (WADO-RS, `concurrency` at once) and shipped
+    to Ray decode tasks and embedding actors in windows; rows and vectors are written here, by the same
+    writer as the local engine (`factory` builds the actors' encoder; default: the archive's settings).
     """
     start = time.perf_counter()
     report = SyncReport()
@@ -120,8 +131,16 @@ def sync_pacs(
         report.already_here,
         len(todo),
     )
-    ingestor = Ingestor(archive, workers=workers, frames=frames)
     items = fetched_items(pacs, todo, concurrency or pacs.settings.concurrency)
-    report.ingest = ingestor.run(items, total=len(todo), progress=progress)
+    if engine == "ray" and not todo:
+        report.ingest = IngestReport()  # nothing to fetch: Ray is not started for nothing
+    elif engine == "ray":
+        from indexer.ingest.ray import RayIngestor
+
+        ray_ingestor = RayIngestor(archive, options=ray_options, factory=factory, frames=frames)
+        report.ingest = ray_ingestor.run_items(items, total=len(todo), progress=progress)
+    else:
+        ingestor = Ingestor(archive, workers=workers, frames=frames)
+        report.ingest = ingestor.run(items, total=len(todo), progress=progress)
     report.elapsed_s = time.perf_counter() - start
     return report

@@ -8,7 +8,7 @@ import pickle
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -115,56 +115,80 @@ class RayIngestor:
 
     def run(self, root: Path, *, progress: bool = True) -> IngestReport:
         """Ingest every file under root (folder, zip or tar, or one file); a re-run is a no-op."""
+        packed = _is_packed(root.expanduser())
+
+        def feed(ray: ModuleType, report: IngestReport, bar: tqdm[Any]) -> None:
+            if packed:
+                for rows in self._windows(iter_source(root), report, bar):
+                    self._consume(ray, rows, frozenset(), report, bar)
+                return
+            rows, unreadable = _folder_rows(root)
+            for item, error in unreadable:
+                report.seen += 1
+                report.failed += 1
+                self.archive.catalog.record_failure(item.uri, error)
+                bar.update(1)
+            if rows:
+                self._consume(ray, rows, self._stored_digests(), report, bar)
+
+        return self._ingest(feed, count_items(root), progress)
+
+    def run_items(
+        self, items: Iterable[SourceItem], *, total: int | None = None, progress: bool = True
+    ) -> IngestReport:
+        """Ingest items whose bytes the driver reads (e.g. instances fetched from a PACS), shipped to the
+        decode tasks in windows of `window_bytes`; each window is written before the next is read, so a
+        run killed at any moment keeps what was written. An item whose reader raises OSError is recorded
+        as a failure; any other error stops the run."""
+
+        def feed(ray: ModuleType, report: IngestReport, bar: tqdm[Any]) -> None:
+            for rows in self._windows(items, report, bar):
+                self._consume(ray, rows, frozenset(), report, bar)
+
+        return self._ingest(feed, total, progress)
+
+    def _ingest(
+        self,
+        feed: Callable[[ModuleType, IngestReport, tqdm[Any]], None],
+        total: int | None,
+        progress: bool,
+    ) -> IngestReport:
         ray = import_ray()
         started_here = ensure_ray(ray, self.options.address)
         try:
-            return self._run(ray, root, progress)
+            report = IngestReport()
+            start = time.perf_counter()
+            self._claimed = {}
+            self._batches_since_save = 0
+            with tqdm(
+                total=total, unit="file", desc="indexing (ray)", disable=not progress, smoothing=0.05
+            ) as bar:
+                feed(ray, report, bar)
+                bar.set_postfix(indexed=report.indexed, skipped=report.already_indexed, failed=report.failed)
+            if report.indexed:
+                self.archive.save_index()
+            if self.writer.manifest is not None:
+                report.manifest_unmatched = self.writer.manifest.unmatched_count()
+            report.elapsed_s = time.perf_counter() - start
+            report.log_done("ray ingest")
+            return report
         finally:
             if started_here:
                 ray.shutdown()
-
-    def _run(self, ray: ModuleType, root: Path, progress: bool) -> IngestReport:
-        report = IngestReport()
-        start = time.perf_counter()
-        self._claimed = {}
-        self._batches_since_save = 0
-        packed = _is_packed(root.expanduser())
-        with tqdm(
-            total=count_items(root), unit="file", desc="indexing (ray)", disable=not progress, smoothing=0.05
-        ) as bar:
-            if packed:
-                for rows in self._archive_windows(root, report, bar):
-                    self._consume(ray, rows, frozenset(), report, bar)
-            else:
-                rows, unreadable = _folder_rows(root)
-                for item, error in unreadable:
-                    report.seen += 1
-                    report.failed += 1
-                    self.archive.catalog.record_failure(item.uri, error)
-                    bar.update(1)
-                if rows:
-                    self._consume(ray, rows, self._stored_digests(), report, bar)
-            bar.set_postfix(indexed=report.indexed, skipped=report.already_indexed, failed=report.failed)
-        if report.indexed:
-            self.archive.save_index()
-        if self.writer.manifest is not None:
-            report.manifest_unmatched = self.writer.manifest.unmatched_count()
-        report.elapsed_s = time.perf_counter() - start
-        report.log_done("ray ingest")
-        return report
 
     def _stored_digests(self) -> frozenset[bytes]:
         """Content hashes already in the catalog, sent once to the decode tasks so stored files are not decoded."""
         with self.archive.catalog.session() as session:
             return frozenset(bytes.fromhex(sha) for sha in session.scalars(select(Image.sha256)))
 
-    def _archive_windows(
-        self, root: Path, report: IngestReport, bar: tqdm[Any]
+    def _windows(
+        self, items: Iterable[SourceItem], report: IngestReport, bar: tqdm[Any]
     ) -> Iterator[list[dict[str, Any]]]:
-        """Read zip/tar members on the driver (same safety checks as local), skip stored ones, window by bytes."""
+        """Read items on the driver (zip/tar members with the same safety checks as local), skip stored
+        ones, window by bytes."""
         window: list[dict[str, Any]] = []
         size = 0
-        for item in iter_source(root):
+        for item in items:
             try:
                 data = item.read_bytes()
             except (OSError, UnsafeSourceError) as exc:
