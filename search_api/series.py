@@ -17,7 +17,9 @@ import numpy as np
 import numpy.typing as npt
 
 from imaging import UnsupportedFormatError, count_frames, iter_frames, render_png, sniff_format
+from indexer.errors import NotFoundError
 from indexer.storage.archives import ArchiveSettings, UnsafeSourceError, iter_zip_members
+from indexer.storage.dicomweb import DicomwebPacs
 from indexer.storage.sources import safe_member_name
 from indexer.vectors.series import SeriesHit, SeriesIndex
 from search_api.predictions import calibrated_vote, flag_uncertain, vote
@@ -107,6 +109,34 @@ def _zip_members(
 def _skipped(member: str) -> bool:
     path = PurePosixPath(member)
     return member.startswith(_SKIPPED[0]) or path.name in _SKIPPED[1:] or path.name.startswith("._")
+
+
+def fetch_pacs_series(
+    client: DicomwebPacs, study: str, series: str, max_slices: int, max_total_bytes: int
+) -> list[tuple[str, bytes]]:
+    """Every instance of one PACS series, retrieved with WADO-RS: refused past `max_slices` instances
+    (from the QIDO-RS listing, before any retrieval) or past `max_total_bytes` retrieved."""
+    instances = [i for i in client.instances_of_study(study) if i.series == series]
+    if not instances:
+        raise NotFoundError(
+            f"the PACS lists no instance of series {series} in study {study}; check both UIDs"
+        )
+    if len(instances) > max_slices:
+        raise InvalidSeriesError(
+            f"the PACS series holds {len(instances)} instances: more than {max_slices} slices in one series "
+            "query; send a subset (every n-th slice) as files"
+        )
+    out, total = [], 0
+    for instance in instances:
+        data = client.retrieve(instance)
+        total += len(data)
+        if total > max_total_bytes:
+            raise SeriesTooLargeError(
+                f"the PACS series passes {max_total_bytes:,} bytes (the upload limit, "
+                "MEDCBIR_API_MAX_UPLOAD_BYTES): send a subset of its slices as files"
+            )
+        out.append((f"pacs:{instance.sop}", data))
+    return out
 
 
 class SeriesSearcher:

@@ -7,11 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from indexer.storage.pacs_reader import PacsReader
+from search_api import series as series_module
 from search_api.access import RADIOLOGY, allow
-from search_api.deps import ApiSettingsDep, AuditDep, SeriesSearcherDep, read_upload
+from search_api.deps import ApiSettingsDep, AuditDep, CatalogDep, SeriesSearcherDep, read_upload
 from search_api.errors import ERROR_RESPONSES, StrictJsonRoute
 from search_api.schemas import SeriesSearchResponse
-from search_api.series import MAX_PAIRS
+from search_api.series import MAX_PAIRS, fetch_pacs_series
 
 router = APIRouter(route_class=StrictJsonRoute)
 
@@ -61,4 +63,46 @@ async def search_series(
         lambda: series.search(data, k, pairs=pairs, max_total_bytes=limits.max_upload_bytes)
     )
     audit(f"series slices:{result.query_slices} cases:" + ",".join(str(h.case_id) for h in result.hits))
+    return result
+
+
+Uid = Annotated[str, Form(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z.\-_]+$")]
+
+
+@router.post(
+    "/search/series/by-pacs",
+    response_model=SeriesSearchResponse,
+    responses={**ERROR_RESPONSES, 502: ERROR_RESPONSES[404]},
+    dependencies=[allow(RADIOLOGY, "search")],
+)
+async def search_series_in_pacs(
+    series: SeriesSearcherDep,
+    catalog: CatalogDep,
+    limits: ApiSettingsDep,
+    audit: AuditDep,
+    pacs: Annotated[str, Form(min_length=1, max_length=64, description="The PACS's name in medcbir")],
+    study_instance_uid: Uid,
+    series_instance_uid: Uid,
+    k: Annotated[int, Form(ge=1, le=100)] = 10,
+    pairs: Annotated[
+        int, Form(ge=1, le=MAX_PAIRS, description="Best (query slice, stored slice) pairs per hit")
+    ] = 3,
+) -> SeriesSearchResponse:
+    """A PACS series as the query: its instances listed (QIDO-RS) and retrieved (WADO-RS), then searched
+    like POST /search/series. 404: no such PACS or series; 502: the PACS failed; 413/422: the limits."""
+    catalog.pacs_connection(pacs)  # NotFoundError (404) for a PACS that is not configured
+    client = PacsReader(catalog).client(pacs)
+    cap = series_module.MAX_SLICES
+    data = await run_in_threadpool(
+        lambda: fetch_pacs_series(
+            client, study_instance_uid, series_instance_uid, cap, limits.max_upload_bytes
+        )
+    )
+    result = await run_in_threadpool(
+        lambda: series.search(data, k, pairs=pairs, max_total_bytes=limits.max_upload_bytes)
+    )
+    audit(
+        f"series pacs:{pacs} series:{series_instance_uid} slices:{result.query_slices} cases:"
+        + ",".join(str(h.case_id) for h in result.hits)
+    )
     return result
