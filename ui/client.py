@@ -13,6 +13,7 @@ from search_api.schemas import (
     CaseEditOut,
     CaseList,
     CaseOut,
+    FeedbackMarkOut,
     FilterOptions,
     HealthOut,
     LogoutOut,
@@ -270,6 +271,19 @@ class ApiClient:
         if diagnosis is not None:
             body["diagnosis"] = diagnosis
         return self._parse(self._request("PATCH", f"/cases/{case_id}", json=body), CaseOut)
+
+    def save_feedback_marks(
+        self, case_id: int, origin: str, positive: list[int], negative: list[int], round_number: int = 1
+    ) -> list[FeedbackMarkOut]:
+        """PUT /cases/{id}/feedback-marks: keep a refined search's marks with the case (replacing that search's)."""
+        body = {"origin": origin, "round": round_number, "positive": positive, "negative": negative}
+        response = self._request("PUT", f"/cases/{case_id}/feedback-marks", json=body)
+        return [FeedbackMarkOut.model_validate(item) for item in response.json()]
+
+    def feedback_marks(self, case_id: int) -> list[FeedbackMarkOut]:
+        """GET /cases/{id}/feedback-marks: the marks saved with the case."""
+        response = self._request("GET", f"/cases/{case_id}/feedback-marks")
+        return [FeedbackMarkOut.model_validate(item) for item in response.json()]
 
     def delete_case(self, case_id: int) -> None:
         """DELETE /cases/{id} (admin)."""
