@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from search_api.schemas import Hit, SearchResponse
+from search_api.schemas import FeedbackMarkOut, Hit, SearchResponse
 from ui.client import ApiError
 
 UP = "👍 relevant"
@@ -29,8 +29,17 @@ def marks(scope: str) -> dict[int, str]:
 
 
 def marked_ids(scope: str) -> tuple[list[int], list[int]]:
-    """(positive, negative) image ids marked for this search."""
+    """(positive, negative) image ids marked for this search, the marks clicked in this run included
+    (the thumbs' widget values are read here, before the cards that keep them are drawn)."""
     chosen = marks(scope)
+    prefix = f"mark_{_scope_key(scope)}_"
+    for key in [k for k in st.session_state if str(k).startswith(prefix)]:
+        value = st.session_state[key]
+        image_id = int(str(key)[len(prefix) :])
+        if value in (UP, DOWN):
+            chosen[image_id] = value
+        else:
+            chosen.pop(image_id, None)
     return (
         sorted(i for i, m in chosen.items() if m == UP),
         sorted(i for i, m in chosen.items() if m == DOWN),
@@ -94,3 +103,34 @@ def render_refine_bar(scope: str, refine: Callable[[list[int], list[int], int], 
             st.error(f"Refine failed{code}: {exc.message}")
             return
         st.rerun()
+
+
+SaveMarks = Callable[[int, list[int], list[int], int], list[FeedbackMarkOut]]
+
+
+def render_save_marks(scope: str, save: SaveMarks, default_case: int | None = None) -> None:
+    """Keep this search's marks with a case (the archived query's own case by default): they replace
+    the marks saved before for the same search, and the API audits the save."""
+    positive, negative = marked_ids(scope)
+    if not (positive or negative):
+        return
+    current = refined_result(scope)
+    round_number = current.refinement.round if current and current.refinement else 1
+    key = _scope_key(scope)
+    with st.expander("Save the marks with a case"):
+        case_id = st.number_input(
+            "Case id",
+            min_value=1,
+            step=1,
+            value=default_case,
+            key=f"marks_case_{key}",
+            help="The case to keep these marks with (e.g. the case this query belongs to)",
+        )
+        if st.button("Save marks", key=f"save_marks_{key}", disabled=case_id is None):
+            try:
+                saved = save(int(case_id or 0), positive, negative, round_number)
+            except ApiError as exc:
+                code = f" (HTTP {exc.status_code})" if exc.status_code else ""
+                st.error(f"Saving the marks failed{code}: {exc.message}")
+                return
+            st.success(f"{len(saved)} mark(s) saved with case {int(case_id or 0)}.")
