@@ -19,7 +19,7 @@ from ui.context import (
     session_token,
     thumbnail_fetcher,
 )
-from ui.feedback import refined_result, render_mark, render_refine_bar
+from ui.feedback import refined_result, render_mark, render_refine_bar, render_save_marks
 from ui.hits import render_hits
 from ui.picker import pick_archived_image
 from ui.regions import region_box_input
@@ -287,6 +287,14 @@ def main() -> None:
                     patient_ref=sent_patient or None,
                     box=box,
                 ),
+            )
+            origin = f"query:{original.query_id}" if original.query_id else f"image:{original.query.image_id}"
+            render_save_marks(
+                scope,
+                lambda case_id, positive, negative, round_number: client.save_feedback_marks(
+                    case_id, origin, positive, negative, round_number
+                ),
+                original.query.case_id,
             )
             render_hits(
                 result.hits,
