@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 from pydicom import Dataset, dcmread
 
@@ -35,6 +36,7 @@ class SimilarCase:
     series_instance_uid: str | None = None
     sop_instance_uid: str | None = None
     sop_class_uid: str | None = None
+    pacs: str | None = None  # the PACS it was ingested from, when it was
 
     @property
     def referable(self) -> bool:
@@ -45,6 +47,10 @@ class SimilarCase:
             and self.sop_instance_uid
             and self.sop_class_uid
         )
+
+    def referable_in(self, pacs: str) -> bool:
+        """True when a KOS stored in PACS `pacs` can reference it: a DICOM instance that PACS holds."""
+        return self.referable and self.pacs == pacs
 
     def reference(self) -> Dataset:
         """The minimal data set a KOS reference needs."""
@@ -69,28 +75,52 @@ def summary_text(cases: Sequence[SimilarCase]) -> str:
     return "\n".join(lines)
 
 
-def similar_cases_kos(query: Dataset, cases: Sequence[SimilarCase]) -> Dataset:
-    """A Key Object Selection document in the query's study: "Of Interest", referencing the query and the
-    neighbours of the same study, with every similar case listed in its description.
+def similar_cases_kos(query: Dataset, cases: Sequence[SimilarCase], pacs: str | None = None) -> Dataset:
+    """A Key Object Selection document in the query's study: "Of Interest", referencing the query and
+    every similar case that is an instance of PACS `pacs` (whatever its study), with every similar case
+    listed in its description.
 
-    highdicom (like most viewers) keeps a KOS to one study, so neighbours from other studies are listed
-    by their UIDs in the text rather than referenced."""
+    PS3.3 C.17.6.2.1: the Current Requested Procedure Evidence Sequence holds the full set of instances the
+    content references, study by study, other studies included. The document is stored in the query's
+    study only (never in the neighbours' studies, which belong to other patients), so no Identical
+    Documents Sequence is required. highdicom builds the content and the document, but refuses evidence
+    from more than one other study (and drops it from one), so the document is built on the query's own
+    study first and then given the whole content and evidence with highdicom's `collect_evidence`."""
     hd = require_extra("highdicom", "pacs", needed_for="writing a KOS needs highdicom")
     codes = require_extra("pydicom.sr.codedict", "pacs").codes
-    same_study = [c for c in cases if c.referable and c.study_instance_uid == query.StudyInstanceUID]
-    referenced = [query] + [c.reference() for c in same_study if c.sop_instance_uid != query.SOPInstanceUID]
-    content = hd.ko.KeyObjectSelection(
-        document_title=codes.DCM.OfInterest, referenced_objects=referenced, description=summary_text(cases)
-    )
-    return hd.ko.KeyObjectSelectionDocument(
-        evidence=referenced,
-        content=content,
+    collect_evidence = require_extra("highdicom.sr.utils", "pacs").collect_evidence
+    study = query.StudyInstanceUID
+    chosen = [c for c in cases if (c.referable_in(pacs) if pacs else c.referable)]
+    seen = {str(query.SOPInstanceUID)}
+    referenced = [query]
+    for case in chosen:
+        if case.sop_instance_uid not in seen:
+            seen.add(str(case.sop_instance_uid))
+            referenced.append(case.reference())
+    local = [r for r in referenced if r.StudyInstanceUID == study]
+
+    def content(objects: list[Dataset]) -> Any:
+        return hd.ko.KeyObjectSelection(
+            document_title=codes.DCM.OfInterest, referenced_objects=objects, description=summary_text(cases)
+        )
+
+    document = hd.ko.KeyObjectSelectionDocument(
+        evidence=local,
+        content=content(local),
         series_instance_uid=hd.UID(),
         series_number=KOS_SERIES_NUMBER,
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer=MANUFACTURER,
     )
+    if len(referenced) == len(local):
+        return document
+    whole = content(referenced)
+    for tag, value in whole[0].items():
+        document[tag] = value
+    same_study, other_studies = collect_evidence(referenced, whole[0], study_instance_uid=study)
+    document.CurrentRequestedProcedureEvidenceSequence = [*same_study, *other_studies]
+    return hd.ko.KeyObjectSelectionDocument.from_dataset(document)  # its reference table rebuilt
 
 
 def write_similar_cases(pacs: DicomwebPacs, query: PacsInstanceUri, cases: Sequence[SimilarCase]) -> str:
@@ -105,7 +135,7 @@ def write_similar_cases(pacs: DicomwebPacs, query: PacsInstanceUri, cases: Seque
         )
     data = pacs.retrieve(PacsInstance(query.study, query.series, query.sop))
     header = dcmread(BytesIO(data), stop_before_pixels=True, force=True)
-    document = similar_cases_kos(header, cases)
+    document = similar_cases_kos(header, cases, pacs.connection.name)
     pacs.store([document])
     log.info("PACS %s: stored a similar-cases KOS referencing %d cases", pacs.connection.name, len(cases))
     return str(document.SOPInstanceUID)

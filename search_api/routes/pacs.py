@@ -11,7 +11,7 @@ from imaging.region import parse_box
 from indexer.catalog import Catalog
 from indexer.storage.pacs_reader import PacsReader
 from indexer.storage.pacs_writeback import SimilarCase, write_similar_cases
-from indexer.storage.stored import PacsInstanceUri
+from indexer.storage.stored import PacsInstanceUri, is_pacs_uri
 from search_api.access import RADIOLOGY, allow
 from search_api.deps import AuditDep, BoxForm, CatalogDep, PrincipalDep, SearcherDep, SearchFiltersDep
 from search_api.errors import ERROR_RESPONSES, StrictJsonRoute
@@ -108,6 +108,9 @@ def similar_cases(catalog: Catalog, result: SearchResponse) -> list[SimilarCase]
                 series_instance_uid=row.series_instance_uid if row else None,
                 sop_instance_uid=row.sop_instance_uid if row else None,
                 sop_class_uid=row.sop_class_uid if row else None,
+                pacs=PacsInstanceUri.parse(row.source_uri).pacs
+                if row and is_pacs_uri(row.source_uri)
+                else None,
             )
         )
     return cases

@@ -109,12 +109,86 @@ def test_kos_written_back_is_read_back_valid_and_references_the_cases(
         if item.ValueType in ("IMAGE", "COMPOSITE")
     }
     images = archive.catalog.images_by_ids([h["image_id"] for h in hits])
-    assert referenced == {CT["sop_instance_uid"]}  # the neighbours are in other studies: listed in the text
+    neighbours = [images[h["image_id"]] for h in hits]
+    studies = {row.study_instance_uid for row in neighbours}
+    assert len(studies) == 2 and CT["study_instance_uid"] not in studies  # two other studies
+    # every neighbour is referenced, whatever its study, beside the query
+    assert referenced == {CT["sop_instance_uid"]} | {row.sop_instance_uid for row in neighbours}
+    evidence = {
+        (
+            study.StudyInstanceUID,
+            series.SeriesInstanceUID,
+            sop.ReferencedSOPInstanceUID,
+            sop.ReferencedSOPClassUID,
+        )
+        for study in kos.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert evidence == {
+        (row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid, row.sop_class_uid)
+        for row in neighbours
+    } | {
+        (
+            CT["study_instance_uid"],
+            CT["series_instance_uid"],
+            CT["sop_instance_uid"],
+            "1.2.840.10008.5.1.4.1.1.2",
+        )
+    }
+    assert "IdenticalDocumentsSequence" not in kos  # stored in the query's study only
     text = next(item.TextValue for item in kos.ContentSequence if item.ValueType == "TEXT")
     lines = text.splitlines()[1:]
     assert len(lines) == len(hits) == 2 and lines[0].startswith("1. similarity ")
     for line, hit in zip(lines, hits, strict=True):
         assert f"instance {images[hit['image_id']].sop_instance_uid}]" in line
 
+    import highdicom as hd
+
+    read_back = hd.ko.KeyObjectSelectionDocument.from_dataset(kos)  # highdicom reads it back
+    for row in neighbours:
+        assert read_back.resolve_reference(row.sop_instance_uid) == (
+            row.study_instance_uid,
+            row.series_instance_uid,
+            row.sop_instance_uid,
+        )
     report = validate_dicom(kos_path)
+    assert not report.errors, report.raw_errors
+
+
+def test_only_instances_of_the_same_pacs_are_referenced(tmp_path: Path) -> None:
+    """A neighbour indexed from disk or from another PACS cannot be opened from this PACS: text only."""
+    from indexer.storage.pacs_writeback import SimilarCase, similar_cases_kos
+
+    query = pydicom.dcmread(dicom_testfile("CT_small.dcm"), stop_before_pixels=True)
+    here, disk, elsewhere = (
+        pydicom.dcmread(dicom_testfile(name), stop_before_pixels=True)
+        for name in ("MR_small.dcm", "MR2_UNCI.dcm", "RG1_UNCI.dcm")
+    )
+
+    def case(rank: int, ds: pydicom.Dataset, pacs: str | None) -> SimilarCase:
+        return SimilarCase(
+            rank,
+            0.9,
+            ["x"],
+            ds.StudyInstanceUID,
+            ds.SeriesInstanceUID,
+            ds.SOPInstanceUID,
+            ds.SOPClassUID,
+            pacs,
+        )
+
+    cases = [case(1, here, "main"), case(2, disk, None), case(3, elsewhere, "other"), case(4, query, "main")]
+    kos = similar_cases_kos(query, cases, "main")
+    referenced = {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in kos.ContentSequence
+        if item.ValueType in ("IMAGE", "COMPOSITE")
+    }
+    assert referenced == {query.SOPInstanceUID, here.SOPInstanceUID}  # the query once, though a hit too
+    text = next(item.TextValue for item in kos.ContentSequence if item.ValueType == "TEXT")
+    assert len(text.splitlines()) == 1 + len(cases)  # every case in the text
+    path = tmp_path / "kos.dcm"
+    kos.save_as(path)
+    report = validate_dicom(path)
     assert not report.errors, report.raw_errors
