@@ -55,7 +55,8 @@ def write_index(
     if postprocess is not None:
         state = postprocess.to_bytes()
         post_meta = postprocess.meta(state)
-        atomic_write(postprocess_path(path), state)
+        if not (postprocess_path(path).exists() and _recorded_state_digest(path) == post_meta["sha256"]):
+            atomic_write(postprocess_path(path), state)  # unchanged since the last save: not rewritten
     meta = {
         "encoder": encoder,
         "dim": int(index.d),
@@ -125,6 +126,13 @@ def saved_postprocess(path: Path) -> str | None:
     """The post-processing SPEC recorded beside a saved index (even one that fails its checksum), or None."""
     try:
         return str(_sidecar(meta_path(path))["postprocess"]["spec"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _recorded_state_digest(path: Path) -> str | None:
+    try:
+        return str(_sidecar(meta_path(path))["postprocess"]["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
