@@ -48,11 +48,11 @@ def test_two_mr_slices_show_the_vote_and_their_pairs_with_a_slider(
     assert caption.startswith("2 query slices · MR")
     slider = at.select_slider(key=next(k for k in at.session_state if str(k).startswith("series_pair_")))
     first = [t.value for t in at.text if t.value.startswith("Query slice")]
-    shown = slider.value
-    other = next(o for o in slider.options if str(o) != str(shown + 1))
+    shown = int(str(slider.value))  # a 0-based query slice; the options are shown 1-based
+    other = next(int(o) - 1 for o in slider.options if int(o) - 1 != shown)
     hits = sum(t.startswith("Diagnosis:") for t in texts)
     assert hits >= 2 and len(at.image) == 2 * hits  # each hit: the query slice and its stored slice
-    slider.set_value(int(other) - 1).run()
+    slider.set_value(other).run()
     assert not at.exception, [e.value for e in at.exception]
     after = [t.value for t in at.text if t.value.startswith("Query slice")]
     assert after != first
