@@ -13,6 +13,7 @@ from indexer.archive import Archive
 from indexer.cli import app
 from indexer.ingest.local import ingest_path
 from indexer.settings import IndexerSettings
+from search_api.searcher import Searcher
 
 
 @pytest.fixture()
@@ -57,6 +58,13 @@ def test_postprocess_survives_rebuild_restart_and_ingest(archive_dirs, real_enco
     sims = post.whitening.transform(query) @ post.whitening.transform(all_raw).T
     found = archive.index.search(query, k=6)[0]
     assert found.ids.tolist() == all_ids[np.argsort(-sims[0])].tolist()
+
+    # the server path: /health says what is served; an archived image's own bytes find it first
+    searcher = Searcher(archive)
+    health = searcher.health()
+    assert (health.index_postprocess, health.index_postprocess_version) == (str(post.spec), version)
+    top = searcher.search((images / "raster" / "ihc.jpg").read_bytes(), k=3).hits[0]
+    assert top.source_uri.endswith("ihc.jpg") and top.similarity > 0.99
 
     # an image ingested after the fit goes through the fitted whitening (not refitted)
     assert ingest_path(archive, later, progress=False, workers=0).indexed == 1
