@@ -1,12 +1,15 @@
 """Benchmark the PACS connector against a real Orthanc: sync throughput vs `index` of the same files, and
-stable-to-searchable latency of `pacs follow` (issue 13).
+stored-to-searchable latency of `pacs follow` (Orthanc's feed, and QIDO-RS polling) (issue 13).
 
-    PYTHONPATH=. python scripts/bench_pacs.py [--encoder efficientnet_lite0] [--studies 8] [--out FILE]
+    PYTHONPATH=. python scripts/bench_pacs.py [--encoder efficientnet_lite0] [--studies 8] [--engine ray]
+        [--qido-poll-s 2] [--out FILE]
 
 Starts Debian's Orthanc on loopback (tests/pacs/orthanc.py, StableAge 2 s), uploads the pydicom-data
 corpus (the instances Orthanc keeps), then in one process: indexes the same files from disk, syncs them
-from Orthanc into a second archive (same encoder, same decode workers), and follows Orthanc while studies
-are stored one at a time. Prints one JSON line.
+from Orthanc into a second archive (same encoder, same decode workers; `--engine ray`: the sync decodes
+and embeds on a local Ray), follows Orthanc's /changes while studies are stored one at a time, then
+polls it as a plain DICOMweb server (kind dicomweb, QIDO-RS every --qido-poll-s) while the same studies,
+dated today, are stored one at a time. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from embeddings import create_encoder
 from indexer.archive import Archive
 from indexer.catalog.pacs_rows import PacsConnectionRow
-from indexer.ingest.follow import OrthancFollower
+from indexer.ingest.follow import OrthancFollower, QidoFollower
 from indexer.ingest.local import IngestReport, ingest_path
 from indexer.ingest.pacs_sync import SyncReport, sync_pacs
 from indexer.settings import IndexerSettings
@@ -33,8 +36,8 @@ from tests.pacs.corpus import corpus_files, upload_corpus
 from tests.pacs.orthanc import STABLE_AGE_S, OrthancServer, running_orthanc
 
 
-def connect(orthanc: OrthancServer, archive: Archive) -> DicomwebPacs:
-    row = PacsConnectionRow("bench", orthanc.dicomweb_url, "orthanc", None, True, False)
+def connect(orthanc: OrthancServer, archive: Archive, kind: str = "orthanc") -> DicomwebPacs:
+    row = PacsConnectionRow("bench", orthanc.dicomweb_url, kind, None, True, False)
     archive.catalog.add_pacs_connection(row, replace=True)
     credentials = PacsCredentials(username=orthanc.username, password=orthanc.password)  # type: ignore[arg-type]
     return DicomwebPacs(row, credentials=credentials)
@@ -44,17 +47,28 @@ MISSED_AFTER_S = 60
 
 
 def latency(
-    orthanc: OrthancServer, archive: Archive, files: list[Path], studies: int, missed: list[str]
+    orthanc: OrthancServer,
+    archive: Archive,
+    files: list[Path],
+    studies: int,
+    missed: list[str],
+    qido_poll_s: float | None = None,
 ) -> list[float]:
-    """Seconds from storing a study in Orthanc to its image being searchable, one study at a time."""
+    """Seconds from storing a study in Orthanc to its image being searchable, one study at a time: through
+    Orthanc's /changes feed, or (`qido_poll_s`) through QIDO-RS polling as a plain DICOMweb server."""
     with orthanc.client() as client:  # measure from now: the feed's history is not this run's studies
         last = int(client.get("/changes", params={"last": ""}).json()["Last"])
         assert client.get("/instances").json() == [], "Orthanc still holds instances: clear it first"
-    with archive.catalog.session() as session:
-        archive.catalog.set_pacs_cursor(session, "bench", last)
-    follower = OrthancFollower(archive, connect(orthanc, archive), reconcile_s=3600)
+    follower: OrthancFollower | QidoFollower
+    if qido_poll_s is None:
+        with archive.catalog.session() as session:
+            archive.catalog.set_pacs_cursor(session, "bench", last)
+        follower, poll_s = OrthancFollower(archive, connect(orthanc, archive), reconcile_s=3600), 0.2
+    else:
+        follower = QidoFollower(archive, connect(orthanc, archive, "dicomweb"), reconcile_s=0)
+        poll_s = qido_poll_s
     stop = threading.Event()
-    thread = threading.Thread(target=follower.run, args=(stop, 0.2), daemon=True)
+    thread = threading.Thread(target=follower.run, args=(stop, poll_s), daemon=True)
     thread.start()
     timings = []
     try:
@@ -96,6 +110,21 @@ def one_instance_per_study(files: list[Path], synced: Archive) -> list[Path]:
     return chosen
 
 
+def dated_today(files: list[Path], folder: Path) -> list[Path]:
+    """Copies of `files` with today's Study Date (what a new study in a PACS has, and QIDO polling asks for)."""
+    import pydicom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    today = time.strftime("%Y%m%d")
+    copies = []
+    for path in files:
+        ds = pydicom.dcmread(path, force=True)
+        ds.StudyDate = today
+        ds.save_as(folder / path.name, enforce_file_format=False)
+        copies.append(folder / path.name)
+    return copies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default="efficientnet_lite0")
@@ -103,6 +132,8 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=8)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--sync-first", action="store_true", help="Sync before indexing from disk")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local", help="The sync's engine")
+    parser.add_argument("--qido-poll-s", type=float, default=2.0, help="QIDO polling interval")
     args = parser.parse_args()
     encoder = create_encoder(args.encoder, device="cpu")
     with tempfile.TemporaryDirectory() as folder, running_orthanc(Path(folder)) as orthanc:
@@ -120,7 +151,15 @@ def main() -> None:
 
         def run_sync() -> SyncReport:
             start = time.perf_counter()
-            done = sync_pacs(synced, connect(orthanc, synced), progress=False, workers=args.workers)
+            if args.engine == "ray":
+                from functools import partial
+
+                factory = partial(create_encoder, args.encoder, device="cpu")
+                done = sync_pacs(
+                    synced, connect(orthanc, synced), progress=False, engine="ray", factory=factory
+                )
+            else:
+                done = sync_pacs(synced, connect(orthanc, synced), progress=False, workers=args.workers)
             timed["sync"] = time.perf_counter() - start
             return done
 
@@ -135,10 +174,16 @@ def main() -> None:
         followed = Archive.open(IndexerSettings(data_dir=root / "followed"), encoder=encoder)
         missed: list[str] = []
         timings = latency(orthanc, followed, small, args.studies, missed)
+        orthanc.clear()
+        polled = Archive.open(IndexerSettings(data_dir=root / "polled"), encoder=encoder)
+        dated = dated_today(small[: args.studies], root / "dated")
+        qido_missed: list[str] = []
+        qido = latency(orthanc, polled, dated, args.studies, qido_missed, qido_poll_s=args.qido_poll_s)
     result = {
         "bench": "pacs",
         "encoder": encoder.name,
         "order": "sync-first" if args.sync_first else "index-first",
+        "sync_engine": args.engine,
         "instances": len(files),
         "index_indexed": indexed.indexed,
         "sync_indexed": report.ingest.indexed,
@@ -152,6 +197,11 @@ def main() -> None:
         "latency_p50_s": round(statistics.median(timings), 2),
         "latency_max_s": round(max(timings), 2),
         "latency_missed": missed,
+        "qido_poll_s": args.qido_poll_s,
+        "qido_latency_s": [round(t, 2) for t in qido],
+        "qido_latency_p50_s": round(statistics.median(qido), 2) if qido else None,
+        "qido_latency_max_s": round(max(qido), 2) if qido else None,
+        "qido_latency_missed": qido_missed,
         "load_avg_1m": round(os.getloadavg()[0], 1),
     }
     line = json.dumps(result)
