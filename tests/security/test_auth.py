@@ -64,6 +64,7 @@ ROLE_MATRIX: list[tuple[str, str, Request, int, int]] = [
     ("POST", "/search/series", lambda a: {"files": {"files": ("s.dcm", a.files[0].read_bytes())}}, 200, 200),
     # by reference to a PACS instance: the test archive has no PACS configured
     ("POST", "/search/by-instance", lambda a: {"data": _INSTANCE_IN_NO_PACS}, 404, 404),
+    ("POST", "/search/series/by-pacs", lambda a: {"data": _INSTANCE_IN_NO_PACS}, 404, 404),
     ("POST", "/render", _file, 200, 200),
     ("GET", "/images/{image_id}/render", lambda a: {}, 200, 200),
     ("GET", "/images/{image_id}/thumbnail", lambda a: {}, 200, 200),
@@ -72,6 +73,14 @@ ROLE_MATRIX: list[tuple[str, str, Request, int, int]] = [
     ("GET", "/filters", lambda a: {}, 200, 200),
     ("GET", "/cases/{case_id}", lambda a: {}, 200, 200),
     ("GET", "/cases/{case_id}/history", lambda a: {}, 200, 200),
+    ("GET", "/cases/{case_id}/feedback-marks", lambda a: {}, 200, 200),
+    (
+        "PUT",
+        "/cases/{case_id}/feedback-marks",
+        lambda a: {"json": {"origin": "image:1"}, "missing": True},
+        404,
+        404,
+    ),
     # explanations: nobody's query is an unknown query; the test archive's encoder has no feature maps
     ("GET", "/queries/{query_id}/similarity/{image_id}", lambda a: {}, 404, 404),
     ("GET", "/queries/{query_id}/gradcam", lambda a: {}, 404, 404),
