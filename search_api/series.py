@@ -16,7 +16,14 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import numpy.typing as npt
 
-from imaging import UnsupportedFormatError, count_frames, iter_frames, render_png, sniff_format
+from imaging import (
+    ImagingSettings,
+    UnsupportedFormatError,
+    count_frames,
+    iter_frames,
+    render_png,
+    sniff_format,
+)
 from indexer.errors import NotFoundError
 from indexer.storage.archives import ArchiveSettings, UnsafeSourceError, iter_zip_members
 from indexer.storage.dicomweb import DicomwebPacs
@@ -188,9 +195,11 @@ class SeriesSearcher:
         )
 
     def _embed(self, files: Iterator[tuple[str, bytes]], max_slices: int) -> _Query:
-        """Decode and embed every frame a batch at a time (only small previews are kept), refusing a
-        query past `max_slices` (from the headers, before decoding) or one that mixes modalities."""
+        """Decode and embed every frame a batch at a time (at most _BATCH frames, and about one decode
+        budget of pixels, held at once; only small previews are kept), refusing a query past
+        `max_slices` (from the headers, before decoding) or one that mixes modalities."""
         encoder, budget = self.searcher.archive.encoder, self.searcher.max_pixels
+        held = 3 * (budget or ImagingSettings().pixel_limit)  # float RGB values of one full decode budget
         query, batch = _Query(), []
         for name, data in files:
             if len(query.names) + count_frames(data) > max_slices:
@@ -206,9 +215,9 @@ class SeriesSearcher:
                         "send one series at a time"
                     )
                 batch.append(frame.pixels)
-                query.names.append(name)
+                query.names.append(name[:256])
                 query.previews.append(_small(frame.pixels))
-                if len(batch) == _BATCH:
+                if len(batch) == _BATCH or sum(p.size for p in batch) >= held:
                     query.vectors.append(encoder.embed(batch))
                     batch = []
         if batch:

@@ -217,3 +217,36 @@ def test_an_empty_file_and_a_non_image_are_refused(api: SeriesApi) -> None:
     assert _post(api, [("e.dcm", b"")]).status_code == 422
     text = _post(api, [("x.txt", b"plain words, no image")])
     assert text.status_code == 415 and "supported formats" in text.json()["detail"]
+
+
+class _CountingEncoder(ThumbnailEncoder):
+    """The test encoder, counting how many frames each embed call held at once."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def embed(self, images):  # type: ignore[no-untyped-def]
+        self.calls.append(len(images))
+        return super().embed(images)
+
+
+def test_frames_are_embedded_in_batches_held_under_the_decode_budget(api: SeriesApi) -> None:
+    from types import SimpleNamespace
+
+    from search_api.series import SeriesSearcher
+
+    data = [("us.dcm", dicom_testfile(US).read_bytes())]  # 30 colour frames of 240 x 320
+    frame = 240 * 320 * 3  # samples; the batch holds up to 3 x the budget in float RGB values
+    for budget, most in ((None, 30), (frame, 3), (2 * frame, 6)):
+        encoder = _CountingEncoder()
+        archive = SimpleNamespace(encoder=encoder, catalog=api.archive.catalog, index=api.archive.index)
+        searcher = SimpleNamespace(archive=archive, max_pixels=budget, predictors=lambda: _predictors())
+        result = SeriesSearcher(searcher).search(data, k=1)  # type: ignore[arg-type]
+        assert result.query_slices == 30 and result.hits[0].slices == 30
+        assert sum(encoder.calls) == 30 and max(encoder.calls) == min(most, 32), (budget, encoder.calls)
+
+
+def _predictors():  # type: ignore[no-untyped-def]
+    from search_api.predictions import Predictors
+
+    return Predictors()
