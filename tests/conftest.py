@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from tests.helpers import ThumbnailEncoder, dicom_testfile, serve_app
+from tests.helpers import ThumbnailEncoder, dicom_testfile, run_demo, serve_app
 
 # Files of the small archive used by the API, end-to-end and UI tests, with the manifest rows
 # written for them: (file, case id, patient id, report, diagnosis cell).
@@ -58,6 +59,13 @@ def real_encoder():  # type: ignore[no-untyped-def]
     from embeddings import create_encoder
 
     return create_encoder("efficientnet_lite0", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def built_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """(data dir, the first run's output) of `medcbir demo --no-serve`, built once per session."""
+    data_dir = tmp_path_factory.mktemp("demo")
+    return data_dir, run_demo(data_dir)
 
 
 @pytest.fixture()

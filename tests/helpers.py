@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -81,3 +84,15 @@ def serve_app(app: FastAPI, **options: Any) -> Iterator[str]:
         yield url
     finally:
         stop_server(server, thread)
+
+
+def run_demo(data_dir: Path, *args: str, timeout: float = 550) -> subprocess.CompletedProcess[str]:
+    """`medcbir demo --no-serve` (and `args`) into `data_dir`, as a user runs it."""
+    env = dict(os.environ, MEDCBIR_DATA_DIR=str(data_dir))
+    return subprocess.run(
+        [sys.executable, "-m", "indexer.cli", "demo", "--no-serve", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

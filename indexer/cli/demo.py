@@ -27,7 +27,17 @@ LABELED_FOLDER = "covid-chestxray"
 READ_MODALITIES = frozenset({"CR", "CT", "DX", "MG", "MR", "NM", "PT", "US", "XA"})
 MIN_SIDE = 64
 BUILD_RECORD = ".demo-build.json"
-DEMO_COLUMNS = ManifestColumns(path="filename", patient="patient", report="report", diagnosis="finding")
+# Each labeled image is its own case, named by its file (the collection's own name, e.g.
+# "pneumocystis-jirovecii-pneumonia-3-1.jpg"); its modality and view come from the collection's metadata.
+DEMO_COLUMNS = ManifestColumns(
+    path="filename",
+    case="filename",
+    patient="patient",
+    report="report",
+    diagnosis="finding",
+    modality="modality",
+    view="view",
+)
 BUILD_VERSION = 2
 
 # Two images are the same picture when their 32x32 grey signatures differ by less than this

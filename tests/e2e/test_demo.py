@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from imaging import load_image, pixel_digest
 from indexer.catalog import Catalog
 from indexer.cli.demo import LABELED, MIN_SIDE, READ_MODALITIES
 from indexer.settings import IndexerSettings
+from tests.helpers import run_demo
 
 IMAGE_SUFFIXES = {".dcm", ".png", ".jpg", ""}
 
 
-def _demo(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, MEDCBIR_DATA_DIR=str(data_dir))
-    return subprocess.run(
-        [sys.executable, "-m", "indexer.cli", "demo", "--no-serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=550,
-    )
-
-
-def test_demo_indexes_labeled_cases_with_their_published_reports_once_and_quietly(tmp_path: Path) -> None:
-    result = _demo(tmp_path)
+def test_demo_indexes_labeled_cases_with_their_published_reports_once_and_quietly(
+    built_demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    tmp_path, result = built_demo
     assert result.returncode == 0, result.stderr[-3000:]
     # expected decoder failures of the codec test files are one summary line, not tracebacks
     assert "Traceback" not in result.stderr
@@ -73,7 +63,7 @@ def test_demo_indexes_labeled_cases_with_their_published_reports_once_and_quietl
     catalog.dispose()
     assert f"indexed {len(files)}," in result.stdout
 
-    again = _demo(tmp_path)
+    again = run_demo(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already built" in again.stderr  # the second start decodes no candidate again
     assert f"indexed 0, already indexed {len(files)}, failed 0" in again.stdout
