@@ -39,13 +39,18 @@ def letterbox(png: bytes) -> bytes:
     return out.getvalue()
 
 
+def short_key(key: str, limit: int = 28) -> str:
+    """A case key short enough for one card line: long study UIDs and hashes keep their head and tail."""
+    return key if len(key) <= limit else f"{key[: limit - 9]}…{key[-8:]}"
+
+
 def hit_summary(hit: Hit) -> str:
     """The plain-text lines of a neighbour card: diagnosis, modality and body part, case, study/series."""
     kind = " · ".join(v for v in (hit.modality, hit.body_part) if v) or "—"
     lines = [
         f"Diagnosis: {', '.join(hit.diagnosis) if hit.diagnosis else '—'}",
         f"Modality: {kind}",
-        f"Case: {hit.case_key}",
+        f"Case: {short_key(hit.case_key)} · #{hit.case_id}",
     ]
     if hit.study_description or hit.series_description:
         lines.append(f"Study: {hit.study_description or '—'} · Series: {hit.series_description or '—'}")

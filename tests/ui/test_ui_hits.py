@@ -60,3 +60,12 @@ def test_no_full_report_under_no_report() -> None:
     uids = [t for t in texts if t.startswith("Study UID:")]
     assert len(uids) == 2
     assert len(at.image) == 2
+
+
+def test_long_case_keys_are_shortened_to_one_line() -> None:
+    from ui.hits import short_key
+
+    assert short_key("CASE-000") == "CASE-000"
+    uid = "study:1.2.276.0.7230010.3.1.2.2964853761.1521713414.1800996"
+    short = short_key(uid)
+    assert len(short) == 28 and short.startswith("study:1.2.276.0.72") and short.endswith("1800996")
