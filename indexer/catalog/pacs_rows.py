@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,6 +37,12 @@ def _row(connection: PacsConnection) -> PacsConnectionRow:
         verify_tls=connection.verify_tls,
         write_back=connection.write_back,
     )
+
+
+def _source_uri_starts(prefix: str) -> ColumnElement[bool]:
+    """Images whose source uri starts with `prefix` (LIKE, with the prefix's own wildcards escaped)."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return Image.source_uri.like(f"{escaped}%", escape="\\")
 
 
 class PacsRows:
@@ -111,18 +117,26 @@ class PacsRows:
 
     def study_case_ids(self, prefix: str) -> dict[str, set[int]]:
         """Case ids by Study Instance UID of the stored images whose source uri starts with `prefix`."""
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         found: dict[str, set[int]] = {}
         with self._sessions() as session:
             rows = session.execute(
-                select(Image.study_instance_uid, Image.case_id).where(
-                    Image.source_uri.like(f"{escaped}%", escape="\\")
-                )
+                select(Image.study_instance_uid, Image.case_id).where(_source_uri_starts(prefix))
             )
             for study, case_id in rows:
                 if study:
                     found.setdefault(str(study), set()).add(int(case_id))
         return found
+
+    def instance_counts(self, prefix: str) -> dict[str, int]:
+        """Distinct source uris (instances, whatever frames they gave) by Study Instance UID, of the stored
+        images whose source uri starts with `prefix`."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Image.study_instance_uid, func.count(func.distinct(Image.source_uri)))
+                .where(_source_uri_starts(prefix))
+                .group_by(Image.study_instance_uid)
+            )
+            return {str(study): int(count) for study, count in rows if study}
 
     def image_ids_with_source_uri(self, uri: str) -> list[int]:
         """Ids of the stored images read from exactly this source uri (one per frame kept)."""
@@ -134,10 +148,5 @@ class PacsRows:
 
     def source_uris_with_prefix(self, prefix: str) -> set[str]:
         """Stored images' source uris that start with `prefix` (e.g. every instance of one PACS)."""
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         with self._sessions() as session:
-            return set(
-                session.scalars(
-                    select(Image.source_uri).where(Image.source_uri.like(f"{escaped}%", escape="\\"))
-                )
-            )
+            return set(session.scalars(select(Image.source_uri).where(_source_uri_starts(prefix))))

@@ -193,10 +193,11 @@ class QidoFollower:
     The cursor is a date (YYYYMMDD) kept in the catalog: it moves to the poll's date only after every
     study that poll listed is ingested, so a kill at any moment repeats at most that poll, and repeating
     it adds nothing (instances already stored, by PACS uri or SOP Instance UID, are neither fetched nor
-    ingested). Within a run, a study is listed down to its instances again only when the PACS reports a
-    different instance count for it. What polling cannot see: a study whose Study Date is older than the
-    cursor minus `lookback_days` when it reaches the PACS, a study without a Study Date, and deletions
-    (found instead by listing all the PACS's studies every `reconcile_s`; 0 or less: never).
+    ingested). A study is listed down to its instances only when the PACS reports an instance count for
+    it that differs from the last look (at the first poll: from the instances stored here). What
+    polling cannot see: a study whose Study Date is older than the cursor minus `lookback_days` when it
+    reaches the PACS, a study without a Study Date, and deletions (found instead by listing all the
+    PACS's studies every `reconcile_s`; 0 or less: never).
     """
 
     def __init__(
@@ -224,6 +225,7 @@ class QidoFollower:
         _as_date(start)  # a malformed stored or given date fails here, not mid-poll
         self.report = FollowReport(cursor=start)
         self._sizes: dict[str, int | None] = {}
+        self._stored: dict[str, int] | None = None  # instances held per study, read at the first poll
         self._reconciled_at = time.monotonic() if reconcile_s > 0 else float("inf")
 
     @property
@@ -236,10 +238,13 @@ class QidoFollower:
         (a poll reads everything there is to read)."""
         polled_on = _as_int(self._today())  # taken first: a study dated during the poll is in the next one
         sizes = self.pacs.study_sizes(StudyFilter(since=self.window_start))
+        if self._stored is None:  # after a restart: a study whose instances are all here is not re-listed
+            self._stored = self.archive.catalog.instance_counts(PacsInstanceUri.pacs_prefix(self.name))
         for uid, size in sizes.items():
             self.report.changes += 1
-            if size is not None and self._sizes.get(uid) == size:
-                continue  # the PACS holds what it held at the last look
+            if size is not None and (self._sizes.get(uid) == size or self._stored.pop(uid, -1) >= size):
+                self._sizes[uid] = size
+                continue  # the PACS holds what it held at the last look, or what is stored here
             ingest_study(self.archive, self.pacs, uid, self.report)
             self._sizes[uid] = size
         if self.reconcile_s > 0 and time.monotonic() - self._reconciled_at >= self.reconcile_s:

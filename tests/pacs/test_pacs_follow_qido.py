@@ -93,10 +93,14 @@ def test_since_replays_older_dates_without_duplicates(orthanc: OrthancServer, tm
     old = dated_copy(dicom_testfile("MR_small.dcm"), tmp_path / "old.dcm", "19990101", study=generate_uid())
     assert old is not None
     orthanc.upload([old])
+    ingested = []
     for _ in range(2):  # a second follower from the same date finds the study stored: nothing twice
         follower = QidoFollower(archive, pacs, since="19990101", lookback_days=0)
         assert follower.window_start == "19990101"
         follower.step()
+        ingested.append(follower.report.studies_ingested)
+    # the restarted follower does not even list the study's instances: all of them are stored here
+    assert ingested == [1, 0]
     assert len(sop_uids(archive)) == 1 == len(set(sop_uids(archive))) == len(archive.index)
 
 
