@@ -100,3 +100,5 @@ def test_a_bad_postprocess_spec_is_refused_naming_the_valid_ones(tmp_path: Path)
     assert (
         "unknown post-processing step 'whiten'" in result.output and "pcaw, dba, aqe, rerank" in result.output
     )
+    result = CliRunner().invoke(app, ["eval", "--data", str(tmp_path), "--postprocess", "pcaw:strength=2"])
+    assert result.exit_code != 0 and "pcaw has no setting 'strength=2'" in result.output
