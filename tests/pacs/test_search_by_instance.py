@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from embeddings import ImageEncoder
 from indexer.archive import Archive
 from indexer.catalog.pacs_rows import PacsConnectionRow
 from indexer.governance.accounts import create_user
@@ -207,3 +208,47 @@ def test_a_box_on_an_instance_searches_its_region_and_bad_boxes_are_4xx(
 
     _, events = audit_records(archive.catalog, action="search")
     assert any("box:" in (e.object or "") and "pacs:test-pacs" in (e.object or "") for e in events)
+
+
+def test_a_box_with_a_cnn_encoder_is_located_in_neighbours_read_back_from_the_pacs(
+    orthanc: OrthancServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_encoder: ImageEncoder
+) -> None:
+    """The second stage of a region query: each neighbour, itself an instance of the PACS, is read back
+    by WADO-RS and says where in it the region matches best (the real encoder's feature maps)."""
+    from indexer.settings import IndexerSettings
+    from search_api.app import create_app
+
+    monkeypatch.setenv("MEDCBIR_PACS_TEST_PACS_USERNAME", orthanc.username)
+    monkeypatch.setenv("MEDCBIR_PACS_TEST_PACS_PASSWORD", orthanc.password)
+    archive = Archive.open(IndexerSettings(data_dir=tmp_path / "data"), encoder=real_encoder)
+    create_user(archive.catalog, "rad", PASSWORD, "radiologist")
+    orthanc.upload([dicom_testfile(name) for name in ("CT_small.dcm", "MR_small.dcm", "MR2_UNCI.dcm")])
+    assert sync_pacs(archive, connect(orthanc, archive), progress=False, workers=0).ingest.indexed == 3
+    archive.save_index()
+    rows = archive.catalog.images_by_ids(list(range(1, 4)))
+    ct = next(r for r in rows.values() if r.sop_instance_uid and r.sop_instance_uid.endswith(".12322"))
+    with serve_app(create_app(archive=archive)) as url:
+        token = httpx.post(f"{url}/token", data={"username": "rad", "password": PASSWORD}).json()
+        answer = httpx.post(
+            f"{url}/search/by-instance",
+            data={
+                "pacs": "test-pacs",
+                "study_instance_uid": ct.study_instance_uid,
+                "series_instance_uid": ct.series_instance_uid,
+                "sop_instance_uid": ct.sop_instance_uid,
+                "k": "2",
+                "box": "32,32,96,96",
+            },
+            headers={"Authorization": f"Bearer {token['access_token']}"},
+            timeout=120,
+        )
+    archive.close()
+    assert answer.status_code == 200, answer.text
+    hits = answer.json()["hits"]
+    assert len(hits) == 2 and ct.id not in [h["image_id"] for h in hits]
+    for hit in hits:
+        assert hit["pacs"]["pacs"] == "test-pacs"
+        region = hit["region"]
+        assert region is not None, hit
+        x0, y0, x1, y1 = region["box"]
+        assert 0 <= x0 < x1 <= region["columns"] and 0 <= y0 < y1 <= region["rows"]

@@ -147,7 +147,7 @@ def test_kos_written_back_is_read_back_valid_and_references_the_cases(
 
     read_back = hd.ko.KeyObjectSelectionDocument.from_dataset(kos)  # highdicom reads it back
     for row in neighbours:
-        assert read_back.resolve_reference(row.sop_instance_uid) == (
+        assert read_back.resolve_reference(row.sop_instance_uid or "") == (
             row.study_instance_uid,
             row.series_instance_uid,
             row.sop_instance_uid,
