@@ -140,7 +140,8 @@ class OrthancFollower:
 
 
 def forget_deleted_studies(archive: Archive, pacs: DicomwebPacs, report: FollowReport) -> None:
-    """Remove from the index every study of this PACS that the PACS no longer has (an audit row each)."""
+    """Remove from the index every study of this PACS that the PACS no longer has (an audit row each):
+    one listing of all its studies, then one query by UID for each study held here that it left out."""
     name = pacs.connection.name
     stored = archive.catalog.study_case_ids(PacsInstanceUri.pacs_prefix(name))
     if not stored:
@@ -148,7 +149,9 @@ def forget_deleted_studies(archive: Archive, pacs: DicomwebPacs, report: FollowR
     present = set(pacs.search_studies())
     cases = CaseManager(archive, archive.index_lock)
     for uid, case_ids in stored.items():
-        if uid in present:
+        # a study missing from the listing is asked for by its UID before it leaves: a PACS that cuts its
+        # answers short (a result cap) must not empty the index
+        if uid in present or pacs.search_studies(StudyFilter(study=uid)):
             continue
         removed = sum(cases.delete_case(case_id, f"pacs-follow:{name}") for case_id in case_ids)
         record_audit(

@@ -19,6 +19,7 @@ from indexer.archive import Archive
 from indexer.ingest.follow import QidoFollower, follower_for, qido_cursor_name
 from indexer.ingest.pacs_sync import sync_pacs
 from indexer.settings import IndexerSettings
+from indexer.storage.dicomweb import DicomwebPacs, PacsCredentials, StudyFilter
 from search_api.searcher import Searcher
 from tests.helpers import ThumbnailEncoder, dicom_testfile
 from tests.pacs.corpus import corpus_files, upload_corpus
@@ -165,3 +166,37 @@ def test_kill_9_the_poller_then_restart_nothing_lost_or_twice(orthanc: OrthancSe
     assert not [uid for uid, n in Counter(uids).items() if n > 1]  # nothing twice
     assert len(archive.index) == len(ids_of(archive))
     assert archive.catalog.pacs_cursor(qido_cursor_name("test-pacs")) == int(TODAY)
+
+
+class CappedPacs(DicomwebPacs):
+    """The live Orthanc as a PACS that caps its answers: a listing of all its studies gives the first only."""
+
+    def search_studies(self, wanted: StudyFilter = StudyFilter(), *, limit: int | None = None) -> list[str]:
+        found = super().search_studies(wanted, limit=limit)
+        return found if wanted.study else found[:1]
+
+
+def test_a_listing_cut_short_by_the_pacs_does_not_empty_the_index(
+    orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    archive = open_archive(tmp_path / "data")
+    row = connect(orthanc, archive, kind="dicomweb").connection
+    credentials = PacsCredentials(username=orthanc.username, password=orthanc.password)  # type: ignore[arg-type]
+    pacs = CappedPacs(row, credentials=credentials)
+    studies = [generate_uid(), generate_uid()]
+    copies = [
+        dated_copy(dicom_testfile(name), tmp_path / name, TODAY, study=study)
+        for name, study in zip(("CT_small.dcm", "MR_small.dcm"), studies, strict=True)
+    ]
+    orthanc.upload([c for c in copies if c is not None])
+    follower = QidoFollower(archive, pacs, reconcile_s=0.01)
+    time.sleep(0.02)
+    follower.step()
+    assert len(ids_of(archive)) == 2 and follower.report.studies_deleted == 0  # each study asked for by UID
+
+    with orthanc.client() as client:
+        (found,) = client.post("/tools/lookup", content=studies[1]).json()
+        assert client.delete(f"/studies/{found['ID']}").status_code == 200
+    time.sleep(0.02)
+    follower.step()
+    assert len(ids_of(archive)) == 1 == len(archive.index) and follower.report.studies_deleted == 1
