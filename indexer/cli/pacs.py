@@ -43,7 +43,7 @@ def add(
     viewer_url_template: Annotated[
         str | None,
         typer.Option(
-            help="Viewer deep link with {study}, {series}, {sop} [default: OHIF form at --viewer-url]"
+            help="Viewer deep link with {study}, {series}, {sop} (default: OHIF form at --viewer-url)"
         ),
     ] = None,
     viewer_url: Annotated[
@@ -125,10 +125,10 @@ def sync(
     modality: Annotated[str | None, typer.Option(help="Only series of these modalities, e.g. CT,MR")] = None,
     study: Annotated[str | None, typer.Option(help="Only this Study Instance UID")] = None,
     concurrency: Annotated[
-        int | None, typer.Option(help="WADO-RS retrievals at once [default: MEDCBIR_PACS_CONCURRENCY or 4]")
+        int | None, typer.Option(help="WADO-RS retrievals at once (default: MEDCBIR_PACS_CONCURRENCY or 4)")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Decode worker processes (--engine local) [default: cores - 1]")
+        int | None, typer.Option(help="Decode worker processes (--engine local) (default: cores - 1)")
     ] = None,
     engine: Annotated[
         str,
@@ -140,11 +140,11 @@ def sync(
     address: Annotated[
         str | None,
         typer.Option(
-            help="Ray cluster to join: auto (from a cluster node) or HEAD:6379 [default: a local Ray here]"
+            help="Ray cluster to join: auto (from a cluster node) or HEAD:6379 (default: a local Ray here)"
         ),
     ] = None,
     actors: Annotated[
-        int | None, typer.Option(help="Ray embedding actors [default: one per GPU, else half the CPUs]")
+        int | None, typer.Option(help="Ray embedding actors (default: one per GPU, else half the CPUs)")
     ] = None,
     data_dir: DataDir = None,
     encoder: Encoder = None,
@@ -210,19 +210,19 @@ def follow(
     name: PacsName,
     once: Annotated[bool, typer.Option(help="Read the feed to its end (one poll), then stop")] = False,
     poll_s: Annotated[
-        float | None, typer.Option(help="Seconds between looks [default: 1 for Orthanc, 30 for QIDO polling]")
+        float | None, typer.Option(help="Seconds between looks (default: 1 for Orthanc, 30 for QIDO polling)")
     ] = None,
     reconcile_s: Annotated[
         float | None,
         typer.Option(
             help="Seconds between full study listings that find studies deleted in the PACS "
-            "[default: 60 for Orthanc, 3600 for QIDO polling; 0 or less with QIDO polling: never]"
+            "(default: 60 for Orthanc, 3600 for QIDO polling; 0 or less with QIDO polling: never)"
         ),
     ] = None,
     since: Annotated[
         str | None,
         typer.Option(
-            help="QIDO polling: start from this study date (2024-01-31) [default: the stored cursor, or today]"
+            help="QIDO polling: start from this study date (2024-01-31) (default: the stored cursor, or today)"
         ),
     ] = None,
     lookback_days: Annotated[
@@ -294,7 +294,7 @@ def receive(
     port: Annotated[int, typer.Option(help="DICOM port to listen on")] = 11112,
     host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0: every interface)")] = "127.0.0.1",
     allow_aet: Annotated[
-        list[str] | None, typer.Option(help="Calling AE title allowed to send (repeatable) [default: any]")
+        list[str] | None, typer.Option(help="Calling AE title allowed to send (repeatable) (default: any)")
     ] = None,
     data_dir: DataDir = None,
     encoder: Encoder = None,
