@@ -24,6 +24,7 @@ class ViewerEvent(TypedDict, total=False):
     frame: int
     frames: dict[str, int | None]
     overlay: bool
+    events: list[dict[str, Any]]  # the last events (this one included), oldest first
 
 
 class ViewerImage(TypedDict):
@@ -64,7 +65,7 @@ def compare_viewer(
     has_next: bool = False,
     overlay_on: bool = False,
     overlay_error: str = "",
-    cpu: bool = False,
+    cpu: bool = True,
 ) -> ViewerEvent | None:
     """Draw the viewer; the last event it reported (None before the first).
 

@@ -121,29 +121,42 @@ def neighbour_meta(hit: Hit) -> str:
     return "\n".join(lines)
 
 
-def _act(event: dict[str, Any] | None, ranks: list[int], rank: int) -> None:
-    """Act once on a new viewer event: move to another neighbour, take its window or overlay toggle."""
-    if not event or event.get("seq") == st.session_state.get(SEEN_KEY):
+def new_events(value: dict[str, Any] | None, seen: int) -> list[dict[str, Any]]:
+    """The viewer's events with a seq above `seen`, oldest first (the value carries the last twenty)."""
+    if not value:
+        return []
+    listed = value.get("events")
+    events: list[Any] = listed if isinstance(listed, list) else [value]
+    fresh = [e for e in events if isinstance(e, dict) and isinstance(e.get("seq"), int) and e["seq"] > seen]
+    return sorted(fresh, key=lambda e: int(e["seq"]))
+
+
+def _act(value: dict[str, Any] | None, ranks: list[int], rank: int) -> None:
+    """Act once on the viewer's new events: move through the neighbours, take its window or overlay toggle."""
+    events = new_events(value, int(st.session_state.get(SEEN_KEY) or 0))
+    if not events:
         return
-    st.session_state[SEEN_KEY] = event.get("seq")
-    action = event.get("action")
-    position = ranks.index(rank)
-    if action in ("next", "prev"):
-        step = 1 if action == "next" else -1
-        target = min(max(position + step, 0), len(ranks) - 1)
-        if ranks[target] != rank:
-            st.session_state[RANK_KEY] = ranks[target]
-            st.rerun()
-    elif action == "window" and isinstance(event.get("window"), list) and len(event["window"]) == 2:
-        center, width = (float(v) for v in event["window"])
-        if width > 0:
-            request_window(center, width)  # the page's sliders and the thumbnails follow the drag
-            st.rerun()
-    elif action == "overlay":
-        st.session_state[PENDING_OVERLAY] = bool(event.get("overlay"))
+    st.session_state[SEEN_KEY] = int(events[-1]["seq"])
+    position, rerun = ranks.index(rank), False
+    for event in events:
+        action = event.get("action")
+        if action in ("next", "prev"):
+            position = min(max(position + (1 if action == "next" else -1), 0), len(ranks) - 1)
+        elif action == "window" and isinstance(event.get("window"), list) and len(event["window"]) == 2:
+            center, width = (float(v) for v in event["window"])
+            if width > 0:
+                request_window(center, width)  # the page's sliders and the thumbnails follow the drag
+                rerun = True
+        elif action == "overlay":
+            st.session_state[PENDING_OVERLAY] = bool(event.get("overlay"))
+            rerun = True
+        elif action == "frame" and isinstance(event.get("frames"), dict):
+            st.session_state[FRAMES_KEY] = event["frames"]
+    if ranks[position] != rank:
+        st.session_state[RANK_KEY] = ranks[position]
+        rerun = True
+    if rerun:
         st.rerun()
-    elif action == "frame" and isinstance(event.get("frames"), dict):
-        st.session_state[FRAMES_KEY] = event["frames"]
 
 
 def render_compare(client: ApiClient, settings: UiSettings, result: SearchResponse) -> None:

@@ -7,6 +7,7 @@ import {
   utilities,
   setUseCPURendering,
   cache,
+  metaData,
 } from "@cornerstonejs/core";
 import {
   init as toolsInit,
@@ -23,11 +24,16 @@ function send(type, data) {
   window.parent.postMessage({ isStreamlitMessage: true, type, ...data }, "*");
 }
 let counter = 0;
+const recent = [];
+// The value carries the last events, not just one: a frame report landing while Python still runs the
+// previous one would otherwise replace a "next" before Python saw it. Python acts on the seqs it has not seen.
 function report(event) {
   counter += 1;
-  // Unique across reloads of the frame too: Python acts on a value whose seq it has not seen.
+  // Grows across reloads of the frame too (time-based).
   const seq = Date.now() * 1000 + (counter % 1000);
-  send("streamlit:setComponentValue", { value: { seq, ...event }, dataType: "json" });
+  recent.push({ seq, ...event });
+  if (recent.length > 20) recent.shift();
+  send("streamlit:setComponentValue", { value: { seq, ...event, events: recent.slice() }, dataType: "json" });
 }
 
 // ---- page skeleton (all text from the archive goes through textContent: DICOM text is hostile input)
@@ -42,11 +48,9 @@ root.innerHTML = `
   <span id="window" class="readout"></span>
 </div>
 <div class="panes">
-  <div class="pane"><div class="label" id="qlabel">Query</div><div class="vp" id="vp-query"></div>
-    <canvas class="heat" id="heat-query"></canvas>
+  <div class="pane"><div class="label" id="qlabel">Query</div><div class="vpwrap"><div class="vp" id="vp-query"></div><canvas class="heat" id="heat-query"></canvas></div>
     <div class="frames"><input type="range" id="frames-query" min="0" value="0" aria-label="Query frame"><span id="fq"></span></div></div>
-  <div class="pane"><div class="label" id="nlabel">Neighbour</div><div class="vp" id="vp-neighbour"></div>
-    <canvas class="heat" id="heat-neighbour"></canvas>
+  <div class="pane"><div class="label" id="nlabel">Neighbour</div><div class="vpwrap"><div class="vp" id="vp-neighbour"></div><canvas class="heat" id="heat-neighbour"></canvas></div>
     <div class="frames"><input type="range" id="frames-neighbour" min="0" value="0" aria-label="Neighbour frame"><span id="fn"></span></div></div>
   <div class="side">
     <div class="legend" id="legend"><div>Similarity map: share of the similarity</div><div class="ramp"></div>
@@ -70,6 +74,8 @@ const state = {
   linked: true,
   syncing: false,
   lastWindowArg: null,
+  win: { query: null, neighbour: null },
+  want: { query: null, neighbour: null },
   height: 0,
 };
 
@@ -84,8 +90,12 @@ function webglAvailable() {
 
 async function setup(forceCpu) {
   await csInit();
-  // Headless browsers and remote desktops often have no WebGL: Cornerstone's CPU path draws on a 2-D canvas.
+  state.cpu = forceCpu || !webglAvailable();
+  // Cornerstone's CPU path draws on a 2-D canvas: the default, since our images are at most 512 px a side
+  // (a few ms a frame) and it works everywhere; WebGL (asked with cpu=False) is used only where it exists.
+  // In software WebGL (SwiftShader, headless Chromium) the GPU path drew float images with a broken VOI.
   if (forceCpu || !webglAvailable()) setUseCPURendering(true);
+  metaData.addProvider(provideMetadata, 10000);
   toolsInit();
   [WindowLevelTool, PanTool, ZoomTool].forEach((tool) => addTool(tool));
   state.engine = new RenderingEngine("medcbir-compare");
@@ -110,7 +120,10 @@ async function setup(forceCpu) {
     const element = $(`vp-${side}`);
     element.addEventListener("contextmenu", (e) => e.preventDefault());
     element.addEventListener(Enums.Events.VOI_MODIFIED, (evt) => onVoi(side, evt.detail));
-    element.addEventListener(Enums.Events.IMAGE_RENDERED, () => drawHeat(side));
+    element.addEventListener(Enums.Events.IMAGE_RENDERED, () => {
+      if (state.want[side]) applyWanted(side);
+      drawHeat(side);
+    });
     element.addEventListener(Enums.Events.STACK_NEW_IMAGE, () => onFrame(side));
     element.addEventListener("mouseup", () => reportWindowSoon());
   });
@@ -121,6 +134,18 @@ function decode(b64) {
   return new Float32Array(bytes.buffer);
 }
 
+// The DICOM modules Cornerstone asks for, for our local images (plane and pixel modules come with them).
+const modules = new Map();
+function provideMetadata(type, imageId) {
+  const known = modules.get(imageId);
+  if (!known) return undefined;
+  if (type === "generalSeriesModule") return { modality: known.modality };
+  if (type === "modalityLutModule") return { rescaleSlope: 1, rescaleIntercept: 0 };
+  if (type === "voiLutModule") return { windowCenter: [known.center], windowWidth: [known.width] };
+  if (type === "generalImageModule") return { instanceNumber: known.frame + 1 };
+  return undefined;
+}
+
 function loadImage(side, image, sig) {
   const values = decode(image.data);
   const plane = image.rows * image.columns;
@@ -128,6 +153,12 @@ function loadImage(side, image, sig) {
   const ids = [];
   for (let f = 0; f < image.frames; f += 1) {
     const id = `medcbir:${side}:${sig}:${f}`;
+    modules.set(id, {
+      modality: image.units === "modality" ? image.modality || "OT" : "OT",
+      center: image.window_center,
+      width: image.window_width,
+      frame: f,
+    });
     if (!cache.getImageLoadObject(id)) {
       imageLoader.createAndCacheLocalImage(id, {
         scalarData: values.slice(f * plane, (f + 1) * plane),
@@ -143,11 +174,39 @@ function loadImage(side, image, sig) {
   return ids;
 }
 
+// What each side shows now: kept here (from VOI_MODIFIED and our own settings), because a viewport
+// forgets its VOI while a new stack loads.
 function windowOf(side) {
-  const range = state.engine.getViewport(side).getProperties().voiRange;
-  if (!range) return null;
+  return state.win[side];
+}
+
+function windowOfRange(range) {
   const width = range.upper - range.lower;
   return [range.lower + width / 2, width];
+}
+
+// Set a side's window now, and again once its image is drawn if the stack was still loading.
+function setWindow(side, win, invert) {
+  state.want[side] = { win, invert };
+  applyWanted(side);
+}
+
+function applyWanted(side) {
+  const want = state.want[side];
+  const viewport = state.engine.getViewport(side);
+  if (!want || !viewport.getCurrentImageId()) return;
+  state.syncing = true;
+  const props = { voiRange: rangeOf(want.win) };
+  if (want.invert !== undefined) props.invert = want.invert;
+  viewport.setProperties(props);
+  state.syncing = false;
+  const range = viewport.getProperties().voiRange;
+  if (range) {
+    state.win[side] = windowOfRange(range);
+    state.want[side] = null;
+    viewport.render();
+    showWindow();
+  }
 }
 
 function rangeOf([center, width]) {
@@ -167,13 +226,16 @@ function showWindow() {
 }
 
 function onVoi(side, detail) {
-  if (state.syncing || !detail || !detail.range) return;
+  if (!detail || !detail.range) return;
+  state.win[side] = windowOfRange(detail.range);
+  if (state.syncing) return;
   const other = side === "query" ? "neighbour" : "query";
   if (state.linked && state.images[other]) {
     state.syncing = true;
     const viewport = state.engine.getViewport(other);
     viewport.setProperties({ voiRange: { ...detail.range } });
     viewport.render();
+    state.win[other] = windowOfRange(detail.range);
     state.syncing = false;
   }
   showWindow();
@@ -270,6 +332,7 @@ function drawHeat(side) {
 
 function setOverlay(on) {
   state.overlay = on && !!(state.heat.query || state.heat.neighbour);
+  state.overlayAsked = on;
   $("legend").style.display = state.overlay ? "block" : "none";
   $("overlay").classList.toggle("on", state.overlay);
   document.body.dataset.overlay = state.overlay ? "on" : "off";
@@ -292,8 +355,7 @@ function resetView() {
     if (!image) return;
     const viewport = state.engine.getViewport(side);
     viewport.resetCamera();
-    viewport.setProperties({ voiRange: rangeOf([image.window_center, image.window_width]) });
-    viewport.render();
+    setWindow(side, [image.window_center, image.window_width]);
   });
   showWindow();
   reportWindowSoon();
@@ -310,11 +372,11 @@ async function showSide(side, image, sig, windowArg) {
     slider.max = String(Math.max(image.frames - 1, 0));
     slider.value = String(image.start_frame || 0);
     slider.parentElement.style.visibility = image.frames > 1 ? "visible" : "hidden";
-    const win = windowArg || [image.window_center, image.window_width];
-    viewport.setProperties({ voiRange: rangeOf(win), invert: !!image.invert });
-    viewport.render();
+    setWindow(side, windowArg || [image.window_center, image.window_width], !!image.invert);
     onFrame(side);
+    return true;
   }
+  return false;
 }
 
 function applyArgs(args) {
@@ -329,26 +391,28 @@ function applyArgs(args) {
   state.linked = args.query.units === args.neighbour.units;
   state.heat.query = args.maps ? heatCanvas(args.maps.query) : null;
   state.heat.neighbour = args.maps ? heatCanvas(args.maps.neighbour) : null;
-  $("overlay").disabled = !args.maps;
-  $("overlay").title = args.maps ? "Similarity overlay (o)" : args.maps_error || "No similarity map";
+  // The maps are fetched when the overlay is asked for: the button asks Python, which fetches them.
+  $("overlay").disabled = !!args.maps_error;
+  $("overlay").title = args.maps_error || "Similarity overlay (o)";
 }
 
 let lastArgs = null;
+window.__medcbirViewer = state; // for debugging in the browser console
 async function render(args) {
   const first = !state.engine;
-  if (first) await setup(!!args.cpu);
+  if (first) await setup(args.cpu !== false);
   applyArgs(args);
   const windowArg = args.window ? [args.window[0], args.window[1]] : null;
   const windowChanged = JSON.stringify(windowArg) !== JSON.stringify(state.lastWindowArg);
-  await showSide("query", args.query, args.query_sig, windowArg);
-  await showSide("neighbour", args.neighbour, args.neighbour_sig, state.linked ? windowArg : null);
+  const fresh = [
+    await showSide("query", args.query, args.query_sig, windowArg),
+    await showSide("neighbour", args.neighbour, args.neighbour_sig, state.linked ? windowArg : null),
+  ];
   if (windowChanged && windowArg) {
     // A preset or a slider of the page: both sides follow (the neighbour only in the same units).
     SIDES.forEach((side) => {
       if (side === "neighbour" && !state.linked) return;
-      const viewport = state.engine.getViewport(side);
-      viewport.setProperties({ voiRange: rangeOf(windowArg) });
-      viewport.render();
+      setWindow(side, windowArg, state.want[side] ? state.want[side].invert : undefined);
     });
     lastReported = windowArg.map((v) => v.toFixed(3)).join(",");
   }
@@ -356,6 +420,15 @@ async function render(args) {
   setOverlay(!!args.overlay);
   showWindow();
   lastArgs = args;
+  resize();
+  // The frame's height is known only now: fit each new image to its viewport's final size.
+  if (fresh[0] || fresh[1]) {
+    state.engine.resize(true, false);
+    SIDES.forEach((side, i) => {
+      if (fresh[i]) state.engine.getViewport(side).resetCamera();
+    });
+    state.engine.render();
+  }
   document.body.dataset.neighbour = String(args.neighbour_sig);
   document.body.dataset.ready = "1";
   resize();
@@ -371,7 +444,7 @@ function resize() {
 
 $("prev").addEventListener("click", () => report({ action: "prev" }));
 $("next").addEventListener("click", () => report({ action: "next" }));
-$("overlay").addEventListener("click", () => report({ action: "overlay", overlay: !state.overlay }));
+$("overlay").addEventListener("click", () => report({ action: "overlay", overlay: !state.overlayAsked }));
 $("reset").addEventListener("click", resetView);
 SIDES.forEach((side) => {
   $(`frames-${side}`).addEventListener("input", (e) => {
@@ -384,7 +457,7 @@ document.addEventListener("keydown", (e) => {
   else if ((e.key === "ArrowLeft" || e.key === "k") && lastArgs.has_prev) report({ action: "prev" });
   else if (e.key === "ArrowUp" || e.key === "PageUp") scrollFrame(-1);
   else if (e.key === "ArrowDown" || e.key === "PageDown") scrollFrame(1);
-  else if (e.key === "o" && lastArgs.maps) report({ action: "overlay", overlay: !state.overlay });
+  else if (e.key === "o" && !lastArgs.maps_error) report({ action: "overlay", overlay: !state.overlayAsked });
   else if (e.key === "r") resetView();
   else return;
   e.preventDefault();
