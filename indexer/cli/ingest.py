@@ -21,16 +21,16 @@ def index(
     ] = None,
     path_column: PathColumn = "filename",
     case_column: Annotated[
-        str | None, typer.Option(help="Manifest column with the case id [default: case_id if present]")
+        str | None, typer.Option(help="Manifest column with the case id (default: case_id if present)")
     ] = None,
     patient_column: Annotated[
-        str | None, typer.Option(help="Manifest column with the patient id [default: patient_id if present]")
+        str | None, typer.Option(help="Manifest column with the patient id (default: patient_id if present)")
     ] = None,
     report_column: Annotated[
-        str | None, typer.Option(help="Manifest column with the report text [default: report if present]")
+        str | None, typer.Option(help="Manifest column with the report text (default: report if present)")
     ] = None,
     diagnosis_column: Annotated[
-        str | None, typer.Option(help="Manifest column with diagnosis labels [default: diagnosis if present]")
+        str | None, typer.Option(help="Manifest column with diagnosis labels (default: diagnosis if present)")
     ] = None,
     modality_column: Annotated[
         str | None, typer.Option(help="Manifest column with the modality (CR, DX, CT...) of non-DICOM files")
@@ -50,7 +50,7 @@ def index(
     checkpoint: Checkpoint = None,
     progress: Progress = True,
     workers: Annotated[
-        int | None, typer.Option(help="Decode worker processes (0: decode in a thread) [default: cores - 1]")
+        int | None, typer.Option(help="Decode worker processes (0: decode in a thread) (default: cores - 1)")
     ] = None,
     frames: Annotated[
         str, typer.Option(help="Multi-frame policy: 'representative' (middle frame) or 'all' (every frame)")
@@ -61,14 +61,14 @@ def index(
     address: Annotated[
         str | None,
         typer.Option(
-            help="Ray cluster to join: auto (from a cluster node) or HEAD:6379 [default: a local Ray here]"
+            help="Ray cluster to join: auto (from a cluster node) or HEAD:6379 (default: a local Ray here)"
         ),
     ] = None,
     actors: Annotated[
-        int | None, typer.Option(help="Ray embedding actors [default: one per GPU, else half the CPUs]")
+        int | None, typer.Option(help="Ray embedding actors (default: one per GPU, else half the CPUs)")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Images per embedding batch [default: MEDCBIR_BATCH_SIZE or 32]")
+        int | None, typer.Option(help="Images per embedding batch (default: MEDCBIR_BATCH_SIZE or 32)")
     ] = None,
 ) -> None:
     """Index every image under PATH; files already indexed are skipped, bad files are recorded."""

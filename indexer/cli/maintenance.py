@@ -90,7 +90,7 @@ def rebuild_index(
         str, typer.Option(help="Index kind: auto, flat, hnsw, ivf_flat, ivf_sq8 or ivf_pq")
     ] = "auto",
     memory_budget_gib: Annotated[
-        float | None, typer.Option(help="Memory budget for auto [default: half the RAM]")
+        float | None, typer.Option(help="Memory budget for auto (default: half the RAM)")
     ] = None,
     postprocess: Annotated[
         str | None,
@@ -98,7 +98,7 @@ def rebuild_index(
             metavar="SPEC",
             help="Label-free post-processing fitted on the stored embeddings: none, or pcaw, dba, aqe, "
             "rerank joined by '+' (e.g. pcaw:power=0.25,shrink=0.1+dba:n=3) "
-            "[default: MEDCBIR_INDEX_POSTPROCESS, else what the saved index serves, else none]",
+            "(default: MEDCBIR_INDEX_POSTPROCESS, else what the saved index serves, else none)",
         ),
     ] = None,
 ) -> None:

@@ -16,7 +16,7 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         envvar="MEDCBIR_DATA_DIR",
-        help="Folder holding the catalog, index and thumbnails [default: ~/.medcbir]",
+        help="Folder holding the catalog, index and thumbnails (default: ~/.medcbir)",
         show_default=False,
     ),
 ]
@@ -49,7 +49,7 @@ LabelColumn = Annotated[str, typer.Option(help="Manifest column with the class l
 PatientColumn = Annotated[str | None, typer.Option(help="Manifest column with the patient id")]
 HashColumn = Annotated[
     str | None,
-    typer.Option(help="Manifest column with a content hash (e.g. md5) [default: sha256 of the file]"),
+    typer.Option(help="Manifest column with a content hash (e.g. md5) (default: sha256 of the file)"),
 ]
 Include = Annotated[list[str] | None, typer.Option(help="Keep only rows where COLUMN=VALUE (repeatable)")]
 IgnoreLabel = Annotated[list[str] | None, typer.Option(help="Label values meaning 'unlabeled' (repeatable)")]

@@ -85,7 +85,7 @@ def evaluate(
     encoder: Encoder = None,
     checkpoint: Checkpoint = None,
     image_size: Annotated[
-        int | None, typer.Option(help="Model input size in px [default: the encoder's]")
+        int | None, typer.Option(help="Model input size in px (default: the encoder's)")
     ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON here")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Write a markdown report here")] = None,
@@ -106,7 +106,7 @@ def evaluate(
     ] = 0,
     feedback_weights: Annotated[
         str | None,
-        typer.Option(help="Rocchio alpha,beta,gamma for --feedback-rounds [default: the product's]"),
+        typer.Option(help="Rocchio alpha,beta,gamma for --feedback-rounds (default: the product's)"),
     ] = None,
     postprocess: Annotated[
         str | None,
@@ -172,7 +172,7 @@ def finetune(
     data: Annotated[
         Path | None,
         typer.Option(
-            help="Labeled data: a folder per class, a folder + --manifest, or a .npz [default: --from-catalog]"
+            help="Labeled data: a folder per class, a folder + --manifest, or a .npz (default: --from-catalog)"
         ),
     ] = None,
     from_catalog: Annotated[
@@ -207,7 +207,7 @@ def finetune(
     encoder: Encoder = None,
     checkpoint: Checkpoint = None,
     output_dir: Annotated[
-        Path | None, typer.Option(help="Where the checkpoint and its card go [default: DATA_DIR/encoders]")
+        Path | None, typer.Option(help="Where the checkpoint and its card go (default: DATA_DIR/encoders)")
     ] = None,
     cache_dir: Annotated[
         Path | None, typer.Option(help="Keep frozen-trunk features here for re-runs")
