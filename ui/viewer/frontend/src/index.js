@@ -304,7 +304,7 @@ function heatCanvas(map) {
   for (let i = 0; i < values.length; i += 1) {
     const t = Math.min(Math.max(values[i], 0), 1);
     const [r, g, b] = colour(t);
-    pixels.data.set([r, g, b, t < 0.15 ? 0 : Math.round(200 * t)], i * 4);
+    pixels.data.set([r, g, b, t < 0.15 ? 0 : Math.round(170 * t)], i * 4);
   }
   ctx.putImageData(pixels, 0, 0);
   return canvas;
