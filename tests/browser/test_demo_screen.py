@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.browser.test_compare_viewer import _data, _until
 from tests.browser.test_search_screen import CHROMIUM, CHROMIUM_ARGS, SHOTS, WAIT_MS
 from tests.helpers import free_port
 
@@ -127,6 +128,34 @@ def test_the_demo_shows_labeled_neighbours_with_reports_and_an_honest_uncertain_
     assert "Report" in body or "report" in body
     page.screenshot(path=str(README_SHOTS / "search.png"))
     page.screenshot(path=str(SHOTS / "demo-search.png"), full_page=True)
+
+    # the compare viewer on the demo: query | neighbour, window by drag, next neighbour by key, overlay
+    page.get_by_role("button", name="Compare").first.click()
+    viewer = page.frame_locator(".st-key-compare_panel iframe")
+    viewer.locator("body[data-ready='1']").wait_for()
+    _until(lambda: _data(viewer, "window-query") != "", "the query viewport to draw")
+    assert "Report" in viewer.locator(".side").inner_text()
+    before, first_neighbour = _data(viewer, "window-query"), _data(viewer, "neighbour")
+    box = viewer.locator("#vp-query").bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(x + 8 * step, y + 6 * step)
+    page.mouse.up()
+    _until(lambda: _data(viewer, "window-query") != before, "the dragged window")
+    assert _data(viewer, "window-neighbour") == _data(viewer, "window-query")  # linked
+    viewer.locator("#vp-query").hover()
+    page.keyboard.press("ArrowRight")
+    _until(lambda: _data(viewer, "neighbour") not in ("", first_neighbour), "the next neighbour")
+    assert "#2 of 10" in page.locator(".st-key-compare_panel").inner_text()
+    viewer.locator("#vp-query").hover()
+    page.keyboard.press("o")
+    _until(lambda: _data(viewer, "overlay") == "on", "the similarity overlay", seconds=120)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(README_SHOTS / "compare.png"))
+    page.get_by_role("button", name="Close viewer").click()
 
     # an unrelated picture: no reliable match, no big label, nothing pre-filled to save
     page.get_by_text("Upload an image", exact=True).click()
