@@ -12,6 +12,13 @@ from indexer.cli.runtime import fail, setup_logging
 from indexer.errors import IndexerError
 
 
+def _data_label(data: Path | None, split: str, data_dir: Path) -> str:
+    """What the card says was adapted on."""
+    if data is None:
+        return f"catalog of {data_dir}"
+    return f"{data} ({split} split)" if data.suffix.lower() == ".npz" else str(data)
+
+
 def adapt(
     data: Annotated[
         Path | None,
@@ -100,11 +107,7 @@ def adapt(
             device=settings.device,
             max_images=max_images,
             output_dir=output_dir or settings.data_dir / "encoders",
-            data_label=f"catalog of {settings.data_dir}"
-            if catalog_url
-            else f"{data} ({split} split)"
-            if data is not None and data.suffix.lower() == ".npz"
-            else str(data),
+            data_label=_data_label(data, split, settings.data_dir),
             progress=progress,
         )
     except (IndexerError, FileNotFoundError) as exc:
