@@ -90,7 +90,9 @@ def labeled(tmp_path_factory: pytest.TempPathFactory, real_encoder):  # type: ig
 
     source = tmp_path_factory.mktemp("ood-archive")
     manifest = build_labeled_archive(source, patients_per_class=12, images_per_patient=3, seed=5)
-    archive = Archive.open(IndexerSettings(data_dir=tmp_path_factory.mktemp("ood-data")), encoder=real_encoder)
+    archive = Archive.open(
+        IndexerSettings(data_dir=tmp_path_factory.mktemp("ood-data")), encoder=real_encoder
+    )
     report = ingest_path(archive, source, load_manifest(manifest, ManifestColumns()), progress=False)
     assert report.indexed == 108, report
     held_out = tmp_path_factory.mktemp("ood-held-out")
