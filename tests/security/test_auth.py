@@ -86,6 +86,11 @@ ROLE_MATRIX: list[tuple[str, str, Request, int, int]] = [
     ("GET", "/queries/{query_id}/gradcam", lambda a: {}, 404, 404),
     ("GET", "/images/{image_id}/similarity/{other_id}", lambda a: {}, 409, 409),
     ("GET", "/images/{image_id}/gradcam", lambda a: {"missing": True}, 404, 404),
+    # the compare viewer's values: a stored image's pixels; nobody's query is an unknown query
+    ("GET", "/images/{image_id}/pixels", lambda a: {}, 200, 200),
+    ("GET", "/queries/{query_id}/pixels", lambda a: {}, 404, 404),
+    ("GET", "/images/{image_id}/similarity/{other_id}/maps", lambda a: {}, 409, 409),
+    ("GET", "/queries/{query_id}/similarity/{image_id}/maps", lambda a: {}, 404, 404),
     ("PATCH", "/cases/{case_id}", lambda a: {"json": {}, "missing": True}, 404, 404),
     ("DELETE", "/cases/{case_id}", lambda a: {"missing": True}, 403, 404),
     ("GET", "/users", lambda a: {}, 403, 200),
