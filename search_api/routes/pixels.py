@@ -2,8 +2,9 @@
 
 The viewer windows, zooms and scrolls frames in the browser, so it needs values rather than PNGs:
 grey DICOM with a VOI window is sent in modality units (HU for CT, after the modality LUT, before any
-window), anything else as the 0-255 grey levels of the decoded image, the same units as the window
-sliders of the search page (search_api.windows.window_scale), so one window means the same on both.
+window), anything else as the 0-255 levels of the decoded image, the same units as the window sliders of
+the search page (search_api.windows.window_scale), so one window means the same on both. Colour images
+(photographs, slides, colour ultrasound) are sent as RGB, three 0-255 values a pixel, not as luminance.
 """
 
 from __future__ import annotations
@@ -63,8 +64,13 @@ class PixelsOut(BaseModel):
     min_value: float
     max_value: float
     pixel_spacing: list[float] | None = Field(description="(row, column) mm of the pixels SENT")
+    channels: Literal[1, 3] = Field(
+        default=1, description="1: one value a pixel; 3: RGB (a colour image, display units 0-255)"
+    )
     dtype: Literal["float32"] = "float32"
-    data: str = Field(description="base64 of frames x rows x columns little-endian float32")
+    data: str = Field(
+        description="base64 of frames x rows x columns (x 3 when channels is 3) little-endian float32"
+    )
 
 
 class HeatOut(BaseModel):
@@ -84,8 +90,10 @@ class SimilarityMapsOut(BaseModel):
 
 
 def _resize(values: npt.NDArray[np.float32], rows: int, columns: int) -> npt.NDArray[np.float32]:
-    if values.shape == (rows, columns):
+    if values.shape[:2] == (rows, columns):
         return values
+    if values.ndim == 3:
+        return np.stack([_resize(values[..., c], rows, columns) for c in range(values.shape[2])], axis=-1)
     image = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32), mode="F")
     resized = image.resize((columns, rows), Image.Resampling.BOX)
     return np.asarray(resized, dtype=np.float32)
@@ -104,6 +112,26 @@ def _sampled(total: int, start: int, most: int) -> list[int]:
     nearest = min(range(most), key=lambda i: abs(picked[i] - start))
     picked[nearest] = start
     return sorted(set(picked))
+
+
+# A decoded image is colour when its channels differ by more than compression noise (a grey picture stored
+# as RGB, or a JPEG of one, is sent as one channel: a third of the bytes, and the window works on it).
+COLOUR_SPREAD = 4.0 / 255.0
+
+
+def is_colour(pixels: npt.NDArray[np.float32]) -> bool:
+    """Whether decoded [0, 1] pixels are a colour image (RGB channels that really differ)."""
+    if pixels.ndim != 3 or pixels.shape[2] < 3:
+        return False
+    rgb = pixels[..., :3]
+    spread = rgb.max(axis=2) - rgb.min(axis=2)
+    return bool(np.percentile(spread, 99) > COLOUR_SPREAD)
+
+
+def _rgb(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Decoded [0, 1] pixels as rows x columns x 3 levels 0-255 (alpha dropped)."""
+    rgb = pixels[..., :3] if pixels.ndim == 3 and pixels.shape[2] >= 3 else np.dstack([pixels] * 3)
+    return (np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.float32)
 
 
 def _grey(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -128,8 +156,10 @@ def read_pixels(
     total = max(1, meta.frames)
     start_index = meta.frame_index if 0 <= meta.frame_index < total else 0
     indices = _sampled(total, start_index, most)
+    colour = scale.units == "display" and is_colour(first.pixels)
+    channels = 3 if colour else 1
     rows, columns = _fit(meta.rows or first.pixels.shape[0], meta.columns or first.pixels.shape[1], side)
-    while len(indices) * rows * columns > MAX_VALUES and max(rows, columns) > 16:
+    while len(indices) * rows * columns * channels > MAX_VALUES and max(rows, columns) > 16:
         rows, columns = _fit(rows, columns, int(max(rows, columns) * 0.8))
     frames: list[npt.NDArray[np.float32]] = []
     invert = False
@@ -146,7 +176,8 @@ def read_pixels(
     else:
         for index in indices:
             decoded = first if index == start_index else load_image(source, max_pixels=limit, frame=index)
-            frames.append(_resize(_grey(decoded.pixels), rows, columns))
+            levels = _rgb(decoded.pixels) if colour else _grey(decoded.pixels)
+            frames.append(_resize(levels, rows, columns))
         center, width = 127.5, 255.0
     stack = np.stack(frames).astype("<f4")
     spacing = None
@@ -167,6 +198,7 @@ def read_pixels(
         min_value=float(stack.min()),
         max_value=float(stack.max()),
         pixel_spacing=spacing,
+        channels=channels,
         data=base64.b64encode(stack.tobytes()).decode("ascii"),
     )
 

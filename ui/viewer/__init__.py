@@ -45,6 +45,7 @@ class ViewerImage(TypedDict):
     max_value: float
     pixel_spacing: list[float] | None
     dtype: str
+    channels: int  # 1, or 3 for RGB (data is then frames x rows x columns x 3)
     data: str
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import io
 
 import httpx
 import numpy as np
 import pydicom
+from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
+from skimage import data as skdata
 
+from search_api.routes.pixels import read_pixels
 from tests.helpers import dicom_testfile
 
 API = httpx.Client(timeout=120)
@@ -17,7 +21,10 @@ API = httpx.Client(timeout=120)
 
 def _values(body: dict[str, object]) -> np.ndarray:
     data = np.frombuffer(base64.b64decode(str(body["data"])), dtype="<f4")
-    return data.reshape(int(body["frames"]), int(body["rows"]), int(body["columns"]))  # type: ignore[call-overload]
+    shape = [int(body["frames"]), int(body["rows"]), int(body["columns"])]  # type: ignore[call-overload]
+    if body.get("channels", 1) == 3:
+        shape.append(3)
+    return data.reshape(shape)
 
 
 def _image_id(url: str, headers: dict[str, str], name: str, case_key: str) -> int:
@@ -81,7 +88,7 @@ def test_an_uploaded_multi_frame_query_sends_every_frame_to_its_owner_only(
     assert other.status_code == 404  # another user's query is as unknown as an expired one
 
 
-def test_a_png_comes_back_in_grey_levels_and_similarity_maps_as_values(
+def test_a_png_comes_back_in_colour_and_similarity_maps_as_values(
     live_api_url: str, radiologist_headers: dict[str, str]
 ) -> None:
     ct = _image_id(live_api_url, radiologist_headers, "CT_small.dcm", "C-CT-1")
@@ -92,6 +99,12 @@ def test_a_png_comes_back_in_grey_levels_and_similarity_maps_as_values(
     body = API.get(f"{live_api_url}/images/{png['image_id']}/pixels", headers=radiologist_headers).json()
     assert body["units"] == "display" and (body["window_center"], body["window_width"]) == (127.5, 255.0)
     assert max(body["rows"], body["columns"]) == 512 and 0.0 <= body["min_value"] < body["max_value"] <= 255.0
+    # The fundus photograph is colour: three channels, the PNG's own RGB values (512 px: nothing resized).
+    assert body["channels"] == 3
+    rgb = _values(body)[0]
+    retina = np.asarray(Image.fromarray(np.asarray(skdata.retina())).resize((512, 512)), dtype=np.float32)
+    np.testing.assert_allclose(rgb, retina, atol=0.5)
+    assert float(np.abs(rgb[..., 0] - rgb[..., 1]).mean()) > 20  # red fundus: R and G really differ
 
     maps = API.get(
         f"{live_api_url}/images/{ct}/similarity/{png['image_id']}/maps", headers=radiologist_headers
@@ -103,3 +116,28 @@ def test_a_png_comes_back_in_grey_levels_and_similarity_maps_as_values(
         heat = np.frombuffer(base64.b64decode(result[side]["data"]), dtype="<f4")
         assert heat.size == result[side]["rows"] * result[side]["columns"]
         assert heat.min() >= 0.0 and heat.max() <= 1.0 and heat.max() > 0.5
+
+
+def _encoded(array: np.ndarray, fmt: str) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, fmt)
+    return out.getvalue()
+
+
+def test_colour_is_sent_as_rgb_and_a_grey_picture_in_rgb_as_one_channel() -> None:
+    # A colour slide (JPEG, 3 channels that differ): RGB, box-downsampled per channel to 512 px.
+    ihc = np.asarray(skdata.immunohistochemistry())
+    body = read_pixels(_encoded(ihc, "JPEG"), None, None).model_dump()
+    assert body["channels"] == 3 and (body["rows"], body["columns"]) == (512, 512)
+    rgb = _values(body)[0]
+    assert rgb.shape == (512, 512, 3)
+    np.testing.assert_allclose(rgb.mean(axis=(0, 1)), ihc.reshape(-1, 3).mean(axis=0), atol=3.0)
+    assert float(np.abs(rgb[..., 0] - rgb[..., 2]).mean()) > 10
+
+    # A grey photograph stored as RGB JPEG (chroma noise only): one channel, the window stays usable.
+    camera = np.asarray(skdata.camera())
+    grey = read_pixels(_encoded(np.dstack([camera] * 3), "JPEG"), None, None).model_dump()
+    assert grey["channels"] == 1
+    assert _values(grey).shape == (1, 512, 512)
+    assert abs(float(_values(grey).mean()) - float(camera.mean())) < 2.0
+    assert read_pixels(_encoded(camera, "PNG"), None, None).channels == 1
