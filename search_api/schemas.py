@@ -258,6 +258,17 @@ class SeriesSearchResponse(BaseModel):
         "uncertain by the same rules as POST /search",
     )
     query_previews: list[SlicePreview] = Field(default_factory=list)
+    filters: SearchFilters = Field(
+        default_factory=SearchFilters,
+        description="What the search was restricted to (group_by does not apply: every hit is a series)",
+    )
+    candidates: int | None = Field(
+        default=None,
+        description="How many stored series passed the filters, every slice of each (null: no filter)",
+    )
+    exclusion: Exclusion = Field(
+        default_factory=Exclusion, description="What exclude_patient did: applied or not, and why"
+    )
 
 
 class CaseImage(BaseModel):
