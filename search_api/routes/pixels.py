@@ -157,7 +157,7 @@ def read_pixels(
     start_index = meta.frame_index if 0 <= meta.frame_index < total else 0
     indices = _sampled(total, start_index, most)
     colour = scale.units == "display" and is_colour(first.pixels)
-    channels = 3 if colour else 1
+    channels: Literal[1, 3] = 3 if colour else 1
     rows, columns = _fit(meta.rows or first.pixels.shape[0], meta.columns or first.pixels.shape[1], side)
     while len(indices) * rows * columns * channels > MAX_VALUES and max(rows, columns) > 16:
         rows, columns = _fit(rows, columns, int(max(rows, columns) * 0.8))
