@@ -64,14 +64,30 @@ class SeriesIndex:
         return self.slices[self.offsets[position] : self.offsets[position + 1]]
 
     def search(
-        self, query_slices: Vectors, k: int = 10, shortlist: int = 200, pairs: int = 3
+        self,
+        query_slices: Vectors,
+        k: int = 10,
+        shortlist: int = 200,
+        pairs: int = 3,
+        allowed_ids: npt.NDArray[np.int64] | None = None,
     ) -> list[SeriesHit]:
         """Two stages: the `shortlist` series whose vectors are closest to the query's series vector,
-        re-ranked by MaxSim over their slices; k hits, each with its `pairs` best slice pairs."""
+        re-ranked by MaxSim over their slices; k hits, each with its `pairs` best slice pairs.
+
+        `allowed_ids` (series ids; None: all) restricts both stages to those series, never a top-k after.
+        """
         query = _unit(query_slices)
         centre = _unit(query.mean(axis=0, keepdims=True))
-        depth = min(max(shortlist, k), len(self))
-        _, found = self._index.search(centre, depth)
+        params = None
+        pool = len(self)
+        if allowed_ids is not None:
+            positions = np.flatnonzero(np.isin(self.series_ids, allowed_ids)).astype(np.int64)
+            if len(positions) == 0:
+                return []
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(positions))  # type: ignore[call-arg]
+            pool = len(positions)
+        depth = min(max(shortlist, k), pool)
+        _, found = self._index.search(centre, depth, params=params)
         scored = []
         for position in (int(p) for p in found[0] if p >= 0):
             score, best, values = max_sim(query, self.slices_of(position))
