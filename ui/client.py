@@ -179,11 +179,23 @@ class ApiClient:
         return self._parse(self._request("POST", "/search/refine", data=form), SearchResponse)
 
     def search_series(
-        self, files: list[tuple[str, bytes]], k: int = 10, pairs: int = 3
+        self,
+        files: list[tuple[str, bytes]],
+        k: int = 10,
+        pairs: int = 3,
+        *,
+        filters: SearchFilters | None = None,
+        patient_ref: str | None = None,
     ) -> SeriesSearchResponse:
-        """POST /search/series: the stored series most like these slices (files, a multi-frame DICOM, a zip)."""
+        """POST /search/series: the stored series most like these slices (files, a multi-frame DICOM, a zip).
+
+        `filters` (when given) carries k and the search filters and wins over `k`; `patient_ref` names
+        the query's patient for exclude_patient when the slices' headers do not.
+        """
         parts = [("files", (name or "slice", data, "application/octet-stream")) for name, data in files]
-        form = {"k": str(k), "pairs": str(pairs)}
+        form = {**_filter_form(filters or SearchFilters(k=k)), "pairs": str(pairs)}
+        if patient_ref and patient_ref.strip():
+            form["patient_ref"] = patient_ref.strip()
         response = self._request("POST", "/search/series", data=form, files=parts)
         return self._parse(response, SeriesSearchResponse)
 
