@@ -7,15 +7,29 @@ from typing import Annotated
 
 import typer
 
-from indexer.cli.options import Checkpoint, DataDir, Encoder, settings_from
+from indexer.cli.options import (
+    Checkpoint,
+    DataDir,
+    Dedupe,
+    Encoder,
+    HashColumn,
+    IgnoreLabel,
+    Include,
+    LabelColumn,
+    PathColumn,
+    PatientColumn,
+    settings_from,
+)
 from indexer.cli.runtime import fail, setup_logging
 from indexer.errors import IndexerError
 
 
-def _data_label(data: Path | None, split: str, data_dir: Path) -> str:
+def _data_label(data: Path | None, split: str, data_dir: Path, manifest: Path | None = None) -> str:
     """What the card says was adapted on."""
     if data is None:
         return f"catalog of {data_dir}"
+    if manifest is not None:
+        return f"{data} + {manifest.name} ({split} part as eval splits it)"
     return f"{data} ({split} split)" if data.suffix.lower() == ".npz" else str(data)
 
 
@@ -35,8 +49,33 @@ def adapt(
         ),
     ] = False,
     split: Annotated[
-        str, typer.Option(help="With an .npz: the split whose images are used (train, val, test or all)")
+        str,
+        typer.Option(
+            help="With an .npz or a --manifest: the part whose images are used (train = eval's database, "
+            "val, test = eval's queries, or all)"
+        ),
     ] = "train",
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder's CSV manifest: adapt only on the part (--split) that `medcbir eval` with the "
+            "same manifest options and --split-seed makes, so that eval's queries are never trained on; "
+            "the label column only selects images as eval does, no label is used"
+        ),
+    ] = None,
+    path_column: PathColumn = "path",
+    label_column: LabelColumn = "label",
+    patient_column: PatientColumn = None,
+    split_column: Annotated[
+        str | None, typer.Option(help="With --manifest: the column with train/val/test, as in eval")
+    ] = None,
+    hash_column: HashColumn = None,
+    include: Include = None,
+    ignore_label: IgnoreLabel = None,
+    dedupe: Dedupe = False,
+    split_seed: Annotated[
+        int, typer.Option(help="With --manifest and no split column: eval's --seed (its patient split)")
+    ] = 0,
     max_images: Annotated[
         int | None, typer.Option(help="Use a fixed random subsample of this many images (CPU budgets)")
     ] = 2000,
@@ -79,6 +118,7 @@ def adapt(
     setup_logging()
     import json
 
+    from indexer.cli.prediction import _manifest_spec
     from indexer.evaluation.adapt import AdaptConfig, AugmentConfig, load_unlabeled, run_adapt
 
     if data is not None and from_catalog:
@@ -98,7 +138,18 @@ def adapt(
             seed=seed,
             augment=AugmentConfig(crop_scale=(min_crop, 1.0), flip=flip),
         )
-        dataset = load_unlabeled(data, catalog_url=catalog_url, split=split)
+        spec = _manifest_spec(
+            path_column, label_column, patient_column, split_column, hash_column, include, ignore_label
+        )
+        dataset = load_unlabeled(
+            data,
+            catalog_url=catalog_url,
+            split=split,
+            manifest=manifest,
+            spec=spec,
+            dedupe=dedupe,
+            split_seed=split_seed,
+        )
         report = run_adapt(
             dataset,
             config,
@@ -107,7 +158,7 @@ def adapt(
             device=settings.device,
             max_images=max_images,
             output_dir=output_dir or settings.data_dir / "encoders",
-            data_label=_data_label(data, split, settings.data_dir),
+            data_label=_data_label(data, split, settings.data_dir, manifest),
             progress=progress,
         )
     except (IndexerError, FileNotFoundError) as exc:

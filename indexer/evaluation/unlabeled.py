@@ -14,8 +14,8 @@ from sqlalchemy import select
 from imaging import load_image
 from indexer.catalog import Case, Catalog, Image
 from indexer.evaluation.augment import AdaptError
-from indexer.evaluation.datasets import IMAGE_SUFFIXES, LabeledDataset, load_npz_dataset
-from indexer.evaluation.protocol import group_keys, grouped_split
+from indexer.evaluation.datasets import IMAGE_SUFFIXES, LabeledDataset, ManifestSpec, load_npz_dataset
+from indexer.evaluation.protocol import group_keys, grouped_split, make_split
 from indexer.storage.stored import load_stored_image, stored_exists
 
 
@@ -97,14 +97,74 @@ def load_catalog_images(database_url: str) -> LabeledDataset:
     )
 
 
-def load_unlabeled(
-    data: Path | None, *, catalog_url: str | None = None, split: str = "train"
+def load_manifest_part(
+    data: Path,
+    manifest: Path,
+    spec: ManifestSpec,
+    *,
+    part: str = "train",
+    dedupe: bool = False,
+    split_seed: int = 0,
 ) -> LabeledDataset:
-    """The images to adapt on: the catalog, a folder of images, or one split of a MedMNIST .npz."""
+    """One part of a folder + manifest dataset exactly as `medcbir eval` with the same options splits it.
+
+    `train` is eval's database, `test` its queries (`all`: every image). The manifest's filters
+    (--include, --ignore-label) choose the images as in eval; the labels themselves are dropped here.
+    """
+    from indexer.evaluation.runner import EvaluationConfig, prepare_dataset
+
+    config = EvaluationConfig(data=data, manifest=manifest, spec=spec, dedupe=dedupe, seed=split_seed)
+    dataset = prepare_dataset(config)
+    split = make_split(
+        dataset, seed=split_seed, test_fraction=config.test_fraction, val_fraction=config.val_fraction
+    )
+    parts = {"train": split.train, "val": split.val, "test": split.test}
+    if part != "all" and part not in parts:
+        raise AdaptError(f"--split {part!r}: use train (eval's database), val, test or all")
+    chosen = np.arange(len(dataset)) if part == "all" else parts[part]
+    if len(chosen) == 0:
+        raise AdaptError(f"{manifest} gives no {part!r} images ({split.how}); use another --split")
+    kept = dataset.subset(chosen)
+    return _unlabeled(
+        data.name,
+        kept.content_keys,
+        kept.uris,
+        kept.image,
+        patients=kept.patients,
+        provenance={
+            "manifest": manifest.name,
+            "part": part,
+            "split": split.how,
+            "split_seed": split_seed,
+            "eval_images": len(dataset),
+            "eval_database": len(split.train),
+            "eval_queries": len(split.test),
+        },
+    )
+
+
+def load_unlabeled(
+    data: Path | None,
+    *,
+    catalog_url: str | None = None,
+    split: str = "train",
+    manifest: Path | None = None,
+    spec: ManifestSpec | None = None,
+    dedupe: bool = False,
+    split_seed: int = 0,
+) -> LabeledDataset:
+    """The images to adapt on: the catalog, a folder, one split of a MedMNIST .npz, or one part of a
+    folder + manifest as eval splits it."""
     if catalog_url is not None:
         return load_catalog_images(catalog_url)
     if data is None:
         raise AdaptError("pass --data (a folder or .npz) or use the catalog (--from-catalog)")
+    if manifest is not None:
+        if data.suffix.lower() == ".npz":
+            raise AdaptError("--manifest goes with a folder of images, not with an .npz (it has its splits)")
+        return load_manifest_part(
+            data, manifest, spec or ManifestSpec(), part=split, dedupe=dedupe, split_seed=split_seed
+        )
     if data.suffix.lower() == ".npz":
         dataset = load_npz_dataset(data)
         splits = np.array(dataset.splits or [])

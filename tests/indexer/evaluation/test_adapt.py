@@ -190,3 +190,66 @@ def test_a_tiny_real_run_saves_a_checkpoint_that_changes_the_vectors(
     assert adapted.name != create_encoder("efficientnet_lite0").name  # a new weight identity
     assert after.shape == before.shape and abs(float(np.linalg.norm(after)) - 1) < 1e-5
     assert float(after @ before) < 0.99999  # the vectors moved
+
+
+def test_a_manifest_dataset_adapts_on_evals_database_only(manifest_dataset: tuple[Path, Path]) -> None:
+    from indexer.evaluation.datasets import ManifestSpec
+    from indexer.evaluation.protocol import make_split
+    from indexer.evaluation.runner import EvaluationConfig, prepare_dataset
+
+    images, manifest = manifest_dataset
+    spec = ManifestSpec(
+        path_column="filename",
+        label_column="finding",
+        patient_column="patientid",
+        include=(("modality", "X-ray"),),
+        ignore_labels=("todo",),
+    )
+    for seed in range(4):
+        evaluated = prepare_dataset(EvaluationConfig(data=images, manifest=manifest, spec=spec, seed=seed))
+        split = make_split(evaluated, seed=seed)
+        queries = {evaluated.uris[i] for i in split.test}
+        query_patients = {evaluated.patients[i] for i in split.test} if evaluated.patients else set()
+        assert queries and query_patients
+        part = load_unlabeled(images, manifest=manifest, spec=spec, split_seed=seed)
+        # exactly eval's database (split.train), none of its queries nor their patients, labels gone
+        assert part.uris == [evaluated.uris[i] for i in split.train]
+        assert queries.isdisjoint(part.uris) and query_patients.isdisjoint(part.patients or [])
+        assert set(part.labels.tolist()) == {0} and part.class_names == ["unlabeled"]
+        assert "ct.png" not in part.uris and "todo.png" not in part.uris  # eval's filters hold
+        assert part.provenance["eval_queries"] == len(split.test) and part.provenance["part"] == "train"
+        assert sorted(queries) == sorted(
+            load_unlabeled(images, manifest=manifest, spec=spec, split="test", split_seed=seed).uris
+        )
+    with pytest.raises(AdaptError, match="--split 'queries'"):
+        load_unlabeled(images, manifest=manifest, spec=spec, split="queries")
+
+
+def test_a_manifest_split_column_keeps_the_test_rows_and_their_duplicates_out(tmp_path: Path) -> None:
+    from indexer.evaluation.datasets import ManifestSpec
+    from tests.indexer.evaluation.conftest import write_png
+
+    root = tmp_path / "mri"
+    rows = [(f"tr{i}.png", "Training", "a" if i % 2 else "b") for i in range(6)]
+    rows += [(f"te{i}.png", "Testing", "a") for i in range(3)]
+    for i, (name, _, _) in enumerate(rows):
+        write_png(root / name, 30 + 20 * i, seed=i)
+    (root / "te0.png").write_bytes((root / "tr0.png").read_bytes())  # a test copy of a train image
+    (root / "labels.csv").write_text("path,split,label\n" + "".join(f"{n},{s},{c}\n" for n, s, c in rows))
+    spec = ManifestSpec(split_column="split")
+    part = load_unlabeled(root, manifest=root / "labels.csv", spec=spec, dedupe=True)
+    assert part.uris == [f"tr{i}.png" for i in range(6)]
+    assert len(load_unlabeled(root, manifest=root / "labels.csv", spec=spec, split="all", dedupe=True)) == 8
+    npz = make_npz(tmp_path / "toy.npz", per_split={"train": 8, "test": 4})
+    with pytest.raises(AdaptError, match=r"not with an \.npz"):
+        load_unlabeled(npz, manifest=root / "labels.csv", spec=spec)
+    result = CliRunner().invoke(
+        app, ["adapt", "--data", str(npz), "--manifest", str(root / "labels.csv"), "--no-progress"]
+    )
+    assert result.exit_code != 0 and "not with an .npz" in result.output
+    result = CliRunner().invoke(
+        app,
+        ["adapt", "--data", str(root), "--manifest", str(root / "labels.csv"), "--split-column", "split",
+         "--split", "everything", "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code != 0 and "--split 'everything'" in result.output
