@@ -7,14 +7,75 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from search_api.schemas import SeriesHitOut, SeriesSearchResponse, SlicePreview
+from search_api.schemas import SearchFilters, SeriesHitOut, SeriesSearchResponse, SlicePreview
 from ui.client import ApiError
-from ui.context import api_client, page_settings, thumbnail_fetcher
-from ui.views import CASE_PAGE, decode_png, render_prediction, show_image
+from ui.context import api_client, load_status, page_settings, thumbnail_fetcher
+from ui.views import (
+    ANY_MODALITY,
+    CASE_PAGE,
+    body_part_options,
+    chosen,
+    decode_png,
+    label_options,
+    modality_options,
+    render_prediction,
+    show_image,
+)
 
 ACCEPTED = "DICOM slices, one multi-frame DICOM, a zip of DICOM slices, PNG or JPEG"
 # Slice pairs asked per hit (the API's most): the slider walks through them in query-slice order.
 PAIRS = 20
+
+
+def series_filters(modalities: list[str], body_parts: list[str], labels: list[str], k: int) -> SearchFilters:
+    """The sidebar filters of the image search, for series (no grouping: each hit is a series already)."""
+    st.subheader("Filters")
+    modality = st.selectbox("Modality filter", modalities, key="series_modality")
+    body_part = st.selectbox("Body part", body_parts, key="series_body_part")
+    label = st.selectbox("Diagnosis label", labels, key="series_label")
+    threshold = st.slider(
+        "Minimum similarity",
+        min_value=0.0,
+        max_value=1.0,
+        value=0.0,
+        step=0.01,
+        key="series_min_similarity",
+        help="Series scoring (MaxSim) under this are left out; 0 keeps all.",
+    )
+    exclude = st.checkbox(
+        "Exclude the query's own patient",
+        key="series_exclude_patient",
+        help="Leaves out the query patient's series: the patient comes from the field below, the slices' "
+        "DICOM PatientID, or stored images with the same file or pixels. The answer says when it could not apply.",
+    )
+    if exclude:
+        st.text_input(
+            "Query's patient (slices without a PatientID)",
+            key="series_patient_ref",
+            help="The patient's ID or its P-... reference; sent with the search and never stored.",
+        )
+    return SearchFilters(
+        k=k,
+        modality=None if modality in (None, ANY_MODALITY) else modality,
+        body_part=chosen(body_part),
+        label=chosen(label),
+        min_similarity=float(threshold) if threshold and threshold > 0 else None,
+        exclude_patient=bool(exclude),
+    )
+
+
+def render_exclusion(result: SeriesSearchResponse) -> None:
+    """Say whether the query's own patient was left out; a requested exclusion that failed is a warning."""
+    exclusion = result.exclusion
+    if not exclusion.requested:
+        return
+    if not exclusion.applied:
+        st.warning(f"The query's own patient was NOT excluded: {exclusion.reason}")
+        return
+    how = ", ".join(s.replace("_", " ") for s in exclusion.sources)
+    st.caption(f"Own patient excluded: {exclusion.excluded_images} stored images left out (found by {how}).")
+    if exclusion.reason:
+        st.info(exclusion.reason)
 
 
 def render_series_hit(
@@ -68,15 +129,18 @@ def render_series_result(
         f"{result.query_slices} query slices{modality} · {result.series_indexed:,} stored series · "
         f"{result.took_ms:.0f} ms"
     )
+    render_exclusion(result)
     render_prediction(result.prediction)
     previews = {p.query_slice: p for p in result.query_previews}
     st.subheader("Similar series")
+    if not result.hits and result.candidates is not None:
+        st.info(f"No series passed the filters ({result.candidates} stored series allowed); loosen them.")
     for hit in result.hits:
         render_series_hit(hit, thumbnail, previews, scope)
 
 
-def _search_key(uploads: list[tuple[str, bytes]], k: int) -> str:
-    digest = hashlib.sha256(str(k).encode())
+def _search_key(uploads: list[tuple[str, bytes]], form: str) -> str:
+    digest = hashlib.sha256(form.encode())
     for name, data in uploads:
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return digest.hexdigest()
@@ -90,19 +154,27 @@ def main() -> None:
     st.caption("Send the slices of one series; similar stored series come back with their best slice pairs.")
     uploads = st.file_uploader(f"Slices: {ACCEPTED}", accept_multiple_files=True, key="series_files")
     k = st.slider("Series to return", 1, 20, 5, key="series_k")
-    if not uploads:
-        st.info("Upload the slices of a series (at most 500, one modality).")
-        return
-    files = [(u.name, u.getvalue()) for u in uploads]
-    key = _search_key(files, k)
     with api_client(settings) as client:
+        _, _, options = load_status(client)
+        with st.sidebar:
+            filters = series_filters(
+                modality_options(None, options), body_part_options(options), label_options(options), int(k)
+            )
+        patient_ref = str(st.session_state.get("series_patient_ref") or "") if filters.exclude_patient else ""
+        if not uploads:
+            st.info("Upload the slices of a series (at most 500, one modality).")
+            return
+        files = [(u.name, u.getvalue()) for u in uploads]
+        key = _search_key(files, filters.model_dump_json() + ":" + patient_ref)
         kept = st.session_state.get("series_result")
         if kept is not None and kept[0] == key:
             result = kept[1]
         else:
             try:
                 with st.spinner("Searching similar series…"):
-                    result = client.search_series(files, k=k, pairs=PAIRS)
+                    result = client.search_series(
+                        files, pairs=PAIRS, filters=filters, patient_ref=patient_ref
+                    )
             except ApiError as exc:
                 code = f" (HTTP {exc.status_code})" if exc.status_code else ""
                 st.error(f"Series search failed{code}: {exc.message}")
