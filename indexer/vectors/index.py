@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from indexer.errors import IndexCorruptError
 from indexer.vectors.faiss_index import gpu_available, new_index, set_search_param, stored_ids, to_gpu
-from indexer.vectors.index_postprocess import RERANK_SHORTLIST, FittedPostprocess
+from indexer.vectors.index_postprocess import FittedPostprocess
 from indexer.vectors.kinds import IndexSpec, spec_for_kind
 from indexer.vectors.persistence import read_index, write_index
 from indexer.vectors.store import VectorLookup, VectorSource, source_lookup
@@ -121,6 +121,9 @@ class VectorIndex:
         if post.spec.has("rerank"):  # the new rows' own neighbour lists; older rows keep theirs
             found = self._search_stored(stored, int(post.spec.get("rerank", "k")), None)
             post.remember_neighbours(ids, _id_table([r.ids for r in found]))
+        if post.spec.has("diffusion"):  # the new rows enter the kNN graph (and older rows' lists)
+            found = self._search_stored(stored, post.link_width, None)
+            post.link_new(ids, [(r.ids, r.similarities) for r in found])
 
     def add_stored(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
         """Add vectors already in the stored space (a build's post-processed rows) under their ids."""
@@ -205,7 +208,7 @@ class VectorIndex:
         """The k nearest stored vectors of each raw query vector, optionally only among allowed ids.
 
         With a post-processing the query is projected (pcaw), expanded over its nearest allowed stored
-        vectors (aqe) and its candidates re-scored (rerank); similarities are then those of that space.
+        vectors (aqe) and its candidates re-scored (rerank, diffusion); similarities are then those scores.
         """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         post = self.postprocess
@@ -213,12 +216,11 @@ class VectorIndex:
             return self._search_stored(queries, k, allowed_ids)
         stored = post.project(queries)
         stored = post.expand_queries(stored, lambda q, n: self._stored_neighbours(q, n, allowed_ids))
-        if not post.spec.has("rerank"):
+        if not post.reranks:
             return self._search_stored(stored, k, allowed_ids)
-        shortlist = max(k, RERANK_SHORTLIST, int(post.spec.get("rerank", "k")))
         results = []
-        for found in self._search_stored(stored, shortlist, allowed_ids):
-            scores = post.rerank(found.ids, found.similarities)
+        for found in self._search_stored(stored, post.shortlist(k), allowed_ids):
+            scores = post.rescore(found.ids, found.similarities)
             order = np.argsort(-scores, kind="stable")[:k]
             results.append(SearchResult(found.ids[order], scores[order]))
         return results

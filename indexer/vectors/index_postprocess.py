@@ -23,15 +23,20 @@ STEP_DEFAULTS: dict[str, dict[str, float]] = {
     "dba": {"n": 3, "alpha": 3.0},
     "aqe": {"n": 3, "alpha": 3.0},
     "rerank": {"k": 10, "w": 0.3},
+    # Iscen et al. (CVPR 2017) and their public code: graph k 50, query seeds kq 10, alpha 0.99,
+    # gamma 3, truncation to the query's 1000 first candidates.
+    "diffusion": {"k": 50, "kq": 10, "alpha": 0.99, "gamma": 3.0, "trunc": 1000},
 }
-_INTEGER = {"dim", "n", "k"}
+_INTEGER = {"dim", "n", "k", "kq", "trunc"}
 SPEC_HELP = (
-    "valid: none, or steps joined by '+' from pcaw, dba, aqe, rerank, each optionally with settings "
-    "(pcaw:power=0.25,shrink=0.1,dim=0; dba:n=3,alpha=3; aqe:n=3,alpha=3; rerank:k=10,w=0.3), "
-    "e.g. 'pcaw+dba+aqe'"
+    "valid: none, or steps joined by '+' from pcaw, dba, aqe, and one of rerank or diffusion, each "
+    "optionally with settings (pcaw:power=0.25,shrink=0.1,dim=0; dba:n=3,alpha=3; aqe:n=3,alpha=3; "
+    "rerank:k=10,w=0.3; diffusion:k=50,kq=10,alpha=0.99,gamma=3,trunc=1000), e.g. 'pcaw+dba+aqe'"
 )
 # A re-ranked search scores at least this many candidates of the first search.
 RERANK_SHORTLIST = 100
+# A row added after the fit is linked into the older rows' diffusion lists among its LINK_WIDTH * k nearest.
+LINK_WIDTH = 3
 Neighbours = Callable[[npt.NDArray[np.float32], int], tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]
 
 
@@ -95,6 +100,8 @@ def parse_postprocess(text: str | None) -> PostprocessSpec:
             params[key] = number
         _check(name, params, raw)
         found[name] = params
+    if "rerank" in found and "diffusion" in found:
+        raise PostprocessError(f"rerank and diffusion both re-rank: choose one in {text!r}; {SPEC_HELP}")
     ordered = tuple((n, tuple(sorted(found[n].items()))) for n in STEP_DEFAULTS if n in found)
     return PostprocessSpec(ordered)
 
@@ -112,11 +119,22 @@ def _check(name: str, params: dict[str, float], text: str) -> None:
         raise PostprocessError(
             f"{name} settings out of range in {text!r}: power, shrink, dim, alpha >= 0; n, k >= 1; 0 <= w <= 1"
         )
+    if name == "diffusion" and (
+        params["k"] < 1
+        or params["kq"] < 1
+        or params["trunc"] < 1
+        or not 0 < params["alpha"] < 1
+        or params["gamma"] <= 0
+    ):
+        raise PostprocessError(
+            f"diffusion settings out of range in {text!r}: valid k >= 1, kq >= 1, trunc >= 1, "
+            "0 < alpha < 1, gamma > 0 (defaults k=50,kq=10,alpha=0.99,gamma=3,trunc=1000)"
+        )
 
 
 @dataclass
 class FittedPostprocess:
-    """A SPEC fitted on the database: the whitening, and the re-ranking's neighbour lists by id.
+    """A SPEC fitted on the database: the whitening, the re-ranking's neighbour lists and the diffusion graph, by id.
 
     `version` identifies the fit: a hash of the SPEC and of the (id, raw vector) rows it was fitted
     on, so the same catalog gives the same version and any new or changed row a new one. Rows added
@@ -130,6 +148,10 @@ class FittedPostprocess:
     whitening: pp.Whitening | None = None
     neighbour_ids: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     neighbour_table: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty((0, 0), np.int64))
+    # diffusion: each stored row's k nearest other stored rows (ids, -1 past the end) and similarities
+    graph_ids: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    graph_table: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty((0, 0), np.int64))
+    graph_sims: npt.NDArray[np.float32] = field(default_factory=lambda: np.empty((0, 0), np.float32))
 
     @property
     def output_dim(self) -> int:
@@ -204,6 +226,104 @@ class FittedPostprocess:
         jaccard = overlap / (2 * k - overlap)
         return ((1 - weight) * candidate_sims + weight * jaccard).astype(np.float32)
 
+    @property
+    def reranks(self) -> bool:
+        """Whether a search re-scores a shortlist (rerank or diffusion)."""
+        return self.spec.has("rerank") or self.spec.has("diffusion")
+
+    def shortlist(self, k: int) -> int:
+        """How many candidates of the first search a re-ranked search of k results scores."""
+        if self.spec.has("diffusion"):
+            return max(k, int(self.spec.get("diffusion", "trunc")))
+        return max(k, RERANK_SHORTLIST, int(self.spec.get("rerank", "k")))
+
+    def rescore(
+        self, candidate_ids: npt.NDArray[np.int64], candidate_sims: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """New scores of one query's candidates (best first) by the SPEC's re-ranking."""
+        if self.spec.has("diffusion"):
+            return self.diffuse(candidate_ids, candidate_sims)
+        return self.rerank(candidate_ids, candidate_sims)
+
+    def remember_graph(
+        self, ids: npt.NDArray[np.int64], table: npt.NDArray[np.int64], sims: npt.NDArray[np.float32]
+    ) -> None:
+        """Set the diffusion graph: rows `ids` (sorted), each with its nearest other ids and similarities."""
+        order = np.argsort(ids, kind="stable")
+        self.graph_ids = np.ascontiguousarray(ids[order], dtype=np.int64)
+        self.graph_table = np.ascontiguousarray(table[order], dtype=np.int64)
+        self.graph_sims = np.ascontiguousarray(sims[order], dtype=np.float32)
+
+    @property
+    def link_width(self) -> int:
+        """How many nearest stored rows (itself included) `link_new` needs for each new row."""
+        return LINK_WIDTH * int(self.spec.get("diffusion", "k")) + 1
+
+    def link_new(
+        self, ids: npt.NDArray[np.int64], found: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]
+    ) -> None:
+        """Put rows added after the fit into the diffusion graph (never refitted: the version stays).
+
+        `found`: each new row's `link_width` nearest stored ids and similarities (itself among them,
+        dropped). A new row gets its k nearest as its list, and enters the list of each older row among
+        those whose current k-th neighbour it beats. Exact (the graph a refit would build) unless an
+        older row that should list the new one is not among the new row's LINK_WIDTH * k nearest.
+        """
+        k = int(self.spec.get("diffusion", "k"))
+        new_table = np.full((len(ids), k), -1, dtype=np.int64)
+        new_sims = np.zeros((len(ids), k), dtype=np.float32)
+        wide = []
+        for row, (vid, (nb_ids, nb_sims)) in enumerate(zip(ids, found, strict=True)):
+            keep = nb_ids != vid
+            wide.append((nb_ids[keep], nb_sims[keep]))
+            new_table[row, : min(k, int(keep.sum()))] = nb_ids[keep][:k]
+            new_sims[row, : min(k, int(keep.sum()))] = nb_sims[keep][:k]
+        keep = ~np.isin(self.graph_ids, ids)
+        self.remember_graph(
+            np.concatenate([self.graph_ids[keep], ids.astype(np.int64)]),
+            np.concatenate([_pad(self.graph_table[keep], k), new_table]),
+            np.concatenate([_pad_sims(self.graph_sims[keep], k), new_sims]),
+        )
+        new = set(ids.tolist())
+        for vid, (nb_ids, nb_sims) in zip(ids, wide, strict=True):
+            for other, sim in zip(nb_ids.tolist(), nb_sims, strict=True):
+                pos = int(np.searchsorted(self.graph_ids, other))
+                if other < 0 or other in new or pos >= len(self.graph_ids) or self.graph_ids[pos] != other:
+                    continue  # new rows' lists are already exact; an id outside the graph has no list
+                row_ids, row_sims = self.graph_table[pos], self.graph_sims[pos]
+                full = bool((row_ids >= 0).all())
+                if vid in row_ids or (full and sim <= row_sims[-1]):
+                    continue
+                at = int(np.searchsorted(-row_sims[row_ids >= 0], -sim, side="right"))
+                self.graph_table[pos] = np.insert(row_ids, at, vid)[:k]
+                self.graph_sims[pos] = np.insert(row_sims, at, sim)[:k]
+
+    def diffuse(
+        self, candidate_ids: npt.NDArray[np.int64], candidate_sims: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """Diffusion scores of one query's candidates (best first) over the graph truncated to them."""
+        m = len(candidate_ids)
+        if m == 0 or len(self.graph_ids) == 0:
+            return np.asarray(candidate_sims, dtype=np.float32)
+        pos = np.clip(np.searchsorted(self.graph_ids, candidate_ids), 0, len(self.graph_ids) - 1)
+        known = self.graph_ids[pos] == candidate_ids
+        table = np.where(known[:, None], self.graph_table[pos], -1)
+        sims = np.where(known[:, None], self.graph_sims[pos], 0.0)
+        # neighbour ids -> candidate positions (-1: not a candidate)
+        order = np.argsort(candidate_ids, kind="stable")
+        sorted_ids = candidate_ids[order]
+        at = np.clip(np.searchsorted(sorted_ids, table), 0, m - 1)
+        local = np.where((sorted_ids[at] == table) & (table >= 0), order[at], -1)
+        f = pp.diffuse(
+            candidate_sims,
+            local,
+            sims,
+            kq=int(self.spec.get("diffusion", "kq")),
+            alpha=self.spec.get("diffusion", "alpha"),
+            gamma=self.spec.get("diffusion", "gamma"),
+        )
+        return f.astype(np.float32)
+
     def describe(self) -> dict[str, Any]:
         """What `stats` and /health show."""
         return {"spec": str(self.spec), "version": self.version, "fitted_rows": self.fitted_rows}
@@ -215,6 +335,9 @@ class FittedPostprocess:
         arrays: dict[str, npt.NDArray[Any]] = {
             "neighbour_ids": self.neighbour_ids,
             "neighbour_table": self.neighbour_table,
+            "graph_ids": self.graph_ids,
+            "graph_table": self.graph_table,
+            "graph_sims": self.graph_sims,
         }
         if self.whitening is not None:
             arrays["mean"] = self.whitening.mean
@@ -256,6 +379,19 @@ class FittedPostprocess:
                 whitening=whitening,
                 neighbour_ids=data["neighbour_ids"].astype(np.int64),
                 neighbour_table=data["neighbour_table"].astype(np.int64),
+                graph_ids=data["graph_ids"].astype(np.int64)
+                if "graph_ids" in data
+                else np.empty(0, np.int64),
+                graph_table=(
+                    data["graph_table"].astype(np.int64)
+                    if "graph_table" in data
+                    else np.empty((0, 0), np.int64)
+                ),
+                graph_sims=(
+                    data["graph_sims"].astype(np.float32)
+                    if "graph_sims" in data
+                    else np.empty((0, 0), np.float32)
+                ),
             )
 
 
@@ -300,6 +436,9 @@ def fit_postprocess(
     if spec.has("rerank"):
         table = knn(stored, stored, int(spec.get("rerank", "k")))
         fitted.remember_neighbours(ids, np.where(table >= 0, ids[np.maximum(table, 0)], -1))
+    if spec.has("diffusion"):
+        positions, sims = pp.knn_graph(stored, int(spec.get("diffusion", "k")))
+        fitted.remember_graph(ids, np.where(positions >= 0, ids[np.maximum(positions, 0)], -1), sims)
     return fitted, ids, stored
 
 
@@ -338,3 +477,13 @@ def _pad(table: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.int64]:
     if table.shape[1] >= width:
         return table[:, :width]
     return np.pad(table, ((0, 0), (0, width - table.shape[1])), constant_values=-1)
+
+
+def _pad_sims(table: npt.NDArray[np.float32], width: int) -> npt.NDArray[np.float32]:
+    table = np.asarray(table, dtype=np.float32)
+    if table.size == 0:
+        return np.zeros((len(table), width), dtype=np.float32)
+    table = table.reshape(len(table), -1)
+    if table.shape[1] >= width:
+        return table[:, :width]
+    return np.pad(table, ((0, 0), (0, width - table.shape[1])), constant_values=0.0)

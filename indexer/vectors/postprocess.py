@@ -188,3 +188,154 @@ def shared_neighbour_rerank(
     overlap = query_sets @ db_sets.T
     jaccard = overlap / (2 * k - overlap)
     return ((1 - weight) * sims + weight * jaccard).astype(np.float32)
+
+
+# -- diffusion (Iscen et al., CVPR 2017) --------------------------------------------------------------
+
+# Conjugate-gradient iterations and relative tolerance of the diffusion solve (Iscen et al.'s code: 20, 1e-6).
+CG_ITERATIONS = 20
+CG_TOLERANCE = 1e-6
+
+
+def knn_graph(database: npt.NDArray[np.floating], k: int) -> tuple[Positions, Vectors]:
+    """Each database vector's k nearest *other* database vectors (positions, sims), best first.
+
+    Itself is left out (an exact duplicate is kept as the neighbour it is); -1 / 0 past the end
+    when the database has at most k vectors.
+    """
+    db = np.asarray(database, dtype=np.float32)
+    n = len(db)
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    width = min(k + 1, n)
+    blocks = [top_neighbours(db[at : at + 512], db, width) for at in range(0, n, 512)]  # bounded memory
+    positions = np.concatenate([b[0] for b in blocks])
+    sims = np.concatenate([b[1] for b in blocks])
+    is_self = positions == np.arange(n)[:, None]
+    drop = is_self.copy()
+    drop[~is_self.any(axis=1), -1] = True  # self not among them (many duplicates): drop the last
+    keep = ~drop
+    positions = positions[keep].reshape(n, width - 1)
+    sims = sims[keep].reshape(n, width - 1)
+    if width - 1 < k:
+        positions = np.pad(positions, ((0, 0), (0, k - width + 1)), constant_values=-1)
+        sims = np.pad(sims, ((0, 0), (0, k - width + 1)), constant_values=0.0)
+    return positions.astype(np.int64), sims.astype(np.float32)
+
+
+def mutual_affinity(
+    neighbours: Positions, sims: npt.NDArray[np.floating], *, gamma: float = 3.0
+) -> npt.NDArray[np.float64]:
+    """The (m, m) affinity of m nodes: a_ij = max(s_ij, 0)^gamma where i and j are in each other's lists.
+
+    `neighbours` (m, k) holds each node's neighbours as node positions (-1: not a node, skipped),
+    `sims` their similarities. Mutual neighbours only (Iscen et al.), so the matrix is symmetric.
+    """
+    m = len(neighbours)
+    table = np.asarray(neighbours, dtype=np.int64)
+    affinity = np.zeros((m, m), dtype=np.float64)
+    valid = table >= 0
+    rows = np.broadcast_to(np.arange(m)[:, None], table.shape)[valid]
+    cols = table[valid]
+    affinity[rows, cols] = np.maximum(np.asarray(sims, dtype=np.float64)[valid], 0.0) ** gamma
+    np.fill_diagonal(affinity, 0.0)
+    return np.minimum(affinity, affinity.T)
+
+
+def conjugate_gradient(
+    matrix: npt.NDArray[np.float64],
+    rhs: npt.NDArray[np.float64],
+    *,
+    iterations: int = CG_ITERATIONS,
+    tolerance: float = CG_TOLERANCE,
+) -> npt.NDArray[np.float64]:
+    """x with matrix @ x ~ rhs for a symmetric positive definite matrix, from x = 0, at most `iterations` steps."""
+    x = np.zeros_like(rhs)
+    residual = rhs.copy()
+    direction = residual.copy()
+    rr = float(residual @ residual)
+    stop = (tolerance * float(np.linalg.norm(rhs))) ** 2
+    for _ in range(iterations):
+        if rr <= stop:
+            break
+        image = matrix @ direction
+        step = rr / float(direction @ image)
+        x += step * direction
+        residual -= step * image
+        rr_next = float(residual @ residual)
+        direction = residual + (rr_next / rr) * direction
+        rr = rr_next
+    return x
+
+
+def diffuse(
+    seed_sims: npt.NDArray[np.floating],
+    neighbours: Positions,
+    neighbour_sims: npt.NDArray[np.floating],
+    *,
+    kq: int = 10,
+    alpha: float = 0.99,
+    gamma: float = 3.0,
+) -> npt.NDArray[np.float64]:
+    """Diffusion scores f of m candidate nodes: (I - alpha S) f = y solved by conjugate gradient.
+
+    `seed_sims` (m,): the query's similarity to each candidate, candidates best first; y_i =
+    max(s_i, 0)^gamma on the first `kq`, 0 elsewhere. `neighbours` / `neighbour_sims` (m, k): each
+    candidate's database neighbours as candidate positions (-1 where the neighbour is not a
+    candidate) and their similarities. S = D^-1/2 A D^-1/2 with A the mutual-kNN affinity among the
+    candidates (the truncated graph, normalised by its own degrees); a node with no edge keeps f = y.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError("alpha must be in (0, 1)")
+    sims = np.asarray(seed_sims, dtype=np.float64)
+    m = len(sims)
+    seed = np.zeros(m, dtype=np.float64)
+    top = min(kq, m)
+    seed[:top] = np.maximum(sims[:top], 0.0) ** gamma
+    affinity = mutual_affinity(neighbours, neighbour_sims, gamma=gamma)
+    degrees = affinity.sum(axis=1)
+    scale = np.where(degrees > 0, 1.0 / np.sqrt(np.maximum(degrees, 1e-300)), 0.0)
+    system = np.eye(m) - alpha * (scale[:, None] * affinity * scale[None, :])
+    return conjugate_gradient(system, seed)
+
+
+def diffusion_rerank(
+    query_sims: npt.NDArray[np.floating],
+    database_neighbours: Positions,
+    database_neighbour_sims: npt.NDArray[np.floating],
+    *,
+    depth: int,
+    kq: int = 10,
+    alpha: float = 0.99,
+    gamma: float = 3.0,
+    trunc: int = 1000,
+    allowed: npt.NDArray[np.bool_] | None = None,
+) -> tuple[Positions, Vectors]:
+    """Diffusion re-ranking of every query over the database's kNN graph (`knn_graph`), truncated.
+
+    `query_sims` (Q, N); `allowed` (Q, N) False where a query may not retrieve an item. Each query's
+    `trunc` most similar allowed items are the candidates, scored by `diffuse` and ranked by that
+    score (stable: ties, e.g. f = 0 for nodes the solve did not reach, keep the similarity order).
+    Returns the first `depth` database positions and scores of each query (-1 / nan past the end).
+    """
+    sims = np.asarray(query_sims, dtype=np.float32)
+    n_q, n_db = sims.shape
+    table = np.asarray(database_neighbours, dtype=np.int64)
+    table_sims = np.asarray(database_neighbour_sims, dtype=np.float32)
+    positions = np.full((n_q, depth), -1, dtype=np.int64)
+    scores = np.full((n_q, depth), np.nan, dtype=np.float32)
+    local = np.full(n_db + 1, -1, dtype=np.int64)  # database position -> candidate position (last: -1)
+    for row in range(n_q):
+        masked = np.where(allowed[row], sims[row], -np.inf) if allowed is not None else sims[row]
+        order = np.argsort(-masked, kind="stable")
+        candidates = order[np.isfinite(masked[order])][:trunc]
+        local[candidates] = np.arange(len(candidates))
+        neighbours = local[np.where(table[candidates] >= 0, table[candidates], n_db)]
+        f = diffuse(
+            sims[row, candidates], neighbours, table_sims[candidates], kq=kq, alpha=alpha, gamma=gamma
+        )
+        local[candidates] = -1
+        ranked = np.argsort(-f, kind="stable")[:depth]
+        positions[row, : len(ranked)] = candidates[ranked]
+        scores[row, : len(ranked)] = f[ranked]
+    return positions, scores
