@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +24,9 @@ from indexer.settings import IndexerSettings
 from search_api.app import create_app
 from search_api.exclusion import NO_PATIENT_REASON
 from tests.helpers import ThumbnailEncoder, dicom_testfile, serve_app
+from tests.pacs.conftest import orthanc, orthanc_server  # noqa: F401 - the live Orthanc fixtures
+from tests.pacs.orthanc import OrthancServer
+from tests.pacs.test_pacs_sync import connect
 
 PASSWORD = "a long series filter password 5"
 MR, US = "emri_small.dcm", "examples_ybr_color.dcm"
@@ -195,3 +199,47 @@ def test_group_by_study_is_refused_and_k_is_capped_by_the_search_limit(api: Seri
     assert study.status_code == 422 and "group_by=study" in study.json()["detail"]
     assert _post(api, [("mr.dcm", _mr())], group_by="series").status_code == 200
     assert _post(api, [("mr.dcm", _mr())], k="101").status_code == 422
+
+
+@pytest.mark.pacs
+def test_a_pacs_series_query_goes_through_the_filters_and_the_exclusion(
+    api: SeriesApi,
+    orthanc: OrthancServer,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MEDCBIR_PACS_TEST_PACS_USERNAME", orthanc.username)
+    monkeypatch.setenv("MEDCBIR_PACS_TEST_PACS_PASSWORD", orthanc.password)
+    connect(orthanc, api.archive)
+    whole = pydicom.dcmread(io.BytesIO(_mr()))
+    size = whole.Rows * whole.Columns * whole.BitsAllocated // 8
+    paths = []
+    for i in range(int(whole.NumberOfFrames)):  # the stored MR object as a PACS series of single frames
+        part = pydicom.dcmread(io.BytesIO(_mr()))
+        part.NumberOfFrames = 1
+        part.PixelData = whole.PixelData[i * size : (i + 1) * size]
+        part.SOPInstanceUID = part.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        paths.append(tmp_path / f"s{i}.dcm")
+        part.save_as(paths[-1], enforce_file_format=True)
+    assert len(orthanc.upload(paths)) == 10
+    ref = {
+        "pacs": "test-pacs",
+        "study_instance_uid": str(whole.StudyInstanceUID),
+        "series_instance_uid": str(whole.SeriesInstanceUID),
+        "k": "2",
+    }
+
+    def by_pacs(**form: str) -> dict[str, Any]:
+        response = httpx.post(
+            f"{api.url}/search/series/by-pacs", data={**ref, **form}, headers=api.headers, timeout=120
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    assert _diagnoses(by_pacs())[0] == ["tumour"]
+    assert _diagnoses(by_pacs(modality="US")) == [["normal"]]
+    excluded = by_pacs(exclude_patient="true")
+    assert _diagnoses(excluded) == [["normal"]]
+    assert excluded["exclusion"]["applied"] is True and "dicom_patient_id" in excluded["exclusion"]["sources"]
+    assert excluded["prediction"]["top_similarity"] == pytest.approx(excluded["hits"][0]["score"])
