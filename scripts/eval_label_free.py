@@ -74,8 +74,10 @@ def dataset_configs(root: Path) -> dict[str, dict[str, Any]]:
 
 
 Array = npt.NDArray[np.float32]
-# A method maps (database, queries, banned) to (database', queries', optional score matrix).
-Method = Callable[[Array, Array, list[set[int]]], tuple[Array, Array, Array | None]]
+# A method maps (database, queries, banned) to (database', queries', scores): None (rank by inner
+# product), a (Q, N) score matrix, or each query's ranked (positions, scores) lists.
+Scores = Array | tuple[npt.NDArray[np.int64], Array] | None
+Method = Callable[[Array, Array, list[set[int]]], tuple[Array, Array, Scores]]
 
 
 def _banned_topn(db: Array, queries: Array, banned: list[set[int]], n: int) -> npt.NDArray[np.int64]:
@@ -83,7 +85,7 @@ def _banned_topn(db: Array, queries: Array, banned: list[set[int]], n: int) -> n
 
 
 def pcaw(power: float, shrinkage: float, dim: int | None = None) -> Method:
-    def run(db: Array, q: Array, banned: list[set[int]]) -> tuple[Array, Array, Array | None]:
+    def run(db: Array, q: Array, banned: list[set[int]]) -> tuple[Array, Array, Scores]:
         w = pp.fit_whitening(db, power=power, shrinkage=shrinkage, dim=dim)
         return w.transform(db), w.transform(q), None
 
@@ -91,7 +93,7 @@ def pcaw(power: float, shrinkage: float, dim: int | None = None) -> Method:
 
 
 def aqe(n: int, alpha: float) -> Method:
-    def run(db: Array, q: Array, banned: list[set[int]]) -> tuple[Array, Array, Array | None]:
+    def run(db: Array, q: Array, banned: list[set[int]]) -> tuple[Array, Array, Scores]:
         positions = _banned_topn(db, q, banned, max(n - 1, 1))
         return db, pp.alpha_query_expansion(q, db, positions, n=n, alpha=alpha), None
 
@@ -99,14 +101,14 @@ def aqe(n: int, alpha: float) -> Method:
 
 
 def dba(n: int, alpha: float) -> Method:
-    def run(db: Array, q: Array, banned: list[set[int]]) -> tuple[Array, Array, Array | None]:
+    def run(db: Array, q: Array, banned: list[set[int]]) -> tuple[Array, Array, Scores]:
         return pp.database_augmentation(db, n=n, alpha=alpha), q, None
 
     return run
 
 
 def rerank(k: int, weight: float) -> Method:
-    def run(db: Array, q: Array, banned: list[set[int]]) -> tuple[Array, Array, Array | None]:
+    def run(db: Array, q: Array, banned: list[set[int]]) -> tuple[Array, Array, Scores]:
         sims = q @ db.T
         for row, ban in enumerate(banned):
             if ban:
@@ -117,8 +119,33 @@ def rerank(k: int, weight: float) -> Method:
     return run
 
 
+def diffusion(
+    k: int = 50, kq: int = 10, alpha: float = 0.99, gamma: float = 3.0, trunc: int = 1000
+) -> Method:
+    def run(db: Array, q: Array, banned: list[set[int]]) -> tuple[Array, Array, Scores]:
+        allowed = np.ones((len(q), len(db)), dtype=bool)
+        for row, ban in enumerate(banned):
+            if ban:
+                allowed[row, sorted(ban)] = False
+        graph, graph_sims = pp.knn_graph(db, k)
+        found = pp.diffusion_rerank(
+            q @ db.T,
+            graph,
+            graph_sims,
+            depth=DEPTH,
+            kq=kq,
+            alpha=alpha,
+            gamma=gamma,
+            trunc=trunc,
+            allowed=allowed,
+        )
+        return db, q, found
+
+    return run
+
+
 def chain(*steps: Method) -> Method:
-    def run(db: Array, q: Array, banned: list[set[int]]) -> tuple[Array, Array, Array | None]:
+    def run(db: Array, q: Array, banned: list[set[int]]) -> tuple[Array, Array, Scores]:
         scores = None
         for step in steps:
             db, q, scores = step(db, q, banned)
@@ -140,13 +167,18 @@ FIXED: dict[str, Method] = {
     "dba + aqe (n 3, alpha 3)": chain(dba(3, 3.0), aqe(3, 3.0)),
     "rerank (k 10, w 0.3)": rerank(10, 0.3),
     "pcaw 0.25 + dba + aqe": chain(pcaw(0.25, 0.1), dba(3, 3.0), aqe(3, 3.0)),
+    # Iscen et al. (CVPR 2017) and their code's values, fixed before the first run.
+    "diffusion (k 50, kq 10, alpha 0.99, gamma 3)": diffusion(),
+    "pcaw 0.25 + diffusion": chain(pcaw(0.25, 0.1), diffusion()),
 }
 GRID: dict[str, Method] = {
     **{f"pcaw (power {p}, shrink {s})": pcaw(p, s) for p in (0.1, 0.25, 0.5) for s in (0.01, 0.1, 1.0)},
     **{f"aqe (n {n}, alpha {a})": aqe(n, a) for n in (2, 3, 5, 8) for a in (0.0, 3.0)},
     **{f"dba (n {n}, alpha {a})": dba(n, a) for n in (2, 3, 5) for a in (0.0, 3.0)},
     **{f"rerank (k {k}, w {w})": rerank(k, w) for k in (5, 10, 20) for w in (0.1, 0.3)},
+    **{f"diffusion (k {k}, alpha {a})": diffusion(k, 10, a) for k in (10, 20, 50) for a in (0.9, 0.99)},
 }
+FAMILIES = ("pcaw", "aqe", "dba", "rerank", "diffusion")
 
 
 def run_method(
@@ -157,6 +189,8 @@ def run_method(
     if scores is None:
         found = retrieve(db, q, DEPTH, banned=banned)
         positions, sims = found.positions, found.similarities
+    elif isinstance(scores, tuple):
+        positions, sims = scores
     else:
         positions = np.argsort(-scores, axis=1, kind="stable")[:, :DEPTH]
         sims = np.take_along_axis(scores, positions, axis=1)
@@ -178,8 +212,13 @@ def paired_interval(diff: npt.NDArray[np.float64], groups: npt.NDArray[np.int64]
     return float(100 * low), float(100 * high)
 
 
-def evaluate(name: str, options: dict[str, Any], cache_dir: Path) -> dict[str, Any]:
-    """Every fixed row on test; the val-chosen setting of each family on test where val exists."""
+def evaluate(
+    name: str, options: dict[str, Any], cache_dir: Path, family: str | None = None
+) -> dict[str, Any]:
+    """Every fixed row on test; the val-chosen setting of each family on test where val exists.
+
+    `family` (e.g. 'diffusion') keeps the baseline and that family's rows and grid only.
+    """
     config = EvaluationConfig(cache_dir=cache_dir, **options)
     dataset = prepare_dataset(config)
     split: Split = make_split(
@@ -197,7 +236,8 @@ def evaluate(name: str, options: dict[str, Any], cache_dir: Path) -> dict[str, A
         groups = np.unique(np.asarray(dataset.patients)[split.test], return_inverse=True)[1]
     rows: dict[str, Any] = {}
     base: npt.NDArray[np.float64] | None = None
-    methods = dict(FIXED)
+    methods = {k: m for k, m in FIXED.items() if family is None or k == "baseline" or family in k}
+    grid = {k: m for k, m in GRID.items() if family is None or k.startswith(family)}
     picks: dict[str, str] = {}
     if len(split.val) > 0:
         as_queries = Split(train=split.train, test=split.val, val=split.val, how=split.how)
@@ -206,14 +246,18 @@ def evaluate(name: str, options: dict[str, Any], cache_dir: Path) -> dict[str, A
             label: float(
                 run_method(m, dataset, vectors, split.train, split.val, val_banned)["metrics"]["map@10"]
             )
-            for label, m in {"baseline": chain(), **GRID}.items()
+            for label, m in {"baseline": chain(), **grid}.items()
         }
-        for family in ("pcaw", "aqe", "dba", "rerank"):
-            best = max((k for k in val_scores if k.startswith(family)), key=lambda k: val_scores[k])
-            picks[family] = best
+        for fam in FAMILIES:
+            if not any(k.startswith(fam) for k in grid):
+                continue
+            best = max((k for k in val_scores if k.startswith(fam)), key=lambda k: val_scores[k])
+            picks[fam] = best
             methods[f"val-chosen {best}"] = GRID[best]
         combo = [
-            GRID[picks[f]] for f in ("pcaw", "dba", "aqe") if val_scores[picks[f]] > val_scores["baseline"]
+            GRID[picks[f]]
+            for f in ("pcaw", "dba", "aqe")
+            if f in picks and val_scores[picks[f]] > val_scores["baseline"]
         ]
         if combo:
             methods["val-chosen winners combined"] = chain(*combo)
@@ -281,6 +325,12 @@ def main() -> None:
         default=None,
         help="score these SPECs through the product's index",
     )
+    parser.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default=None,
+        help="only the baseline and this family's rows and val grid (JSON: label_free_<family>_<name>.json)",
+    )
     args = parser.parse_args()
     configs = dataset_configs(args.datasets)
     for name in args.names:
@@ -289,8 +339,10 @@ def main() -> None:
             report = evaluate_product(name, options, args.cache_dir, args.product)
             stem = "label_free_product_"
         else:
-            report = evaluate(name, options, args.cache_dir)
+            report = evaluate(name, options, args.cache_dir, args.family)
             stem = "label_free_"
+        if args.family:
+            stem = f"label_free_{args.family}_" + ("product_" if args.product else "")
         if args.json_dir is not None:
             args.json_dir.mkdir(parents=True, exist_ok=True)
             suffix = "" if args.seed is None else f"_seed{args.seed}"
