@@ -18,7 +18,7 @@ class ViewerEvent(TypedDict, total=False):
     """What the viewer reports: `seq` grows with each event, so a repeated key press is a new event."""
 
     seq: int
-    action: Literal["next", "prev", "window", "frame", "overlay"]
+    action: Literal["next", "prev", "window", "frame", "overlay", "close"]
     window: list[float]  # [center, width] in the query's window units
     side: str
     frame: int

@@ -77,6 +77,9 @@ def fetch_maps(
 def open_compare(rank: int) -> None:
     """The "Compare" button of a neighbour card: show that neighbour in the viewer."""
     st.session_state[RANK_KEY] = rank
+    # The search shown now: a click landing before the search's first run reached the viewer is kept
+    # (render_compare would otherwise take the search for a new one and close the viewer).
+    st.session_state[SCOPE_KEY] = st.session_state.get("search_key")
 
 
 def close_compare() -> None:
@@ -152,6 +155,9 @@ def _act(value: dict[str, Any] | None, ranks: list[int], rank: int) -> None:
             rerun = True
         elif action == "frame" and isinstance(event.get("frames"), dict):
             st.session_state[FRAMES_KEY] = event["frames"]
+        elif action == "close":  # Escape in the viewer
+            close_compare()
+            st.rerun()
     if ranks[position] != rank:
         st.session_state[RANK_KEY] = ranks[position]
         rerun = True

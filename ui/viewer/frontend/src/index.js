@@ -57,8 +57,9 @@ root.innerHTML = `
       <div class="ticks"><span>low</span><span>high</span></div></div>
     <div class="meta" id="meta"></div>
     <div class="report-title">Report</div><div class="report" id="report"></div>
-    <div class="keys">Keys: drag = window/level (both sides) · right drag = pan · middle drag or wheel = zoom ·
-      ArrowUp/ArrowDown = frame · ArrowRight/j, ArrowLeft/k = next/previous neighbour · o = overlay · r = reset</div>
+    <div class="keys">Keys: drag = window/level (both sides; off on colour images) · right drag = pan ·
+      middle drag or wheel = zoom · ArrowUp/ArrowDown = frame · ArrowRight/j, ArrowLeft/k = next/previous
+      neighbour · o = overlay · r = reset · Esc = close</div>
   </div>
 </div>`;
 
@@ -69,6 +70,7 @@ const state = {
   group: null,
   loaded: { query: null, neighbour: null }, // signature of the image shown on each side
   images: { query: null, neighbour: null }, // {ids, data}
+  colour: { query: false, neighbour: false }, // RGB images: shown as they are, no window/level
   heat: { query: null, neighbour: null }, // offscreen canvases of the coloured maps
   overlay: false,
   linked: true,
@@ -146,22 +148,29 @@ function provideMetadata(type, imageId) {
   return undefined;
 }
 
+// A colour image's window: the identity (DICOM linear VOI with C 128 / W 256 maps each level to itself).
+const COLOUR_WINDOW = [128, 256];
+
 function loadImage(side, image, sig) {
   const values = decode(image.data);
-  const plane = image.rows * image.columns;
+  const colour = image.channels === 3;
+  // RGB frames go to Cornerstone as interleaved 8-bit RGB (its colour path indexes a LUT by the value).
+  const plane = image.rows * image.columns * (colour ? 3 : 1);
   const spacing = image.pixel_spacing || [1, 1];
   const ids = [];
   for (let f = 0; f < image.frames; f += 1) {
     const id = `medcbir:${side}:${sig}:${f}`;
     modules.set(id, {
       modality: image.units === "modality" ? image.modality || "OT" : "OT",
-      center: image.window_center,
-      width: image.window_width,
+      center: colour ? COLOUR_WINDOW[0] : image.window_center,
+      width: colour ? COLOUR_WINDOW[1] : image.window_width,
       frame: f,
     });
     if (!cache.getImageLoadObject(id)) {
       imageLoader.createAndCacheLocalImage(id, {
-        scalarData: values.slice(f * plane, (f + 1) * plane),
+        scalarData: colour
+          ? Uint8Array.from(values.subarray(f * plane, (f + 1) * plane), (v) => Math.round(v))
+          : values.slice(f * plane, (f + 1) * plane),
         dimensions: [image.columns, image.rows],
         spacing: [spacing[1], spacing[0]],
         origin: [0, 0, 0],
@@ -187,7 +196,9 @@ function windowOfRange(range) {
 
 // Set a side's window now, and again once its image is drawn if the stack was still loading.
 function setWindow(side, win, invert) {
-  state.want[side] = { win, invert };
+  if (state.colour[side]) {
+    state.want[side] = { win: COLOUR_WINDOW, invert: false };
+  } else state.want[side] = { win, invert };
   applyWanted(side);
 }
 
@@ -213,24 +224,49 @@ function rangeOf([center, width]) {
   return { lower: center - width / 2, upper: center + width / 2 };
 }
 
+const cap = (side) => (side === "query" ? "Query" : "Neighbour");
+
+// The side whose window the readout shows and Python takes: the query, unless it is colour.
+function windowSide() {
+  return SIDES.find((side) => state.images[side] && !state.colour[side]) || null;
+}
+
 function showWindow() {
   // Read by the browser test (and handy when debugging): what each viewport shows now.
   SIDES.forEach((side) => {
     const win = state.images[side] ? windowOf(side) : null;
-    document.body.dataset[`window${side === "query" ? "Query" : "Neighbour"}`] = win ? win.map((v) => v.toFixed(2)).join(",") : "";
-    document.body.dataset[`frame${side === "query" ? "Query" : "Neighbour"}`] = String(currentFrame(side));
+    document.body.dataset[`window${cap(side)}`] = win ? win.map((v) => v.toFixed(2)).join(",") : "";
+    document.body.dataset[`frame${cap(side)}`] = String(currentFrame(side));
+    document.body.dataset[`colour${cap(side)}`] = state.colour[side] ? "1" : "0";
   });
-  const w = windowOf("query");
-  const units = state.images.query ? state.images.query.units : "";
-  $("window").textContent = w ? `L ${w[0].toFixed(0)} / W ${w[1].toFixed(0)}${units === "modality" ? "" : " (grey levels)"}${state.linked ? " · linked" : " · not linked (other units)"}` : "";
+  const side = windowSide();
+  const w = side ? windowOf(side) : null;
+  const units = side ? state.images[side].units : "";
+  const both = state.images.query && state.images.neighbour && !state.colour.query && !state.colour.neighbour;
+  let text = w ? `L ${w[0].toFixed(0)} / W ${w[1].toFixed(0)}${units === "modality" ? "" : " (grey levels)"}` : "";
+  if (w && both) text += state.linked ? " · linked" : " · not linked (other units)";
+  if (state.colour.query || state.colour.neighbour) {
+    text += `${text ? " · " : ""}colour image${state.colour.query && state.colour.neighbour ? "s" : ""}: window/level off`;
+  }
+  $("window").textContent = text;
 }
 
 function onVoi(side, detail) {
   if (!detail || !detail.range) return;
   state.win[side] = windowOfRange(detail.range);
   if (state.syncing) return;
+  if (state.colour[side]) {
+    // A colour image keeps its own colours: a drag on it does not window it (nor the other side).
+    const viewport = state.engine.getViewport(side);
+    state.syncing = true;
+    viewport.setProperties({ voiRange: rangeOf(COLOUR_WINDOW) });
+    state.syncing = false;
+    state.win[side] = COLOUR_WINDOW.slice();
+    viewport.render();
+    return;
+  }
   const other = side === "query" ? "neighbour" : "query";
-  if (state.linked && state.images[other]) {
+  if (state.linked && state.images[other] && !state.colour[other]) {
     state.syncing = true;
     const viewport = state.engine.getViewport(other);
     viewport.setProperties({ voiRange: { ...detail.range } });
@@ -246,7 +282,8 @@ let lastReported = null;
 function reportWindowSoon() {
   clearTimeout(windowTimer);
   windowTimer = setTimeout(() => {
-    const w = windowOf("query");
+    const side = windowSide();
+    const w = side ? windowOf(side) : null;
     if (!w) return;
     const key = w.map((v) => v.toFixed(3)).join(",");
     if (key === lastReported) return;
@@ -319,6 +356,7 @@ function drawHeat(side) {
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   const heat = state.heat[side];
   const image = state.images[side];
+  delete document.body.dataset[`heat${cap(side)}`];
   if (!state.overlay || !heat || !image) return;
   const viewport = state.engine.getViewport(side);
   const imageId = viewport.getCurrentImageId();
@@ -326,8 +364,13 @@ function drawHeat(side) {
   // The map follows zoom and pan: the image's corners in canvas pixels, from Cornerstone's own camera.
   const topLeft = viewport.worldToCanvas(utilities.imageToWorldCoords(imageId, [0, 0]));
   const bottomRight = viewport.worldToCanvas(utilities.imageToWorldCoords(imageId, [image.columns, image.rows]));
+  const rect = [topLeft[0], topLeft[1], bottomRight[0] - topLeft[0], bottomRight[1] - topLeft[1]];
   ctx.imageSmoothingEnabled = true;
-  ctx.drawImage(heat, topLeft[0], topLeft[1], bottomRight[0] - topLeft[0], bottomRight[1] - topLeft[1]);
+  ctx.drawImage(heat, ...rect);
+  // Where the map was drawn, in canvas pixels, and Cornerstone's zoom: the browser test checks that the
+  // map follows the image under zoom and pan.
+  document.body.dataset[`heat${cap(side)}`] = rect.map((v) => v.toFixed(1)).join(",");
+  document.body.dataset[`zoom${cap(side)}`] = viewport.getZoom().toFixed(4);
 }
 
 function setOverlay(on) {
@@ -366,6 +409,7 @@ async function showSide(side, image, sig, windowArg) {
   if (state.loaded[side] !== sig) {
     const ids = loadImage(side, image, sig);
     state.images[side] = image;
+    state.colour[side] = image.channels === 3;
     await viewport.setStack(ids, image.start_frame || 0);
     state.loaded[side] = sig;
     const slider = $(`frames-${side}`);
@@ -382,8 +426,9 @@ async function showSide(side, image, sig, windowArg) {
 function applyArgs(args) {
   document.body.className = args.theme === "dark" ? "dark" : "light";
   $("title").textContent = args.title || "";
-  $("qlabel").textContent = args.query_label || "Query";
-  $("nlabel").textContent = args.neighbour_label || "Neighbour";
+  const colourNote = (image) => (image && image.channels === 3 ? " · colour (window/level off)" : "");
+  $("qlabel").textContent = (args.query_label || "Query") + colourNote(args.query);
+  $("nlabel").textContent = (args.neighbour_label || "Neighbour") + colourNote(args.neighbour);
   $("meta").textContent = args.neighbour_meta || "";
   $("report").textContent = args.report || "No report.";
   $("prev").disabled = !args.has_prev;
@@ -411,7 +456,7 @@ async function render(args) {
   if (windowChanged && windowArg) {
     // A preset or a slider of the page: both sides follow (the neighbour only in the same units).
     SIDES.forEach((side) => {
-      if (side === "neighbour" && !state.linked) return;
+      if ((side === "neighbour" && !state.linked) || state.colour[side]) return;
       setWindow(side, windowArg, state.want[side] ? state.want[side].invert : undefined);
     });
     lastReported = windowArg.map((v) => v.toFixed(3)).join(",");
@@ -432,6 +477,8 @@ async function render(args) {
   document.body.dataset.neighbour = String(args.neighbour_sig);
   document.body.dataset.ready = "1";
   resize();
+  // Opened: take the keyboard, as a reading screen does (the page's own text fields keep theirs).
+  if (first && !editing(parentDocument() && parentDocument().activeElement)) takeFocus();
 }
 
 function resize() {
@@ -451,19 +498,73 @@ SIDES.forEach((side) => {
     state.engine.getViewport(side).setImageIdIndex(Number(e.target.value));
   });
 });
-document.addEventListener("keydown", (e) => {
-  if (!lastArgs) return;
-  if ((e.key === "ArrowRight" || e.key === "j") && lastArgs.has_next) report({ action: "next" });
-  else if ((e.key === "ArrowLeft" || e.key === "k") && lastArgs.has_prev) report({ action: "prev" });
-  else if (e.key === "ArrowUp" || e.key === "PageUp") scrollFrame(-1);
-  else if (e.key === "ArrowDown" || e.key === "PageDown") scrollFrame(1);
-  else if (e.key === "o" && !lastArgs.maps_error) report({ action: "overlay", overlay: !state.overlayAsked });
-  else if (e.key === "r") resetView();
+// ---- keys. Streamlit draws the viewer in an iframe: keys reach it while it has the focus, which it takes
+// when opened and on any click in it (Cornerstone's tools cancel the mousedown, so the browser would not
+// move the focus by itself), and keeps after the pointer leaves. Keys pressed on the page around it
+// (after a click on a toggle of the panel, say) are handled too, except in text fields and sliders.
+function onKey(e) {
+  if (!lastArgs || e.ctrlKey || e.metaKey || e.altKey) return;
+  const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+  if (key === "ArrowRight" || key === "j") {
+    if (lastArgs.has_next) report({ action: "next" });
+  } else if (key === "ArrowLeft" || key === "k") {
+    if (lastArgs.has_prev) report({ action: "prev" });
+  } else if (key === "ArrowUp" || key === "PageUp") scrollFrame(-1);
+  else if (key === "ArrowDown" || key === "PageDown") scrollFrame(1);
+  else if (key === "o") {
+    if (!lastArgs.maps_error) report({ action: "overlay", overlay: !state.overlayAsked });
+  } else if (key === "r") resetView();
+  else if (key === "Escape") report({ action: "close" });
   else return;
   e.preventDefault();
-});
-// Keys reach the viewer once it has the focus: take it when the pointer enters (Streamlit draws it in an iframe).
-root.addEventListener("mouseenter", () => window.focus());
+  e.stopPropagation();
+}
+
+function editing(element) {
+  if (!element || !element.tagName) return false;
+  const tag = element.tagName.toLowerCase();
+  if (tag === "textarea" || tag === "select" || element.isContentEditable) return true;
+  if (element.getAttribute && ["slider", "textbox", "combobox", "spinbutton"].includes(element.getAttribute("role"))) return true;
+  return tag === "input" && !["checkbox", "radio", "button", "submit", "reset"].includes((element.type || "").toLowerCase());
+}
+
+function parentDocument() {
+  try {
+    return window.parent !== window ? window.parent.document : null;
+  } catch (e) {
+    return null; // served from another origin: keys work while the viewer has the focus
+  }
+}
+
+function takeFocus() {
+  if (document.activeElement === document.body && document.hasFocus()) return;
+  window.focus();
+  document.body.focus({ preventScroll: true });
+  document.body.dataset.focused = document.hasFocus() ? "1" : "0";
+}
+
+document.body.tabIndex = -1; // focusable, so that the iframe's document holds the keyboard
+document.addEventListener("keydown", onKey);
+document.addEventListener("pointerdown", () => takeFocus(), true);
+window.addEventListener("focus", () => { document.body.dataset.focused = "1"; });
+window.addEventListener("blur", () => { document.body.dataset.focused = "0"; });
+
+const host = parentDocument();
+function onPageKey(e) {
+  // This frame gone (the viewer closed or re-mounted): stop listening on the page.
+  if (!window.frameElement || !window.frameElement.isConnected) {
+    hostWindow.removeEventListener("keydown", onPageKey, true);
+    return;
+  }
+  if (editing(e.target)) return;
+  onKey(e);
+}
+// In the capture phase of the page's window: before Streamlit's own shortcuts ("r" would rerun the app).
+const hostWindow = host ? host.defaultView : null;
+if (hostWindow) {
+  hostWindow.addEventListener("keydown", onPageKey, true);
+  window.addEventListener("pagehide", () => hostWindow.removeEventListener("keydown", onPageKey, true));
+}
 window.addEventListener("resize", () => {
   if (state.engine) state.engine.resize(true, true);
   SIDES.forEach(drawHeat);
