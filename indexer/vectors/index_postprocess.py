@@ -29,9 +29,10 @@ STEP_DEFAULTS: dict[str, dict[str, float]] = {
 }
 _INTEGER = {"dim", "n", "k", "kq", "trunc"}
 SPEC_HELP = (
-    "valid: none, or steps joined by '+' from pcaw, dba, aqe, and one of rerank or diffusion, each "
-    "optionally with settings (pcaw:power=0.25,shrink=0.1,dim=0; dba:n=3,alpha=3; aqe:n=3,alpha=3; "
-    "rerank:k=10,w=0.3; diffusion:k=50,kq=10,alpha=0.99,gamma=3,trunc=1000), e.g. 'pcaw+dba+aqe'"
+    "valid: none, or steps joined by '+' from pcaw, dba, aqe, rerank, diffusion (rerank and diffusion "
+    "exclude each other), each optionally with settings (pcaw:power=0.25,shrink=0.1,dim=0; dba:n=3,alpha=3; "
+    "aqe:n=3,alpha=3; rerank:k=10,w=0.3; diffusion:k=50,kq=10,alpha=0.99,gamma=3,trunc=1000), "
+    "e.g. 'pcaw+dba+aqe'"
 )
 # A re-ranked search scores at least this many candidates of the first search.
 RERANK_SHORTLIST = 100

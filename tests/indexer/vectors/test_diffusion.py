@@ -141,7 +141,7 @@ def test_a_bad_diffusion_setting_names_the_valid_ones() -> None:
         ("diffusion:gamma=0", ["out of range", "gamma > 0"]),
         ("diffusion:k=0", ["out of range", "k >= 1"]),
         ("diffusion:trunc=10.5", ["whole number"]),
-        ("rerank+diffusion", ["choose one", "rerank or diffusion"]),
+        ("rerank+diffusion", ["choose one", "rerank and diffusion"]),
         (
             "difusion",
             ["unknown post-processing step 'difusion'", "diffusion:k=50,kq=10,alpha=0.99,gamma=3,trunc=1000"],

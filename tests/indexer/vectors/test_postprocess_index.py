@@ -160,7 +160,7 @@ def test_the_fitted_state_is_saved_checked_and_loaded(tmp_path: Path, database) 
 
 def test_a_bad_spec_names_the_valid_ones() -> None:
     for bad, words in [
-        ("whiten", ["unknown post-processing step 'whiten'", "pcaw, dba, aqe", "rerank or diffusion"]),
+        ("whiten", ["unknown post-processing step 'whiten'", "pcaw, dba, aqe, rerank, diffusion"]),
         ("pcaw:strength=2", ["pcaw has no setting 'strength=2'", "power=<number>"]),
         ("aqe:n=two", ["aqe:n needs a number"]),
         ("dba+dba", ["named twice"]),
