@@ -351,7 +351,8 @@ def run_adapt(
         "machine": f"{platform.machine()} {platform.processor() or ''}, torch threads {torch.get_num_threads()}, "
         f"device {encoder.device}",
     }
-    card.update(dataset.provenance)
+    # where the images came from; never overwrites what the run itself recorded (e.g. its held-out split)
+    card.update({key: value for key, value in dataset.provenance.items() if key not in card})
     path = None
     if output_dir is not None:
         path = save_checkpoint(model, output_dir, f"{encoder_name}-adapt-{dataset.name}", card)

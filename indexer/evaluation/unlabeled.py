@@ -134,7 +134,7 @@ def load_manifest_part(
         provenance={
             "manifest": manifest.name,
             "part": part,
-            "split": split.how,
+            "eval_split": split.how,
             "split_seed": split_seed,
             "eval_images": len(dataset),
             "eval_database": len(split.train),

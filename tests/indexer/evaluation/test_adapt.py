@@ -218,6 +218,7 @@ def test_a_manifest_dataset_adapts_on_evals_database_only(manifest_dataset: tupl
         assert set(part.labels.tolist()) == {0} and part.class_names == ["unlabeled"]
         assert "ct.png" not in part.uris and "todo.png" not in part.uris  # eval's filters hold
         assert part.provenance["eval_queries"] == len(split.test) and part.provenance["part"] == "train"
+        assert part.provenance["eval_split"] == split.how
         assert sorted(queries) == sorted(
             load_unlabeled(images, manifest=manifest, spec=spec, split="test", split_seed=seed).uris
         )
