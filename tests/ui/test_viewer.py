@@ -107,3 +107,28 @@ def test_a_window_from_the_viewer_becomes_the_pages_window() -> None:
     level, width = at.slider(key="wl_center"), at.slider(key="wl_width")
     assert level.value == 1234.0 and width.value == 3071.0 + 1024.0  # rounded to the step; width clamped
     assert f"chosen: ({float(level.value)}, {float(width.value)})" in [t.value for t in at.text]
+
+
+def _escape_app() -> None:
+    import streamlit as st
+
+    from ui.viewer.panel import RANK_KEY, SCOPE_KEY, _act, open_compare
+
+    st.session_state.setdefault("search_key", "search-1")
+    st.button("Compare", on_click=open_compare, args=(3,))
+    if st.button("Escape"):  # what the viewer reports on Escape, after a frame report
+        events = [{"seq": 7, "action": "frame", "frames": {"query": 0}}, {"seq": 8, "action": "close"}]
+        _act({"seq": 8, "action": "close", "events": events}, [1, 2, 3], int(st.session_state[RANK_KEY]))
+    st.text(f"compared: {st.session_state.get(RANK_KEY)} · scope: {st.session_state.get(SCOPE_KEY)}")
+
+
+def test_compare_keeps_its_search_and_escape_closes_the_viewer() -> None:
+    at = AppTest.from_function(_escape_app, default_timeout=60).run()
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    # The click records the search it belongs to: a click landing before the search's run reached the
+    # viewer is not taken for a new search (which closes the viewer).
+    assert "compared: 3 · scope: search-1" in [t.value for t in at.text]
+    at.button[1].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "compared: None · scope: search-1" in [t.value for t in at.text]
