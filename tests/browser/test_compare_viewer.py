@@ -333,7 +333,8 @@ def test_a_colour_query_is_drawn_in_colour(page, compare_ui: str, tmp_path: Path
     _until(opened_in_colour, "the colour query in the viewer", seconds=120)
     time.sleep(0.5)
     assert "colour (window/level off)" in viewer.locator("#qlabel").inner_text()
-    assert "window/level off" in viewer.locator("#window").inner_text()
+    readout = viewer.locator("#window").inner_text()
+    assert readout.startswith("Neighbour L ") and "window/level off" in readout  # the grey side's window
     frame = _frame(page)
     coloured, lit = frame.evaluate(CANVAS_COLOUR, "query")
     assert lit > 1000 and coloured / lit > 0.3, (coloured, lit)  # the red fundus is drawn red, not grey

@@ -243,7 +243,9 @@ function showWindow() {
   const w = side ? windowOf(side) : null;
   const units = side ? state.images[side].units : "";
   const both = state.images.query && state.images.neighbour && !state.colour.query && !state.colour.neighbour;
-  let text = w ? `L ${w[0].toFixed(0)} / W ${w[1].toFixed(0)}${units === "modality" ? "" : " (grey levels)"}` : "";
+  // The query's window, or the neighbour's (named) when the query is colour.
+  const whose = side === "neighbour" && state.images.query ? "Neighbour " : "";
+  let text = w ? `${whose}L ${w[0].toFixed(0)} / W ${w[1].toFixed(0)}${units === "modality" ? "" : " (grey levels)"}` : "";
   if (w && both) text += state.linked ? " · linked" : " · not linked (other units)";
   if (state.colour.query || state.colour.neighbour) {
     text += `${text ? " · " : ""}colour image${state.colour.query && state.colour.neighbour ? "s" : ""}: window/level off`;
