@@ -526,8 +526,10 @@ function editing(element) {
   if (!element || !element.tagName) return false;
   const tag = element.tagName.toLowerCase();
   if (tag === "textarea" || tag === "select" || element.isContentEditable) return true;
-  if (element.getAttribute && ["slider", "textbox", "combobox", "spinbutton"].includes(element.getAttribute("role"))) return true;
-  return tag === "input" && !["checkbox", "radio", "button", "submit", "reset"].includes((element.type || "").toLowerCase());
+  // Widgets whose arrow keys mean something of their own (sliders, radio groups, lists, menus, tabs).
+  const roles = ["slider", "textbox", "combobox", "spinbutton", "radio", "radiogroup", "listbox", "option", "menu", "menuitem", "tab"];
+  if (element.getAttribute && roles.includes(element.getAttribute("role"))) return true;
+  return tag === "input" && !["checkbox", "button", "submit", "reset"].includes((element.type || "").toLowerCase());
 }
 
 function parentDocument() {
