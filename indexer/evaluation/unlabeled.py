@@ -126,7 +126,7 @@ def load_manifest_part(
         raise AdaptError(f"{manifest} gives no {part!r} images ({split.how}); use another --split")
     kept = dataset.subset(chosen)
     return _unlabeled(
-        data.name,
+        dataset.name,  # the manifest dataset's name (e.g. covid-chestxray, not its images/ folder)
         kept.content_keys,
         kept.uris,
         kept.image,

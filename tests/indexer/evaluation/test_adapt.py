@@ -219,6 +219,7 @@ def test_a_manifest_dataset_adapts_on_evals_database_only(manifest_dataset: tupl
         assert "ct.png" not in part.uris and "todo.png" not in part.uris  # eval's filters hold
         assert part.provenance["eval_queries"] == len(split.test) and part.provenance["part"] == "train"
         assert part.provenance["eval_split"] == split.how
+        assert part.name == evaluated.name
         assert sorted(queries) == sorted(
             load_unlabeled(images, manifest=manifest, spec=spec, split="test", split_seed=seed).uris
         )
