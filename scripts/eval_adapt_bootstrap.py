@@ -4,7 +4,8 @@ Reuses `medcbir eval --cache-dir` embeddings when present (docs/EVALUATION.md, "
     python scripts/eval_adapt_bootstrap.py NPZ CHECKPOINT --size 128 --cache-dir DIR --json OUT
 A folder + manifest takes eval's options (--manifest, --split-column, --hash-column, --dedupe, --path-column,
 --label-column, --patient-column, --include, --ignore-label, --seed); with patient ids the queries are
-resampled by patient (a patient's queries together), else one by one.
+resampled by patient (a patient's queries together), else one by one. `--base-checkpoint FILE` compares
+with that checkpoint instead of ImageNet (e.g. adapt + finetune vs finetune alone).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data", type=Path)
     parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--base-checkpoint", type=Path, help="compare with this instead of ImageNet weights")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--resamples", type=int, default=5000)
@@ -79,7 +81,8 @@ def main() -> None:
         seed=args.seed,
         image_size=args.size,
     )
-    base, units = per_query(config, args.cache_dir)
+    base, units = per_query(replace(config, checkpoint=args.base_checkpoint), args.cache_dir)
+    base_name = "imagenet" if args.base_checkpoint is None else "base"
     adapted, _ = per_query(replace(config, checkpoint=args.checkpoint), args.cache_dir)
     # resample units (patients, else queries): a unit's queries enter or leave together
     names = sorted(set(units))
@@ -93,6 +96,7 @@ def main() -> None:
         "data": str(args.data),
         "manifest": str(args.manifest) if args.manifest else None,
         "checkpoint": args.checkpoint.name,
+        "base": "ImageNet" if args.base_checkpoint is None else args.base_checkpoint.name,
         "input_size": args.size,
         "queries": n,
         "resampled_units": len(names),
@@ -104,13 +108,13 @@ def main() -> None:
         sums = np.bincount(unit_of, weights=diff, minlength=len(names))
         low, high = np.percentile((weights @ sums) / (weights @ counts), [2.5, 97.5])
         out[metric] = {
-            "imagenet": round(100 * float(base[metric].mean()), 2),
+            base_name: round(100 * float(base[metric].mean()), 2),
             "adapted": round(100 * float(adapted[metric].mean()), 2),
             "difference": round(100 * float(diff.mean()), 2),
             "ci95": [round(100 * float(low), 2), round(100 * float(high), 2)],
         }
         print(
-            f"{metric}: ImageNet {100 * base[metric].mean():.2f} adapted {100 * adapted[metric].mean():.2f} "
+            f"{metric}: {base_name} {100 * base[metric].mean():.2f} adapted {100 * adapted[metric].mean():.2f} "
             f"diff {100 * diff.mean():+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
         )
     if args.json:
