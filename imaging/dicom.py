@@ -42,6 +42,7 @@ from pydicom.uid import (
 )
 
 from imaging.dicom_display import (
+    _apply_modality,
     _to_display,
     _Window,
 )
@@ -124,6 +125,19 @@ def iter_dicom_frames(
             yield _decode_index(header, index, request, max_pixels)
 
     return frames()
+
+
+def iter_modality_values(
+    data: bytes, frames: list[int], *, max_pixels: int
+) -> Iterator[tuple[npt.NDArray[np.float64], bool]]:
+    """Each asked frame's stored values through the modality LUT (HU for CT), before any window, and whether
+    it is MONOCHROME1; the header and every frame pass the same decode budget checks as `decode_dicom`."""
+    header = _read_header(data, max_pixels=max_pixels)
+    for index in frames:
+        _check_codestream(header.ds, index, header.frames, max_pixels)
+        arr, photometric = _decode_frame(header.ds, index)
+        values, _ = _apply_modality(arr, header.ds, index)
+        yield np.asarray(values, dtype=np.float64), photometric == "MONOCHROME1"
 
 
 def count_dicom_frames(ds: Dataset) -> int:

@@ -22,8 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from embeddings.explain import feature_box, similarity_maps
 from imaging import DecodedImage, load_image
-from imaging.dicom import _check_codestream, _decode_frame, _read_header
-from imaging.dicom_display import _apply_modality
+from imaging.dicom import iter_modality_values
 from imaging.overlay import upsample_map
 from imaging.settings import ImagingSettings
 from indexer.storage.stored import read_stored_if_present
@@ -165,12 +164,8 @@ def read_pixels(
     invert = False
     if scale.units == "modality":
         # The values before any window: imaging's own decode stages (budget checks, codecs, modality LUT).
-        header = _read_header(source, max_pixels=limit)
-        for index in indices:
-            _check_codestream(header.ds, index, header.frames, limit)
-            arr, photometric = _decode_frame(header.ds, index)
-            values, _ = _apply_modality(arr, header.ds, index)
-            invert = photometric == "MONOCHROME1"
+        for values, monochrome1 in iter_modality_values(source, list(indices), max_pixels=limit):
+            invert = monochrome1
             frames.append(_resize(np.nan_to_num(values).astype(np.float32), rows, columns))
         center, width = float(meta.window_center or 0.0), float(meta.window_width or 1.0)
     else:
