@@ -207,7 +207,9 @@ def test_compare_viewer_window_frames_next_and_overlay(page, compare_ui: str) ->
     _until(lambda: _data(viewer, "neighbour") not in ("", first_neighbour), "the next neighbour")
     assert "#2 of 7" in page.locator(".st-key-compare_panel").inner_text()
 
-    # The similarity overlay with its legend ("o" in the viewer, or the toggle of the page).
+    # The similarity overlay with its legend ("o" in the viewer, or the toggle of the page). The next
+    # neighbour reran the page: wait until that run is over, so the key reaches the redrawn viewer.
+    _until(lambda: page.locator("[data-testid=stStatusWidget]").count() == 0, "the page's run to end")
     page.mouse.move(5, 5)
     page.keyboard.press("o")
     _until(lambda: _data(viewer, "overlay") == "on", "the similarity overlay", seconds=120)
