@@ -20,14 +20,13 @@ from ui.context import (
     thumbnail_fetcher,
 )
 from ui.feedback import refined_result, render_mark, render_refine_bar, render_save_marks
+from ui.filters import exclude_patient_widgets, filter_widgets
 from ui.hits import render_hits
 from ui.picker import pick_archived_image
 from ui.regions import region_box_input
 from ui.viewer.panel import open_compare, render_compare, windowed_thumbnails
 from ui.views import (
-    ANY_MODALITY,
     body_part_options,
-    chosen,
     label_options,
     modality_options,
     render_head_gradcam,
@@ -46,41 +45,25 @@ def sidebar_filters(options_modality: list[str], body_parts: list[str], labels: 
     """The filter widgets; their values as the API's SearchFilters."""
     st.subheader("Search")
     k = st.slider("Neighbours (k)", min_value=1, max_value=50, value=10, key="k")
-    modality = st.selectbox("Modality filter", options_modality, key="modality")
-    body_part = st.selectbox("Body part", body_parts, key="body_part")
-    label = st.selectbox("Diagnosis label", labels, key="label")
-    threshold = st.slider(
-        "Minimum similarity",
-        min_value=0.0,
-        max_value=1.0,
-        value=0.0,
-        step=0.01,
-        key="min_similarity",
-        help="Neighbours less similar than this are left out; 0 keeps all.",
+    values = filter_widgets(
+        options_modality,
+        body_parts,
+        labels,
+        prefix="",
+        threshold_help="Neighbours less similar than this are left out; 0 keeps all.",
     )
     group_by = st.radio(
         "Group hits", list(GROUPINGS), format_func=GROUPINGS.__getitem__, key="group_by", horizontal=True
     )
-    exclude = st.checkbox(
-        "Exclude the query's own patient",
-        key="exclude_patient",
-        help="Leaves out the query patient's images: the patient comes from the field below, the DICOM "
-        "PatientID, or stored images with the same file or pixels. The answer says when it could not apply.",
-    )
-    if exclude:
-        st.text_input(
-            "Query's patient (uploads without a PatientID)",
-            key="patient_ref",
-            help="The patient's ID or its P-... reference; sent with the search and never stored.",
-        )
+    exclude = exclude_patient_widgets(prefix="", what="images", without="uploads")
     return SearchFilters(
         k=int(k),
-        modality=None if modality in (None, ANY_MODALITY) else modality,
-        body_part=chosen(body_part),
-        label=chosen(label),
-        min_similarity=float(threshold) if threshold and threshold > 0 else None,
+        modality=values.modality,
+        body_part=values.body_part,
+        label=values.label,
+        min_similarity=values.min_similarity,
         group_by=None if group_by == "none" else group_by,  # type: ignore[arg-type]
-        exclude_patient=bool(exclude),
+        exclude_patient=exclude,
     )
 
 

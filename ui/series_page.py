@@ -10,11 +10,10 @@ import streamlit as st
 from search_api.schemas import SearchFilters, SeriesHitOut, SeriesSearchResponse, SlicePreview
 from ui.client import ApiError
 from ui.context import api_client, load_status, page_settings, thumbnail_fetcher
+from ui.filters import exclude_patient_widgets, filter_widgets
 from ui.views import (
-    ANY_MODALITY,
     CASE_PAGE,
     body_part_options,
-    chosen,
     decode_png,
     label_options,
     modality_options,
@@ -30,37 +29,21 @@ PAIRS = 20
 def series_filters(modalities: list[str], body_parts: list[str], labels: list[str], k: int) -> SearchFilters:
     """The sidebar filters of the image search, for series (no grouping: each hit is a series already)."""
     st.subheader("Filters")
-    modality = st.selectbox("Modality filter", modalities, key="series_modality")
-    body_part = st.selectbox("Body part", body_parts, key="series_body_part")
-    label = st.selectbox("Diagnosis label", labels, key="series_label")
-    threshold = st.slider(
-        "Minimum similarity",
-        min_value=0.0,
-        max_value=1.0,
-        value=0.0,
-        step=0.01,
-        key="series_min_similarity",
-        help="Series scoring (MaxSim) under this are left out; 0 keeps all.",
+    values = filter_widgets(
+        modalities,
+        body_parts,
+        labels,
+        prefix="series_",
+        threshold_help="Series scoring (MaxSim) under this are left out; 0 keeps all.",
     )
-    exclude = st.checkbox(
-        "Exclude the query's own patient",
-        key="series_exclude_patient",
-        help="Leaves out the query patient's series: the patient comes from the field below, the slices' "
-        "DICOM PatientID, or stored images with the same file or pixels. The answer says when it could not apply.",
-    )
-    if exclude:
-        st.text_input(
-            "Query's patient (slices without a PatientID)",
-            key="series_patient_ref",
-            help="The patient's ID or its P-... reference; sent with the search and never stored.",
-        )
+    exclude = exclude_patient_widgets(prefix="series_", what="series", without="slices")
     return SearchFilters(
         k=k,
-        modality=None if modality in (None, ANY_MODALITY) else modality,
-        body_part=chosen(body_part),
-        label=chosen(label),
-        min_similarity=float(threshold) if threshold and threshold > 0 else None,
-        exclude_patient=bool(exclude),
+        modality=values.modality,
+        body_part=values.body_part,
+        label=values.label,
+        min_similarity=values.min_similarity,
+        exclude_patient=exclude,
     )
 
 
